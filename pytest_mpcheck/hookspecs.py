@@ -1,0 +1,38 @@
+"""Hooks that other plugins and ``conftest.py`` files can implement.
+
+Registered in ``pytest_addhooks``; see the pytest documentation on writing hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_mpcheck.findings import Finding, ProcessInfo
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_mpcheck_ignore_process(
+    config: pytest.Config, item: pytest.Item, process: ProcessInfo
+) -> bool | None:
+    """Decide whether a process left behind by ``item`` is a leak.
+
+    Called for each process that the watch would report, before it is ended. Return ``True`` to
+    veto the finding (the process is then neither reported nor ended), ``False`` to keep it, or
+    ``None`` to leave the decision to other implementations. The first non-``None`` answer wins.
+
+    :param config: The pytest config object.
+    :param item: The test during whose run (or teardown of a wider fixture scope) it was found.
+    :param process: What the watch knows of the process.
+    """
+
+
+def pytest_mpcheck_finding(config: pytest.Config, item: pytest.Item, finding: Finding) -> None:
+    """See each finding of the plugin once it is final (after leftovers were ended).
+
+    :param config: The pytest config object.
+    :param item: The test that the finding fails or warns.
+    :param finding: The finding, with the process it concerns and how it was ended.
+    """

@@ -1,0 +1,186 @@
+"""Where each child of the pytest process was started.
+
+While the plugin is active, the calls that create processes in the test process
+(``multiprocessing.Process.start``, ``subprocess.Popen``, ``os.fork``, ``os.forkpty``,
+``os.posix_spawn`` and ``os.posix_spawnp``) are wrapped so that each new pid is noted with the
+``file:line`` of the user's code that called them, the object that owns the process, and the test or
+fixture that was running. The wrappers only add a dictionary entry after the original call returned;
+they change nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing.process
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_mpcheck import procfs
+
+_STDLIB = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+_THIS_PACKAGE = str(Path(__file__).resolve().parent)
+_SITE_PACKAGES = (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])
+
+
+@dataclass
+class StartRecord:
+    """One process started in the pytest process."""
+
+    pid: int
+    started_by: str
+    site: str | None
+    owner: str
+    scope: object | None
+    """The wider-scoped fixture (its definition) that started it, or ``None`` for a test."""
+    create_time: float | None
+    name: str | None = None
+    handle: weakref.ref[Any] | None = None
+    """The ``multiprocessing.Process`` or ``subprocess.Popen`` that owns it, while it lives."""
+    thread: str | None = None
+
+
+class OriginRecorder:
+    """Notes every process the pytest process starts; see the module docstring."""
+
+    def __init__(self, rootdir: Path) -> None:
+        self.rootdir = rootdir
+        self.records: dict[int, StartRecord] = {}
+        self.started = 0
+        self._owner = "<collection>"
+        self._scope: object | None = None
+        self._pid = os.getpid()
+        self._undo: list[Callable[[], None]] = []
+
+    # -- who is running -------------------------------------------------------------------------
+
+    @contextmanager
+    def owned_by(self, owner: str, scope: object | None) -> Iterator[None]:
+        """Attribute the processes started inside the block to ``owner``."""
+        previous = (self._owner, self._scope)
+        self._owner, self._scope = owner, scope
+        try:
+            yield
+        finally:
+            self._owner, self._scope = previous
+
+    def set_owner(self, owner: str) -> None:
+        """Attribute processes started from now on to ``owner`` (a test's node id)."""
+        self._owner, self._scope = owner, None
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def note(self, pid: int, started_by: str, handle: object | None = None) -> None:
+        """Record that ``pid`` was just started by ``started_by``."""
+        if os.getpid() != self._pid or pid <= 0:
+            return  # a forked child inherited the wrappers; only the pytest process records
+        record = self.records.get(pid)
+        if record is None:
+            record = StartRecord(
+                pid=pid,
+                started_by=started_by,
+                site=self._call_site(),
+                owner=self._owner,
+                scope=self._scope,
+                create_time=procfs.create_time(pid),
+                thread=threading.current_thread().name,
+            )
+            self.records[pid] = record
+            if not self._owner.startswith("<"):  # counts what tests and fixtures start
+                self.started += 1
+        else:
+            # multiprocessing's fork method calls os.fork inside Process.start: keep the outer name.
+            record.started_by = started_by
+        if handle is not None:
+            record.handle = weakref.ref(handle)
+            name = getattr(handle, "name", None)
+            if isinstance(name, str):
+                record.name = name
+
+    def forget(self, pids: set[int]) -> None:
+        """Drop the records of processes that are gone."""
+        for pid in pids:
+            self.records.pop(pid, None)
+
+    def _call_site(self) -> str | None:
+        """``file:line`` of the first frame of user code that led to the current call."""
+        frame = sys._getframe(2)
+        library_site = None
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if not (filename.startswith(("<", _THIS_PACKAGE)) or filename.startswith(_STDLIB)):
+                if not filename.startswith(_SITE_PACKAGES):
+                    return f"{self._display(filename)}:{frame.f_lineno}"
+                if library_site is None:
+                    library_site = f"{self._display(filename)}:{frame.f_lineno}"
+            frame = frame.f_back  # type: ignore[assignment]
+        return library_site
+
+    def _display(self, filename: str) -> str:
+        try:
+            return str(Path(filename).relative_to(self.rootdir))
+        except ValueError:
+            return filename
+
+    # -- installing the wrappers ----------------------------------------------------------------
+
+    def install(self) -> None:
+        """Wrap the process-creating calls; undone by :meth:`uninstall`."""
+        recorder = self
+
+        def wrap_pid_returning(module: Any, attribute: str, label: str) -> None:
+            original = getattr(module, attribute, None)
+            if original is None:
+                return
+
+            @functools.wraps(original)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                result = original(*args, **kwargs)
+                pid = result[0] if isinstance(result, tuple) else result
+                if isinstance(pid, int) and pid > 0:
+                    recorder.note(pid, label)
+                return result
+
+            setattr(module, attribute, wrapper)
+            self._undo.append(functools.partial(setattr, module, attribute, original))
+
+        wrap_pid_returning(os, "fork", "os.fork")
+        wrap_pid_returning(os, "forkpty", "os.forkpty")
+        wrap_pid_returning(os, "posix_spawn", "os.posix_spawn")
+        wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
+
+        process_start = multiprocessing.process.BaseProcess.start
+
+        @functools.wraps(process_start)
+        def start(self: multiprocessing.process.BaseProcess) -> None:
+            process_start(self)
+            if self.pid is not None:
+                recorder.note(self.pid, "multiprocessing.Process.start", handle=self)
+
+        multiprocessing.process.BaseProcess.start = start  # type: ignore[method-assign]
+        self._undo.append(
+            functools.partial(setattr, multiprocessing.process.BaseProcess, "start", process_start)
+        )
+
+        popen_init = subprocess.Popen.__init__
+
+        @functools.wraps(popen_init)
+        def init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+            popen_init(self, *args, **kwargs)
+            recorder.note(self.pid, "subprocess.Popen", handle=self)
+
+        subprocess.Popen.__init__ = init  # type: ignore[method-assign]
+        self._undo.append(functools.partial(setattr, subprocess.Popen, "__init__", popen_init))
+
+    def uninstall(self) -> None:
+        """Put the original calls back (in reverse order of wrapping)."""
+        while self._undo:
+            self._undo.pop()()

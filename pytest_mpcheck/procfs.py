@@ -1,0 +1,121 @@
+"""Cheap questions about processes: who descends from us, is a pid still the same process.
+
+The watch asks for the descendants of the pytest process before and after every test, so the
+common path reads ``/proc/<pid>/task/<tid>/children`` (Linux, ``CONFIG_PROC_CHILDREN``) with plain
+``os`` calls: a few microseconds when there are no children. Elsewhere psutil walks the table.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+
+def _children_from_proc(pid: int) -> list[int]:
+    """Direct children of ``pid`` from procfs (``[]`` once the process is gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tids:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+        except OSError:
+            continue  # the thread ended meanwhile
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        found.extend(int(word) for word in b"".join(chunks).split())
+    return found
+
+
+_PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (its threads' children included)."""
+    if _PROC_CHILDREN:
+        return _children_from_proc(pid)
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live or zombie descendant of ``root``, as ``{pid: parent pid}``."""
+    found: dict[int, int] = {}
+    pending = [root]
+    while pending:
+        parent = pending.pop()
+        for child in children(parent):
+            if child not in found and child != root:
+                found[child] = parent
+                pending.append(child)
+    return found
+
+
+def state(pid: int) -> str | None:
+    """The one-letter kernel state of ``pid`` (``"Z"`` for a zombie), or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        try:
+            status = psutil.Process(pid).status()
+        except psutil.Error:
+            return None
+        return "Z" if status == psutil.STATUS_ZOMBIE else "R"
+    # The command name is in parentheses and may itself contain spaces and parentheses.
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` exited and waits for its parent to reap it."""
+    return state(pid) == "Z"
+
+
+def create_time(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), or ``None`` if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_same_process(pid: int, created: float) -> bool:
+    """Whether ``pid`` is still the process that started at ``created`` (guards pid reuse)."""
+    now = create_time(pid)
+    return now is not None and abs(now - created) < 0.01
+
+
+def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:
+    """``(name, cmdline, status, create_time, age, ppid)`` of ``pid``, or ``None`` if it is gone."""
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            name = process.name()
+            status = process.status()
+            created = process.create_time()
+            ppid = process.ppid()
+            try:
+                cmdline = " ".join(process.cmdline())
+            except psutil.Error:
+                cmdline = ""
+    except psutil.Error:
+        return None
+    return name, cmdline or f"[{name}]", status, created, max(0.0, time.time() - created), ppid
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` as one string ("" if it cannot be read)."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""

@@ -1,0 +1,124 @@
+"""The pytest process as a child subreaper, so that orphaned grandchildren stay findable.
+
+On Linux, ``prctl(PR_SET_CHILD_SUBREAPER)`` makes processes orphaned below the pytest process (a
+daemon that double-forked, a worker whose parent was killed) reparent to it instead of to init, where
+the watch can still see and end them. Orphans that then exit would stay zombies until reaped, so a
+``SIGCHLD`` handler reaps them as they die: a test that kills a parent and then checks that its
+workers are gone sees them gone. The handler reaps only children that the pytest process did not
+start itself: the exit status of a child that a test or library waits for is never taken. No thread
+is used; the handler runs in the main thread between bytecodes, with ``SA_RESTART`` set so system
+calls are not interrupted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from pytest_mpcheck import procfs
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+def _prctl() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    return libc.prctl
+
+
+def get_subreaper() -> bool | None:
+    """Whether this process is a child subreaper (``None`` where the platform has no such thing)."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    value = ctypes.c_int(0)
+    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+        return None
+    return bool(value.value)
+
+
+def set_subreaper(enabled: bool) -> bool:
+    """Make this process a child subreaper or not; ``False`` where the platform cannot."""
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    return bool(prctl(_PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0)
+
+
+class OrphanReaper:
+    """Reaps, on ``SIGCHLD``, zombie children that this process did not start itself."""
+
+    def __init__(self, is_own_child: Callable[[int], bool]) -> None:
+        self._is_own_child = is_own_child
+        self._pid = os.getpid()
+        self._previous: _Handler = None
+        self._installed = False
+        self.reaped = 0
+
+    def install(self) -> bool:
+        """Install the handler; ``False`` if this is not the main thread or has no SIGCHLD."""
+        if not hasattr(signal, "SIGCHLD"):
+            return False
+        try:
+            self._previous = signal.signal(signal.SIGCHLD, self._on_sigchld)
+            signal.siginterrupt(signal.SIGCHLD, False)
+        except ValueError:  # not the main thread of the main interpreter
+            return False
+        self._installed = True
+        os.register_at_fork(after_in_child=self._restore_in_child)
+        return True
+
+    def uninstall(self) -> None:
+        """Put back the handler that was there before."""
+        if not self._installed or os.getpid() != self._pid:
+            return
+        try:
+            if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
+                signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+        except ValueError:
+            pass
+        self._installed = False
+
+    def _restore_in_child(self) -> None:
+        # A forked child must not keep a handler meant for the pytest process.
+        if self._installed and os.getpid() != self._pid:
+            self._installed = False
+            try:
+                if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
+                    signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+            except ValueError:
+                pass
+
+    def _on_sigchld(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == self._pid:
+            self.reap_orphans()
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+
+    def reap_orphans(self) -> int:
+        """Reap the zombie orphans that reparented to this process; how many were reaped."""
+        reaped = 0
+        for pid in procfs.children(self._pid):
+            if self._is_own_child(pid) or not procfs.is_zombie(pid):
+                continue
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            reaped += bool(done)
+        self.reaped += reaped
+        return reaped

@@ -1,0 +1,93 @@
+"""Turning findings into the text a person reads, the terminal summary, and the JSON report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
+
+_STATE_WORDS = {
+    LEAKED: "still running",
+    UNREAPED: "exited but never joined or waited for (zombie)",
+    HUNG: "hung",
+}
+
+_ENDED_WORDS = {
+    "SIGTERM": "SIGTERM (ended by mpcheck)",
+    "SIGKILL": "SIGKILL (it ignored SIGTERM; killed by mpcheck)",
+    "reaped": "reaped by mpcheck",
+}
+
+HOW_TO_FIX = (
+    "How to fix: wait for every process the test starts before it ends: Process.join(), "
+    "Popen.wait() or communicate(), Pool.close() then Pool.join() (or `with Pool(...)`), "
+    "executor.shutdown() (or `with ProcessPoolExecutor(...)`).\n"
+    "A process meant to outlive one test belongs in a fixture of module or session scope "
+    "(it is then checked when that fixture ends); a helper that is no leak can be listed in the "
+    'ini value mp_ignore; @pytest.mark.mp_check("warn") or ("off") relaxes the check for one test.'
+)
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.rstrip().splitlines())
+
+
+def format_finding(finding: Finding) -> str:
+    """The lines that name one process and say what happened to it."""
+    process = finding.process
+    head = (
+        f"{finding.kind} process {process.pid} {process.name!r}: "
+        f"{_STATE_WORDS.get(finding.kind, finding.kind)}, state {process.status}, "
+        f"age {process.age:.2f}s"
+    )
+    lines = [head, f"    command:    {process.cmdline}"]
+    if process.started_at or process.started_by:
+        where = process.started_at or "unknown place"
+        how = f" by {process.started_by}" if process.started_by else ""
+        lines.append(f"    started at: {where}{how}")
+    else:
+        lines.append(
+            f"    started by: a child process (parent pid {process.ppid}), not by the test process"
+        )
+    if process.owner and process.owner != finding.nodeid:
+        lines.append(f"    owned by:   {process.owner}")
+    if finding.ended_by:
+        lines.append(f"    ended by:   {_ENDED_WORDS.get(finding.ended_by, finding.ended_by)}")
+    lines.extend(f"    {detail}" for detail in finding.details)
+    if process.stack:
+        lines.append("    stack (most recent call last):")
+        lines.append(_indent(process.stack, "      "))
+    return "\n".join(lines)
+
+
+def format_findings(nodeid: str, findings: Sequence[Finding]) -> str:
+    """The whole report for one test."""
+    counts = {kind: sum(1 for f in findings if f.kind == kind) for kind in (LEAKED, UNREAPED, HUNG)}
+    parts = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+    total = len(findings)
+    title = f"mpcheck: {nodeid} left {total} process{'es' if total != 1 else ''} behind ({parts})"
+    body = "\n\n".join(format_finding(finding) for finding in findings)
+    return f"{title}\n\n{body}\n\n{HOW_TO_FIX}"
+
+
+def summary_line(tally: SessionTally) -> str:
+    """One line of session figures for the terminal summary."""
+    return (
+        f"mpcheck: {tally.started} processes started by tests, {tally.leaked} leaked, "
+        f"{tally.unreaped} unreaped, {tally.hung} hung, {tally.ended} ended by mpcheck"
+    )
+
+
+def write_json(path: str, tally: SessionTally, findings: Sequence[Finding], extra: Any) -> None:
+    """Write the JSON report: the session figures and every finding."""
+    document = {
+        "summary": tally.to_json(),
+        "findings": [finding.to_json() for finding in findings],
+        **(extra or {}),
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")

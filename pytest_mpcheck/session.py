@@ -1,0 +1,166 @@
+"""The state of one pytest run: the watch, the recorder, the tally, and what each test found."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from typing import Any
+
+import pytest
+
+from pytest_mpcheck import report
+from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
+from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
+from pytest_mpcheck.origins import OriginRecorder
+from pytest_mpcheck.reaper import get_subreaper, set_subreaper
+from pytest_mpcheck.settings import Settings, marker_mode
+from pytest_mpcheck.watch import Baseline, ProcessWatch
+
+baseline_key = pytest.StashKey[Baseline]()
+mode_key = pytest.StashKey[str]()
+
+
+class MpCheckSession:
+    """Everything the plugin keeps for one run, and what the pytest hooks call into."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.recorder = OriginRecorder(config.rootpath)
+        self.watch = ProcessWatch(settings, self.recorder)
+        self.tally = SessionTally()
+        self.findings: list[Finding] = []
+        self.worker_findings: list[dict[str, Any]] = []
+        self.subreaper = False
+        self._was_subreaper: bool | None = None
+        self._current: pytest.Item | None = None
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Wrap the process-starting calls, become a subreaper, reap orphans as they die."""
+        self.recorder.install()
+        self._was_subreaper = get_subreaper()
+        self.subreaper = set_subreaper(True)
+        self.watch.reaper.install()
+
+    def stop(self) -> None:
+        """Undo :meth:`start` (``config.add_cleanup``)."""
+        self.watch.reaper.uninstall()
+        if self._was_subreaper is False:
+            set_subreaper(False)
+        self.recorder.uninstall()
+
+    def header(self) -> str:
+        """The line for pytest's report header."""
+        if self.settings.mode == "off":
+            return "mpcheck: process watch off (--mp-check=off)"
+        orphans = (
+            "orphans reparent to pytest (subreaper)"
+            if self.subreaper
+            else "no subreaper on this platform: orphaned grandchildren cannot be found"
+        )
+        return (
+            f"mpcheck: process watch {self.settings.mode}, settle {self.settings.settle:g}s, "
+            f"kill grace {self.settings.kill_grace:g}s; {orphans}"
+        )
+
+    # -- one test -------------------------------------------------------------------------------
+
+    def begin_test(self, item: pytest.Item) -> None:
+        """Note the descendants alive before the test's setup; check its markers."""
+        self._current = item
+        item.stash[baseline_key] = self.watch.baseline()
+        self.recorder.set_owner(item.nodeid)
+        item.stash[mode_key] = marker_mode(item, self.settings.mode)
+
+    def end_test(self, item: pytest.Item, teardown_failed: bool) -> None:
+        """After the teardown: fail or warn the test for what it left behind.
+
+        When the teardown itself failed, the findings are added as a report section instead, so
+        that the user's own error stays what pytest shows first.
+        """
+        baseline = item.stash.get(baseline_key, None)
+        mode = item.stash.get(mode_key, self.settings.mode)
+        self.recorder.set_owner("<between tests>")
+        self._current = None
+        if baseline is None:
+            return
+        try:
+            findings = self.watch.finish_test(
+                baseline, item.nodeid, self._veto(item), end=mode != "off"
+            )
+        except Exception:
+            self._internal_error("checking the processes of " + item.nodeid)
+            return
+        if mode == "off" or not findings:
+            return
+        for finding in findings:
+            self.tally.count(finding)
+            self.findings.append(finding)
+            self.config.hook.pytest_mpcheck_finding(config=self.config, item=item, finding=finding)
+        message = report.format_findings(item.nodeid, findings)
+        if teardown_failed:
+            item.add_report_section("teardown", "mpcheck", message)
+        elif mode == "fail":
+            pytest.fail(message, pytrace=False)
+        else:
+            warnings.warn(MpCheckWarning(message), stacklevel=1)
+
+    def scope_finished(self, scope: object) -> None:
+        """A module-, class-, package- or session-scoped fixture was finalized."""
+        item = self._current
+        if item is None:
+            return
+        try:
+            self.watch.finish_scope(scope, item.nodeid, self._veto(item))
+        except Exception:
+            self._internal_error("checking the processes of a fixture")
+
+    def _veto(self, item: pytest.Item) -> Any:
+        def veto(process: ProcessInfo) -> bool:
+            answer = self.config.hook.pytest_mpcheck_ignore_process(
+                config=self.config, item=item, process=process
+            )
+            return bool(answer)
+
+        return veto
+
+    def _internal_error(self, doing: str) -> None:
+        details = "".join(traceback.format_exception(*sys.exc_info()))
+        warnings.warn(
+            MpCheckInternalWarning(
+                f"pytest-mpcheck failed while {doing}; please report this bug:\n{details}"
+            ),
+            stacklevel=1,
+        )
+
+    # -- the end of the run ---------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Count what was started and write the JSON report."""
+        self.tally.started += self.recorder.started
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # a pytest-xdist worker: the controller adds it up
+            workeroutput["mpcheck_tally"] = self.tally.to_json()
+            workeroutput["mpcheck_findings"] = [f.to_json() for f in self.findings]
+            return
+        if self.settings.report_path:
+            report.write_json(
+                self.settings.report_path,
+                self.tally,
+                self.findings,
+                {"worker_findings": self.worker_findings} if self.worker_findings else None,
+            )
+
+    def add_worker(self, workeroutput: dict[str, Any]) -> None:
+        """Add the figures of a pytest-xdist worker to the controller's."""
+        self.tally.add(workeroutput.get("mpcheck_tally", {}))
+        self.worker_findings.extend(workeroutput.get("mpcheck_findings", []))
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the terminal summary."""
+        if self.settings.mode == "off" and not self.tally.started:
+            return []
+        return [report.summary_line(self.tally)]

@@ -1,0 +1,275 @@
+"""Options, ini values and markers: parsing, validation and the resolved settings of a run.
+
+Every ``--mp-*`` option has an ini value of the same name with underscores. The command line wins
+over the ini file, the ini file over the default. Bad values raise :class:`pytest.UsageError` with
+a message that names the value and what is accepted; markers with bad arguments fail the test that
+carries them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import multiprocessing
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+MODES = ("fail", "warn", "off")
+DEFAULT_MODE = "fail"
+DEFAULT_SETTLE = 0.3
+DEFAULT_KILL_GRACE = 1.0
+DEFAULT_JOIN_TIMEOUT = 30.0
+
+# Command lines of helpers that multiprocessing keeps for a whole session, and of pytest-xdist's
+# workers (execnet starts them as ``python -c "import sys;exec(eval(sys.stdin.readline()))"``).
+BUILTIN_IGNORE = (
+    "*from multiprocessing.resource_tracker import main*",
+    "*from multiprocessing.forkserver import main*",
+    "*import sys;exec(eval(sys.stdin.readline()))*",
+)
+
+
+def parse_mode(value: str) -> str:
+    """Check a ``--mp-check`` mode."""
+    mode = value.strip().lower()
+    if mode not in MODES:
+        raise pytest.UsageError(
+            f"{value!r} is not a valid mp-check mode. Valid modes: {', '.join(MODES)}"
+        )
+    return mode
+
+
+def _parse_seconds(name: str, value: str | float) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(
+            f"{name}: {value!r} is not a number of seconds. "
+            "Give a number greater than or equal to 0, such as 0.5"
+        ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise pytest.UsageError(
+            f"{name}: {value!r} is not valid. Give a number of seconds greater than or equal to 0"
+        )
+    return seconds
+
+
+def parse_settle(value: str) -> float:
+    """Check ``--mp-settle``."""
+    return _parse_seconds("--mp-settle", value)
+
+
+def parse_kill_grace(value: str) -> float:
+    """Check ``--mp-kill-grace``."""
+    return _parse_seconds("--mp-kill-grace", value)
+
+
+def parse_join_timeout(value: str) -> float:
+    """Check ``--mp-join-timeout``: a positive number of seconds."""
+    seconds = _parse_seconds("--mp-join-timeout", value)
+    if seconds == 0:
+        raise pytest.UsageError(
+            "--mp-join-timeout: 0 is not valid. Give a number of seconds greater than 0"
+        )
+    return seconds
+
+
+def available_start_methods() -> list[str]:
+    """The start methods this platform offers, in multiprocessing's order."""
+    return list(multiprocessing.get_all_start_methods())
+
+
+def check_start_methods(methods: Sequence[str], where: str) -> tuple[str, ...]:
+    """Check names of start methods against what the platform offers."""
+    available = available_start_methods()
+    cleaned = [m.strip() for m in methods if m.strip()]
+    if not cleaned:
+        raise pytest.UsageError(
+            f"{where}: no start method given. Available on this platform: {', '.join(available)}"
+        )
+    for method in cleaned:
+        if method not in available:
+            raise pytest.UsageError(
+                f"{where}: {method!r} is not a start method of this platform. "
+                f"Available: {', '.join(available)}"
+            )
+    return tuple(dict.fromkeys(cleaned))
+
+
+def parse_start_methods(value: str) -> tuple[str, ...]:
+    """Check ``--mp-start-methods=fork,spawn``."""
+    return check_start_methods(re.split(r"[,\s]+", value), "--mp-start-methods")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one run."""
+
+    mode: str = DEFAULT_MODE
+    settle: float = DEFAULT_SETTLE
+    kill_grace: float = DEFAULT_KILL_GRACE
+    join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    start_methods: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = field(default=BUILTIN_IGNORE)
+    report_path: str | None = None
+
+    def is_ignored(self, cmdline: str) -> bool:
+        """Whether a command line matches a builtin or ``mp_ignore`` pattern."""
+        return any(fnmatch.fnmatchcase(cmdline, pattern) for pattern in self.ignore)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the ``--mp-*`` options and their ini values."""
+    group = parser.getgroup("mpcheck", "multiprocessing checks (pytest-mpcheck)")
+    group.addoption(
+        "--mp-check",
+        dest="mp_check",
+        type=parse_mode,
+        default=None,
+        help="What to do when a test leaves a process behind: fail (default), warn or off",
+    )
+    group.addoption(
+        "--mp-start-methods",
+        dest="mp_start_methods",
+        type=parse_start_methods,
+        default=None,
+        help="Comma-separated start methods to run every mp_* fixture test under, "
+        "e.g. fork,spawn,forkserver (default: the platform's default)",
+    )
+    group.addoption(
+        "--mp-join-timeout",
+        dest="mp_join_timeout",
+        type=parse_join_timeout,
+        default=None,
+        help=f"Upper bound in seconds on every join the fixtures make (default {DEFAULT_JOIN_TIMEOUT:g})",
+    )
+    group.addoption(
+        "--mp-settle",
+        dest="mp_settle",
+        type=parse_settle,
+        default=None,
+        help="Seconds to let exiting processes finish before calling them leaked "
+        f"(default {DEFAULT_SETTLE:g})",
+    )
+    group.addoption(
+        "--mp-kill-grace",
+        dest="mp_kill_grace",
+        type=parse_kill_grace,
+        default=None,
+        help=f"Seconds between SIGTERM and SIGKILL when ending leftovers (default {DEFAULT_KILL_GRACE:g})",
+    )
+    group.addoption(
+        "--mp-report",
+        dest="mp_report",
+        metavar="PATH",
+        default=None,
+        help="Write every finding and the session figures as JSON to PATH",
+    )
+    parser.addini("mp_check", "Default for --mp-check (fail, warn or off)", default=None)
+    parser.addini("mp_start_methods", "Default for --mp-start-methods", default=None)
+    parser.addini("mp_join_timeout", "Default for --mp-join-timeout", default=None)
+    parser.addini("mp_settle", "Default for --mp-settle", default=None)
+    parser.addini("mp_kill_grace", "Default for --mp-kill-grace", default=None)
+    parser.addini("mp_report", "Default for --mp-report", default=None)
+    parser.addini(
+        "mp_ignore",
+        "Command-line patterns (fnmatch, one a line) of processes that are not leaks",
+        type="linelist",
+        default=[],
+    )
+
+
+def _ini_text(config: pytest.Config, name: str) -> str | None:
+    value = config.getini(name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def resolve_settings(config: pytest.Config) -> Settings:
+    """Settings from the command line, then the ini file, then the defaults."""
+
+    def pick(name: str, parse: object) -> object:
+        given = config.getoption(name)
+        if given is not None:
+            return given
+        text = _ini_text(config, name)
+        if text is None:
+            return None
+        assert callable(parse)
+        try:
+            return parse(text)
+        except pytest.UsageError as error:
+            raise pytest.UsageError(f"ini value {name}: {error}") from None
+
+    mode = pick("mp_check", parse_mode)
+    settle = pick("mp_settle", parse_settle)
+    grace = pick("mp_kill_grace", parse_kill_grace)
+    join_timeout = pick("mp_join_timeout", parse_join_timeout)
+    methods = pick("mp_start_methods", parse_start_methods)
+    report = config.getoption("mp_report") or _ini_text(config, "mp_report")
+    user_ignore = tuple(str(p).strip() for p in config.getini("mp_ignore") if str(p).strip())
+    return Settings(
+        mode=str(mode) if mode is not None else DEFAULT_MODE,
+        settle=float(settle) if isinstance(settle, float) else DEFAULT_SETTLE,
+        kill_grace=float(grace) if isinstance(grace, float) else DEFAULT_KILL_GRACE,
+        join_timeout=float(join_timeout)
+        if isinstance(join_timeout, float)
+        else DEFAULT_JOIN_TIMEOUT,
+        start_methods=tuple(methods) if isinstance(methods, tuple) else (),
+        ignore=BUILTIN_IGNORE + user_ignore,
+        report_path=str(report) if report else None,
+    )
+
+
+MARKERS = (
+    'mp_check(mode): "warn" or "off" for this test only: what to do when it leaves a process '
+    "behind (the run's --mp-check otherwise)",
+    "mp_start_methods(*methods): start methods to run this test's mp_* fixtures under, "
+    'e.g. mp_start_methods("spawn", "forkserver")',
+    "mp_join_timeout(seconds): upper bound on every join the mp_* fixtures make in this test",
+)
+
+
+def marker_mode(item: pytest.Item, default: str) -> str:
+    """The mode for one test: its ``mp_check`` marker, or the run's mode."""
+    marker = item.get_closest_marker("mp_check")
+    if marker is None:
+        return default
+    if len(marker.args) != 1 or marker.kwargs or not isinstance(marker.args[0], str):
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.mp_check takes one mode, "
+            f'"fail", "warn" or "off"; got args={marker.args!r} kwargs={marker.kwargs!r}',
+            pytrace=False,
+        )
+    try:
+        return parse_mode(marker.args[0])
+    except pytest.UsageError as error:
+        pytest.fail(f"{item.nodeid}: @pytest.mark.mp_check: {error}", pytrace=False)
+
+
+def marker_join_timeout(item: pytest.Item, default: float) -> float:
+    """The join timeout for one test: its ``mp_join_timeout`` marker, or the run's."""
+    marker = item.get_closest_marker("mp_join_timeout")
+    if marker is None:
+        return default
+    args = list(marker.args) + ([marker.kwargs["seconds"]] if "seconds" in marker.kwargs else [])
+    extra = set(marker.kwargs) - {"seconds"}
+    if len(args) != 1 or extra or isinstance(args[0], bool) or not isinstance(args[0], int | float):
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.mp_join_timeout takes one number of seconds "
+            f"greater than 0; got args={marker.args!r} kwargs={marker.kwargs!r}",
+            pytrace=False,
+        )
+    seconds = float(args[0])
+    if not math.isfinite(seconds) or seconds <= 0:
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.mp_join_timeout: {args[0]!r} is not valid. "
+            "Give a number of seconds greater than 0",
+            pytrace=False,
+        )
+    return seconds

@@ -1,0 +1,118 @@
+"""Ending leftovers safely: SIGTERM, a grace period, SIGKILL, then reaping.
+
+A pid is signalled only while it is still the process that was found (same pid, same create time)
+and still a descendant of the pytest process: the plugin never signals a process it does not own.
+Every wait is bounded. Children that a ``multiprocessing.Process`` or ``subprocess.Popen`` object
+owns are reaped through that object, so its own bookkeeping (``exitcode``, ``returncode``,
+``multiprocessing.active_children()``) stays right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from pytest_mpcheck import procfs
+
+#: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
+KILL_WAIT = 5.0
+
+
+@dataclass
+class Leftover:
+    """A process to end, as it was when it was found."""
+
+    pid: int
+    create_time: float
+    handle: Any = None
+    """The owning ``multiprocessing.Process`` or ``subprocess.Popen``, when known and alive."""
+
+
+def _reap_through_handle(handle: Any) -> bool:
+    """Let the owning object wait for its process; ``True`` once it has ended."""
+    try:
+        if hasattr(handle, "poll"):  # subprocess.Popen
+            return handle.poll() is not None
+        return handle.exitcode is not None  # multiprocessing.Process polls with WNOHANG
+    except Exception:
+        return False
+
+
+def _has_ended(leftover: Leftover, session_pid: int) -> bool:
+    """Whether the process is gone, reaping it when it is our own zombie."""
+    if leftover.handle is not None and _reap_through_handle(leftover.handle):
+        return True
+    state = procfs.state(leftover.pid)
+    if state is None or not procfs.is_same_process(leftover.pid, leftover.create_time):
+        return True
+    if state != "Z":
+        return False
+    try:
+        parent = psutil.Process(leftover.pid).ppid()
+    except psutil.Error:
+        return True
+    if parent == session_pid:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(leftover.pid, os.WNOHANG)
+    # A zombie of another parent is dead; its parent (or we, once it is orphaned) reaps it.
+    return True
+
+
+def _signal(leftover: Leftover, signum: int, session_pid: int) -> str | None:
+    """Send ``signum`` if the pid is still ours; a reason when it was not sent."""
+    if leftover.pid not in procfs.descendants(session_pid):
+        return "not signalled: no longer a descendant of this pytest process"
+    try:
+        process = psutil.Process(leftover.pid)
+        if abs(process.create_time() - leftover.create_time) >= 0.01:
+            return "not signalled: the pid now belongs to another process"
+        # psutil checks again, right before the kill, that the pid was not reused meanwhile.
+        process.send_signal(signum)
+    except psutil.NoSuchProcess:
+        return "exited by itself"
+    except psutil.AccessDenied:
+        return "not signalled: permission denied"
+    return None
+
+
+def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Leftover]:
+    """Wait until the processes end or ``timeout`` passes; those still running."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        pending = [item for item in pending if not _has_ended(item, session_pid)]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.05)
+
+
+def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:
+    """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled."""
+    outcome: dict[int, str] = {}
+    to_term: list[Leftover] = []
+    for leftover in leftovers:
+        if procfs.state(leftover.pid) == "Z":
+            _has_ended(leftover, session_pid)
+            outcome[leftover.pid] = "reaped"
+            continue
+        reason = _signal(leftover, signal.SIGTERM, session_pid)
+        if reason is None:
+            outcome[leftover.pid] = "SIGTERM"
+            to_term.append(leftover)
+        else:
+            outcome[leftover.pid] = reason
+    still_running = _wait(to_term, session_pid, grace)
+    for leftover in still_running:
+        reason = _signal(leftover, signal.SIGKILL, session_pid)
+        outcome[leftover.pid] = "SIGKILL" if reason is None else reason
+    for leftover in _wait(still_running, session_pid, KILL_WAIT):
+        outcome[leftover.pid] = "still running after SIGKILL (uninterruptible?)"
+    return outcome

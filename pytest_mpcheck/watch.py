@@ -1,0 +1,188 @@
+"""The process watch: which processes a test (or a wider-scoped fixture) left behind.
+
+Before a test's setup the watch notes the descendants of the pytest process; after its teardown it
+looks again. What is new and alive is *leaked*, what is new and a zombie is *unreaped*. Processes
+that a module- or session-scoped fixture starts belong to that fixture and are checked when it is
+finalized; processes started by a process that existed before the test (other than multiprocessing's
+helpers) belong to that process's owner. Leftovers are then ended (see :mod:`terminate`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pytest_mpcheck import procfs
+from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
+from pytest_mpcheck.origins import OriginRecorder
+from pytest_mpcheck.reaper import OrphanReaper
+from pytest_mpcheck.settings import Settings
+from pytest_mpcheck.terminate import Leftover, end_processes
+
+#: ``(process) -> True`` when another plugin vetoes the finding.
+VetoFn = Callable[[ProcessInfo], bool]
+
+
+@dataclass
+class Baseline:
+    """The descendants alive when a test began."""
+
+    pids: frozenset[int]
+
+
+class ProcessWatch:
+    """Finds and ends the processes tests leave behind; see the module docstring."""
+
+    def __init__(self, settings: Settings, recorder: OriginRecorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.session_pid = os.getpid()
+        self.reaper = OrphanReaper(is_own_child=self.recorder.records.__contains__)
+        self.pending: list[Finding] = []
+        """Findings of fixture scopes that ended during the current teardown."""
+        self._helper_cmdlines: dict[int, bool] = {}
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def baseline(self) -> Baseline:
+        """The descendants alive now."""
+        return Baseline(frozenset(procfs.descendants(self.session_pid)))
+
+    def _is_helper(self, pid: int) -> bool:
+        """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore)."""
+        known = self._helper_cmdlines.get(pid)
+        if known is None:
+            known = self.settings.is_ignored(procfs.cmdline(pid))
+            self._helper_cmdlines[pid] = known
+        return known
+
+    def _new_processes(self, baseline: Baseline) -> dict[int, int]:
+        """New descendants that the current test owns, as ``{pid: parent}``."""
+        tree = procfs.descendants(self.session_pid)
+        owned: dict[int, int] = {}
+        for pid, parent in tree.items():
+            if pid in baseline.pids or self._is_helper(pid):
+                continue
+            record = self.recorder.records.get(pid)
+            if record is not None and record.scope is not None:
+                continue  # checked when its fixture is finalized
+            if self._belongs_elsewhere(parent, tree, baseline):
+                continue
+            owned[pid] = parent
+        return owned
+
+    def _belongs_elsewhere(self, parent: int, tree: dict[int, int], baseline: Baseline) -> bool:
+        """Whether an ancestor is an older process (or a fixture's) that is not a helper."""
+        while parent != self.session_pid and parent in tree:
+            record = self.recorder.records.get(parent)
+            older = parent in baseline.pids or (record is not None and record.scope is not None)
+            if older and not self._is_helper(parent):
+                return True
+            parent = tree[parent]
+        return False
+
+    def _settle(self, find: Callable[[], dict[int, int]]) -> dict[int, int]:
+        """Give processes that are already exiting up to ``settle`` seconds to finish."""
+        found = find()
+        if not found:
+            return found
+        deadline = time.monotonic() + self.settings.settle
+        pause = 0.002
+        while found and time.monotonic() < deadline:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
+            self.reaper.reap_orphans()
+            found = find()
+        return found
+
+    # -- findings -------------------------------------------------------------------------------
+
+    def _describe(self, pid: int, parent: int, owner: str) -> ProcessInfo | None:
+        described = procfs.describe(pid)
+        if described is None:
+            return None
+        name, cmdline, status, created, age, ppid = described
+        record = self.recorder.records.get(pid)
+        return ProcessInfo(
+            pid=pid,
+            ppid=ppid or parent,
+            name=(record.name if record and record.name else name),
+            cmdline=cmdline,
+            status=status,
+            create_time=created,
+            age=age,
+            started_at=record.site if record else None,
+            started_by=record.started_by if record else None,
+            owner=owner,
+        )
+
+    def _conclude(
+        self, processes: dict[int, int], owner: str, nodeid: str, veto: VetoFn, end: bool
+    ) -> list[Finding]:
+        """Describe, let plugins veto, end the leftovers and make the findings."""
+        findings: list[Finding] = []
+        leftovers: list[Leftover] = []
+        for pid, parent in sorted(processes.items()):
+            info = self._describe(pid, parent, owner)
+            if info is None or veto(info):
+                continue
+            findings.append(Finding(UNREAPED if info.is_zombie else LEAKED, info, nodeid))
+            record = self.recorder.records.get(pid)
+            handle = record.handle() if record is not None and record.handle else None
+            leftovers.append(Leftover(pid, info.create_time, handle))
+        if end and leftovers:
+            outcome = end_processes(leftovers, self.session_pid, self.settings.kill_grace)
+            for finding in findings:
+                finding.ended_by = outcome.get(finding.process.pid)
+        return findings
+
+    def finish_test(
+        self, baseline: Baseline, nodeid: str, veto: VetoFn, end: bool = True
+    ) -> list[Finding]:
+        """Findings for one test after its teardown, plus those of scopes that ended in it."""
+        self.reaper.reap_orphans()
+        leftovers = self._settle(lambda: self._new_processes(baseline))
+        findings = self._conclude(leftovers, nodeid, nodeid, veto, end)
+        findings = self.pending + findings
+        self.pending = []
+        self._forget_gone()
+        return findings
+
+    def finish_scope(self, scope: object, nodeid: str, veto: VetoFn) -> None:
+        """Check the processes of a wider-scoped fixture once it has been finalized."""
+        records = {pid: r for pid, r in self.recorder.records.items() if r.scope is scope}
+        if not records:
+            return
+        label = next(iter(records.values())).owner
+
+        def alive() -> dict[int, int]:
+            tree = procfs.descendants(self.session_pid)
+            return {
+                pid: tree[pid]
+                for pid, record in records.items()
+                if pid in tree
+                and record.create_time is not None
+                and procfs.is_same_process(pid, record.create_time)
+            }
+
+        leftovers = self._settle(alive)
+        self.pending.extend(self._conclude(leftovers, label, nodeid, veto, True))
+
+    def _forget_gone(self) -> None:
+        if not self.recorder.records:
+            return
+        alive = procfs.descendants(self.session_pid)
+        self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
+        for pid in [pid for pid in self._helper_cmdlines if pid not in alive]:
+            del self._helper_cmdlines[pid]
+
+    def end_all(self, pids: Iterable[int]) -> None:
+        """End processes at the very end of a run (nothing is reported)."""
+        leftovers = []
+        for pid in pids:
+            created = procfs.create_time(pid)
+            if created is not None:
+                leftovers.append(Leftover(pid, created))
+        end_processes(leftovers, self.session_pid, self.settings.kill_grace)
