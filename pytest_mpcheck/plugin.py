@@ -1,4 +1,4 @@
-"""The pytest plugin: wires pytest's hooks, options, markers and fixtures to the modules that do the work.
+"""The pytest plugin: wires pytest's hooks, options, markers and fixtures to the modules.
 
 Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it).
 """
@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import settings
-from pytest_mpcheck.session import MpCheckSession
-
-session_key = pytest.StashKey[MpCheckSession]()
+from pytest_mpcheck.session import MpCheckSession, session_key
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

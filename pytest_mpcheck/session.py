@@ -164,3 +164,7 @@ class MpCheckSession:
         if self.settings.mode == "off" and not self.tally.started:
             return []
         return [report.summary_line(self.tally)]
+
+
+#: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.
+session_key = pytest.StashKey[MpCheckSession]()

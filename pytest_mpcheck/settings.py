@@ -144,7 +144,8 @@ def add_options(parser: pytest.Parser) -> None:
         dest="mp_join_timeout",
         type=parse_join_timeout,
         default=None,
-        help=f"Upper bound in seconds on every join the fixtures make (default {DEFAULT_JOIN_TIMEOUT:g})",
+        help="Upper bound in seconds on every join the fixtures make "
+        f"(default {DEFAULT_JOIN_TIMEOUT:g})",
     )
     group.addoption(
         "--mp-settle",
@@ -159,7 +160,8 @@ def add_options(parser: pytest.Parser) -> None:
         dest="mp_kill_grace",
         type=parse_kill_grace,
         default=None,
-        help=f"Seconds between SIGTERM and SIGKILL when ending leftovers (default {DEFAULT_KILL_GRACE:g})",
+        help="Seconds between SIGTERM and SIGKILL when ending leftovers "
+        f"(default {DEFAULT_KILL_GRACE:g})",
     )
     group.addoption(
         "--mp-report",
