@@ -3,9 +3,8 @@
 On Linux, ``prctl(PR_SET_CHILD_SUBREAPER)`` makes processes orphaned below the pytest process
 (a daemon that double-forked, a worker whose parent was killed) reparent to it instead of to init,
 where the watch can still see and end them. Orphans that then exit would stay zombies until reaped,
-so a
-``SIGCHLD`` handler reaps them as they die: a test that kills a parent and then checks that its
-workers are gone sees them gone. The handler reaps only children that the pytest process did not
+so a ``SIGCHLD`` handler reaps them as they die: a test that kills a parent and then checks that
+its workers are gone sees them gone. The handler reaps only children that the pytest process did not
 start itself: the exit status of a child that a test or library waits for is never taken. No thread
 is used; the handler runs in the main thread between bytecodes, with ``SA_RESTART`` set so system
 calls are not interrupted.
