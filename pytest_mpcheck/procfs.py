@@ -95,6 +95,23 @@ def is_same_process(pid: int, created: float) -> bool:
     return now is not None and abs(now - created) < 0.01
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def age(pid: int) -> float | None:
+    """Seconds since ``pid`` started, to the clock tick (psutil's create time drifts by up to 1 s)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        created = create_time(pid)
+        return None if created is None else max(0.0, time.time() - created)
+    # Field 22 of stat is the start time in clock ticks since boot; fields[0] here is field 3.
+    return max(0.0, now - int(fields[19]) / _CLOCK_TICKS)
+
+
 def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:
     """``(name, cmdline, status, create_time, age, ppid)`` of ``pid``, or ``None`` if it is gone."""
     try:
@@ -110,7 +127,10 @@ def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:
                 cmdline = ""
     except psutil.Error:
         return None
-    return name, cmdline or f"[{name}]", status, created, max(0.0, time.time() - created), ppid
+    lifetime = age(pid)
+    if lifetime is None:
+        lifetime = max(0.0, time.time() - created)
+    return name, cmdline or f"[{name}]", status, created, lifetime, ppid
 
 
 def cmdline(pid: int) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
+
+_OWN_CMDLINE = procfs.cmdline(os.getpid())
 
 _STATE_WORDS = {
     LEAKED: "still running",
@@ -43,7 +47,10 @@ def format_finding(finding: Finding) -> str:
         f"{_STATE_WORDS.get(finding.kind, finding.kind)}, state {process.status}, "
         f"age {process.age:.2f}s"
     )
-    lines = [head, f"    command:    {process.cmdline}"]
+    command = process.cmdline
+    if command == _OWN_CMDLINE:
+        command = f"(a fork of the pytest process) {command}"
+    lines = [head, f"    command:    {command}"]
     if process.started_at or process.started_by:
         where = process.started_at or "unknown place"
         how = f" by {process.started_by}" if process.started_by else ""
@@ -75,8 +82,9 @@ def format_findings(nodeid: str, findings: Sequence[Finding]) -> str:
 
 def summary_line(tally: SessionTally) -> str:
     """One line of session figures for the terminal summary."""
+    started = f"{tally.started} process{'' if tally.started == 1 else 'es'}"
     return (
-        f"mpcheck: {tally.started} processes started by tests, {tally.leaked} leaked, "
+        f"mpcheck: {started} started by tests, {tally.leaked} leaked, "
         f"{tally.unreaped} unreaped, {tally.hung} hung, {tally.ended} ended by mpcheck"
     )
 

@@ -106,7 +106,14 @@ class MpCheckSession:
         elif mode == "fail":
             pytest.fail(message, pytrace=False)
         else:
-            warnings.warn(MpCheckWarning(message), stacklevel=1)
+            # Point the warning at the test, not at this plugin.
+            path, lineno, _ = item.reportinfo()
+            warnings.warn_explicit(
+                MpCheckWarning(message),
+                category=MpCheckWarning,
+                filename=str(path),
+                lineno=(lineno or 0) + 1,
+            )
 
     def scope_finished(self, scope: object) -> None:
         """A module-, class-, package- or session-scoped fixture was finalized."""

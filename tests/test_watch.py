@@ -1,0 +1,373 @@
+"""The process watch: every kind of leftover fails its test with a report a person can act on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_leak="""
+        import multiprocessing, time
+        from pathlib import Path
+
+        def forever():
+            time.sleep(60)
+
+        def test_never_joined():
+            p = multiprocessing.Process(target=forever, name="worker-1")
+            p.start()
+            Path("pid").write_text(str(p.pid))
+
+        def test_next_starts_clean():
+            import psutil
+            pid = int(Path("pid").read_text())
+            assert not psutil.pid_exists(pid)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=2, errors=1)
+    pid = int((pytester.path / "pid").read_text())
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_never_joined*",
+            "mpcheck: test_leak.py::test_never_joined left 1 process behind (1 leaked)",
+            f"leaked process {pid} 'worker-1': still running, state *",
+            "    command:    *",
+            "    started at: test_leak.py:9 by multiprocessing.Process.start",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+            "How to fix: wait for every process the test starts before it ends:*",
+            "*fixture of module or session scope*mp_ignore*mp_check*",
+            "mpcheck: 1 process started by tests, 1 leaked, 0 unreaped, 0 hung, 1 ended by mpcheck",
+        ]
+    )
+    assert not psutil.pid_exists(pid)
+
+
+def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_zombie="""
+        import subprocess, time
+
+        def test_never_waited():
+            subprocess.Popen(["true"])
+            time.sleep(0.3)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_zombie.py::test_never_waited left 1 process behind (1 unreaped)",
+            "unreaped process * 'true': exited but never joined or waited for (zombie), "
+            "state zombie, age *",
+            "    started at: test_zombie.py:4 by subprocess.Popen",
+            "    ended by:   reaped by mpcheck",
+        ]
+    )
+
+
+def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
+    # The article's lock example starts three processes and never joins them.
+    pytester.makepyfile(
+        test_seed_lock="""
+        from multiprocessing import Process, Lock
+        lck = Lock()
+
+        def func_print(item):
+            lck.acquire()
+            try:
+                for i in range(5):
+                    print(item)
+            finally:
+                lck.release()
+
+        def test_article_lock_example():
+            items = ['Hi', 'Hello', 'Bye']
+            for item in items:
+                p = Process(target=func_print, args=(item,))
+                p.start()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-settle=0", timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_seed_lock.py::test_article_lock_example left 3 processes behind*",
+            "* process * 'Process-1': *",
+            "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
+            "* process * 'Process-2': *",
+            "* process * 'Process-3': *",
+        ]
+    )
+
+
+def test_popen_and_new_session_children(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_popen="""
+        import subprocess
+
+        def test_popen_never_waited():
+            subprocess.Popen(["sleep", "60"])
+
+        def test_new_session_child():
+            subprocess.Popen(["sleep", "61"], start_new_session=True)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_popen.py::test_popen_never_waited left 1 process behind (1 leaked)",
+            "leaked process * 'sleep': still running*",
+            "    command:    sleep 60",
+            "    started at: test_popen.py:4 by subprocess.Popen",
+            "mpcheck: test_popen.py::test_new_session_child left 1 process behind (1 leaked)",
+            "    command:    sleep 61",
+            "    started at: test_popen.py:7 by subprocess.Popen",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+
+
+def test_double_forked_orphan_is_found(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_orphan="""
+        import os, time
+
+        def test_daemonizes():
+            pid = os.fork()
+            if pid == 0:
+                # the classic double fork: the grandchild is orphaned at once
+                if os.fork() == 0:
+                    os.setsid()
+                    time.sleep(60)
+                os._exit(0)
+            os.waitpid(pid, 0)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_orphan.py::test_daemonizes left 1 process behind (1 leaked)",
+            "leaked process *: still running*",
+            "    started by: a child process (parent pid *), not by the test process",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+
+
+def test_child_ignoring_sigterm_is_killed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_stubborn="""
+        import multiprocessing, signal, time
+        from pathlib import Path
+
+        def stubborn(ready):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ready.set()
+            time.sleep(60)
+
+        def test_stubborn():
+            ready = multiprocessing.Event()
+            p = multiprocessing.Process(target=stubborn, args=(ready,))
+            p.start()
+            assert ready.wait(10)
+            Path("pid").write_text(str(p.pid))
+
+        def test_gone_by_the_next_test():
+            import psutil
+            assert not psutil.pid_exists(int(Path("pid").read_text()))
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-kill-grace=0.2", timeout=60)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)"])
+
+
+def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_warn="""
+        import subprocess
+
+        def test_leaks():
+            subprocess.Popen(["sleep", "60"])
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MpCheckWarning: mpcheck: test_warn.py::test_leaks left 1 process behind (1 leaked)",
+        ]
+    )
+    escalated = pytester.runpytest_subprocess(
+        *FAST, "--mp-check=warn", "-W", "error::pytest_mpcheck.MpCheckWarning", timeout=60
+    )
+    escalated.assert_outcomes(passed=1, errors=1)
+    escalated.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
+
+
+def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_off="""
+        import os, signal, subprocess
+        import pytest
+        from pathlib import Path
+
+        @pytest.mark.mp_check("off")
+        def test_allowed_to_leave_it():
+            Path("pid").write_text(str(subprocess.Popen(["sleep", "60"]).pid))
+
+        @pytest.mark.mp_check("warn")
+        def test_only_warns():
+            subprocess.Popen(["sleep", "62"])
+
+        def test_it_was_not_ended():
+            pid = int(Path("pid").read_text())
+            os.kill(pid, 0)  # still running: mode off leaves it alone
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_off.py::test_only_warns left*"])
+
+    pytester.makepyfile(
+        test_off="""
+        import subprocess
+
+        def test_leaks_but_check_is_off():
+            p = subprocess.Popen(["sleep", "60"])
+            open("pid", "w").write(str(p.pid))
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-check=off", timeout=60)
+    result.assert_outcomes(passed=1)
+    pid = int((pytester.path / "pid").read_text())
+    # The inner pytest has exited; its child was orphaned to us (we are a subreaper too).
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone(pid)
+    result.stdout.no_fnmatch_line("*leaked process*")
+
+
+def test_mp_ignore_patterns_and_the_veto_hook(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        mp_ignore =
+            sleep 63*
+        """
+    )
+    pytester.makeconftest(
+        """
+        def pytest_mpcheck_ignore_process(config, item, process):
+            if process.cmdline == "sleep 64":
+                return True
+            return None
+        """
+    )
+    pytester.makepyfile(
+        test_ignore="""
+        import subprocess
+
+        procs = []
+
+        def test_ignored_by_ini():
+            procs.append(subprocess.Popen(["sleep", "63"]))
+
+        def test_vetoed_by_hook():
+            procs.append(subprocess.Popen(["sleep", "64"]))
+
+        def test_not_ignored():
+            subprocess.Popen(["sleep", "65"])
+
+        def test_cleanup():
+            for p in procs:
+                p.kill()
+                p.wait()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_not_ignored*", "    command:    sleep 65"]
+    )
+    result.stdout.no_fnmatch_line("*command:    sleep 63*")
+    result.stdout.no_fnmatch_line("*command:    sleep 64*")
+
+
+def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_mpcheck_finding(config, item, finding):
+            print(f"HOOK {finding.kind} {finding.process.cmdline} {finding.ended_by}")
+        """
+    )
+    pytester.makepyfile(
+        test_json="""
+        import subprocess
+
+        def test_leaks():
+            subprocess.Popen(["sleep", "66"])
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "-s", "--mp-report=out/report.json", timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*HOOK leaked sleep 66 SIGTERM*"])
+    document = json.loads(Path(pytester.path / "out" / "report.json").read_text())
+    assert document["summary"]["leaked"] == 1
+    assert document["summary"]["ended"] == 1
+    (finding,) = document["findings"]
+    assert finding["kind"] == "leaked"
+    assert finding["nodeid"] == "test_json.py::test_leaks"
+    assert finding["process"]["cmdline"] == "sleep 66"
+    assert finding["process"]["started_at"] == "test_json.py:4"
+
+
+def test_teardown_error_is_kept_and_findings_are_added(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_both="""
+        import subprocess, pytest
+
+        @pytest.fixture
+        def broken():
+            yield
+            raise RuntimeError("the user's own teardown error")
+
+        def test_leaks(broken):
+            subprocess.Popen(["sleep", "67"])
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E       RuntimeError: the user's own teardown error",
+            "*Captured mpcheck teardown*",
+            "mpcheck: test_both.py::test_leaks left 1 process behind (1 leaked)",
+        ]
+    )
