@@ -99,7 +99,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def age(pid: int) -> float | None:
-    """Seconds since ``pid`` started, to the clock tick (psutil's create time drifts by up to 1 s)."""
+    """Seconds since ``pid`` started, to the clock tick (psutil's create time may be 1 s off)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
