@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing.process
+import multiprocessing.util
 import os
 import subprocess
 import sys
@@ -59,6 +60,10 @@ class OriginRecorder:
         self._scope: object | None = None
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
+        self.starting = 0
+        """How many process-creating calls are running now (they nest)."""
+        self.deferred: Callable[[], object] | None = None
+        """Work to do once no such call runs (set by the orphan reaper)."""
 
     # -- who is running -------------------------------------------------------------------------
 
@@ -132,6 +137,28 @@ class OriginRecorder:
 
     # -- installing the wrappers ----------------------------------------------------------------
 
+    def _starting(self, original: Callable[..., Any], label: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a process-creating function and note the pid it made.
+
+        While the call runs, :attr:`starting` is non-zero: a ``SIGCHLD`` that arrives before the
+        new pid is noted (a child that exits at once) must not make the orphan reaper take it.
+        """
+        self.starting += 1
+        try:
+            result = original(*args, **kwargs)
+            pid = result[0] if isinstance(result, tuple) else result
+            if isinstance(pid, int) and pid > 0:
+                self.note(pid, label)
+            return result
+        finally:
+            self.starting -= 1
+            self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        if not self.starting and self.deferred is not None and os.getpid() == self._pid:
+            deferred, self.deferred = self.deferred, None
+            deferred()
+
     def install(self) -> None:
         """Wrap the process-creating calls; undone by :meth:`uninstall`."""
         recorder = self
@@ -143,11 +170,7 @@ class OriginRecorder:
 
             @functools.wraps(original)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                result = original(*args, **kwargs)
-                pid = result[0] if isinstance(result, tuple) else result
-                if isinstance(pid, int) and pid > 0:
-                    recorder.note(pid, label)
-                return result
+                return recorder._starting(original, label, *args, **kwargs)
 
             setattr(module, attribute, wrapper)
             self._undo.append(functools.partial(setattr, module, attribute, original))
@@ -156,29 +179,29 @@ class OriginRecorder:
         wrap_pid_returning(os, "forkpty", "os.forkpty")
         wrap_pid_returning(os, "posix_spawn", "os.posix_spawn")
         wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
+        # multiprocessing's spawn and forkserver methods, its resource tracker and forkserver.
+        wrap_pid_returning(multiprocessing.util, "spawnv_passfds", "multiprocessing spawn")
 
-        process_start = multiprocessing.process.BaseProcess.start
+        def wrap_method(cls: Any, attribute: str, label: str) -> None:
+            original = getattr(cls, attribute)
 
-        @functools.wraps(process_start)
-        def start(self: multiprocessing.process.BaseProcess) -> None:
-            process_start(self)
-            if self.pid is not None:
-                recorder.note(self.pid, "multiprocessing.Process.start", handle=self)
+            @functools.wraps(original)
+            def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                recorder.starting += 1
+                try:
+                    result = original(self, *args, **kwargs)
+                    if isinstance(self.pid, int):
+                        recorder.note(self.pid, label, handle=self)
+                    return result
+                finally:
+                    recorder.starting -= 1
+                    recorder._run_deferred()
 
-        multiprocessing.process.BaseProcess.start = start  # type: ignore[method-assign]
-        self._undo.append(
-            functools.partial(setattr, multiprocessing.process.BaseProcess, "start", process_start)
-        )
+            setattr(cls, attribute, wrapper)
+            self._undo.append(functools.partial(setattr, cls, attribute, original))
 
-        popen_init = subprocess.Popen.__init__
-
-        @functools.wraps(popen_init)
-        def init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
-            popen_init(self, *args, **kwargs)
-            recorder.note(self.pid, "subprocess.Popen", handle=self)
-
-        subprocess.Popen.__init__ = init  # type: ignore[method-assign]
-        self._undo.append(functools.partial(setattr, subprocess.Popen, "__init__", popen_init))
+        wrap_method(multiprocessing.process.BaseProcess, "start", "multiprocessing.Process.start")
+        wrap_method(subprocess.Popen, "__init__", "subprocess.Popen")
 
     def uninstall(self) -> None:
         """Put the original calls back (in reverse order of wrapping)."""

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from pytest_mpcheck import procfs
+from pytest_mpcheck.origins import OriginRecorder
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
@@ -61,8 +62,8 @@ def set_subreaper(enabled: bool) -> bool:
 class OrphanReaper:
     """Reaps, on ``SIGCHLD``, zombie children that this process did not start itself."""
 
-    def __init__(self, is_own_child: Callable[[int], bool]) -> None:
-        self._is_own_child = is_own_child
+    def __init__(self, recorder: OriginRecorder) -> None:
+        self._recorder = recorder
         self._pid = os.getpid()
         self._previous: _Handler = None
         self._installed = False
@@ -111,9 +112,14 @@ class OrphanReaper:
 
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped."""
+        if self._recorder.starting:
+            # A child is being started and its pid is not noted yet: it could be taken for an
+            # orphan. Reap once the start has finished.
+            self._recorder.deferred = self.reap_orphans
+            return 0
         reaped = 0
         for pid in procfs.children(self._pid):
-            if self._is_own_child(pid) or not procfs.is_zombie(pid):
+            if pid in self._recorder.records or not procfs.is_zombie(pid):
                 continue
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)

@@ -39,7 +39,7 @@ class ProcessWatch:
         self.settings = settings
         self.recorder = recorder
         self.session_pid = os.getpid()
-        self.reaper = OrphanReaper(is_own_child=self.recorder.records.__contains__)
+        self.reaper = OrphanReaper(self.recorder)
         self.pending: list[Finding] = []
         """Findings of fixture scopes that ended during the current teardown."""
         self._helper_cmdlines: dict[int, bool] = {}
