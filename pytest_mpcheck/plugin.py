@@ -89,9 +89,12 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.add_worker(workeroutput)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # trylast: after pytest's own implementation has torn down the remaining fixtures.
     state = session.config.stash.get(session_key, None)
     if state is not None:
+        state.sweep()
         state.finish()
 
 

@@ -80,6 +80,16 @@ def format_findings(nodeid: str, findings: Sequence[Finding]) -> str:
     return f"{title}\n\n{body}\n\n{HOW_TO_FIX}"
 
 
+def format_session_leftovers(findings: Sequence[Finding]) -> str:
+    """The report of processes still running after the last test and fixture had finished."""
+    count = len(findings)
+    title = (
+        f"mpcheck: {count} process{'es' if count != 1 else ''} still running at the end of the "
+        "session, not started by the test process itself (no test is blamed):"
+    )
+    return title + "\n" + "\n".join(format_finding(finding) for finding in findings)
+
+
 def summary_line(tally: SessionTally) -> str:
     """One line of session figures for the terminal summary."""
     started = f"{tally.started} process{'' if tally.started == 1 else 'es'}"

@@ -35,11 +35,14 @@ class MpCheckSession:
         self.subreaper = False
         self._was_subreaper: bool | None = None
         self._current: pytest.Item | None = None
+        self._session_baseline: Baseline | None = None
+        self.left_at_end: list[Finding] = []
 
     # -- lifetime -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Wrap the process-starting calls, become a subreaper, reap orphans as they die."""
+        self._session_baseline = self.watch.baseline()
         self.recorder.install()
         self._was_subreaper = get_subreaper()
         self.subreaper = set_subreaper(True)
@@ -145,6 +148,19 @@ class MpCheckSession:
 
     # -- the end of the run ---------------------------------------------------------------------
 
+    def sweep(self) -> None:
+        """After the last fixture: end what is still running, so that nothing outlives pytest."""
+        if self.settings.mode == "off" or self._session_baseline is None:
+            return
+        try:
+            self.left_at_end = self.watch.finish_session(self._session_baseline)
+        except Exception:
+            self._internal_error("ending what was left at the end of the session")
+            return
+        for finding in self.left_at_end:
+            self.tally.count(finding)
+            self.findings.append(finding)
+
     def finish(self) -> None:
         """Count what was started and write the JSON report."""
         self.tally.started += self.recorder.started
@@ -170,7 +186,10 @@ class MpCheckSession:
         """Lines for the terminal summary."""
         if self.settings.mode == "off" and not self.tally.started:
             return []
-        return [report.summary_line(self.tally)]
+        lines = [report.summary_line(self.tally)]
+        if self.left_at_end:
+            lines.append(report.format_session_leftovers(self.left_at_end))
+        return lines
 
 
 #: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pytest_mpcheck import procfs
@@ -170,6 +170,24 @@ class ProcessWatch:
         leftovers = self._settle(alive)
         self.pending.extend(self._conclude(leftovers, label, nodeid, veto, True))
 
+    def finish_session(self, baseline: Baseline) -> list[Finding]:
+        """What is still running at the end of the session, that no test or fixture was blamed for.
+
+        Typically a process that a fixture's process started and that outlived it. It is ended.
+        """
+        self.reaper.reap_orphans()
+
+        def remaining() -> dict[int, int]:
+            tree = procfs.descendants(self.session_pid)
+            return {
+                pid: parent
+                for pid, parent in tree.items()
+                if pid not in baseline.pids and not self._is_helper(pid)
+            }
+
+        leftovers = self._settle(remaining)
+        return self._conclude(leftovers, "<session end>", "<session end>", lambda _: False, True)
+
     def _forget_gone(self) -> None:
         if not self.recorder.records:
             return
@@ -177,12 +195,3 @@ class ProcessWatch:
         self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
         for pid in [pid for pid in self._helper_cmdlines if pid not in alive]:
             del self._helper_cmdlines[pid]
-
-    def end_all(self, pids: Iterable[int]) -> None:
-        """End processes at the very end of a run (nothing is reported)."""
-        leftovers = []
-        for pid in pids:
-            created = procfs.create_time(pid)
-            if created is not None:
-                leftovers.append(Leftover(pid, created))
-        end_processes(leftovers, self.session_pid, self.settings.kill_grace)

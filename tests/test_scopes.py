@@ -1,0 +1,101 @@
+"""Processes of module- and session-scoped fixtures belong to those fixtures, not to a test."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import subprocess, pytest
+
+        @pytest.fixture(scope="session")
+        def server():
+            proc = subprocess.Popen(["sleep", "70"])
+            yield proc
+            # forgets to stop it
+
+        @pytest.fixture(scope="module")
+        def tidy_helper():
+            proc = subprocess.Popen(["sleep", "71"])
+            yield proc
+            proc.terminate()
+            proc.wait()
+        """
+    )
+    pytester.makepyfile(
+        test_a="""
+        def test_first(server, tidy_helper):
+            assert server.poll() is None
+
+        def test_second(server, tidy_helper):
+            assert server.poll() is None
+        """,
+        test_b="""
+        def test_third(server):
+            assert server.poll() is None
+        """,
+    )
+    result = pytester.runpytest_subprocess("--mp-kill-grace=0.5", timeout=60)
+    # Neither the first test nor the module fixture's tidy process is blamed; the session
+    # fixture's process is found when the session scope ends (in the last test's teardown).
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_third*",
+            "mpcheck: test_b.py::test_third left 1 process behind (1 leaked)",
+            "leaked process * 'sleep': still running*",
+            "    command:    sleep 70",
+            "    started at: conftest.py:5 by subprocess.Popen",
+            "    owned by:   session-scoped fixture 'server'",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*sleep 71*")
+
+
+def test_process_started_by_an_older_process_is_not_blamed(pytester: pytest.Pytester) -> None:
+    # A server started by a session fixture forks a worker during a test: the worker is the
+    # server's business, not the test's. The fixture stops the server but not the worker, which
+    # then outlives the session: it is reported and ended at the end of the session.
+    pytester.makeconftest(
+        """
+        import subprocess, sys, pytest
+
+        @pytest.fixture(scope="session")
+        def server():
+            proc = subprocess.Popen(
+                [sys.executable, "-c",
+                 "import subprocess, sys, time\\n"
+                 "for line in sys.stdin:\\n"
+                 "    subprocess.Popen(['sleep', '72'])\\n"
+                 "    print('started', flush=True)\\n"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            yield proc
+            proc.kill()
+            proc.wait()
+        """
+    )
+    pytester.makepyfile(
+        test_server="""
+        def test_asks_for_a_worker(server):
+            server.stdin.write("go\\n")
+            server.stdin.flush()
+            assert server.stdout.readline() == "started\\n"
+
+        def test_another(server):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-kill-grace=0.5", timeout=60)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: 1 process still running at the end of the session, not started by the "
+            "test process itself (no test is blamed):",
+            "leaked process * 'sleep': still running*",
+            "    command:    sleep 72",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
