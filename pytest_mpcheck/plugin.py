@@ -46,6 +46,14 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     return (yield)
 
 
+@pytest.hookimpl(specname="pytest_runtest_setup", tryfirst=True)
+def pytest_runtest_setup_markers(item: pytest.Item) -> None:
+    # Not in the wrapper above: a failure there would skip the setup of other plugins.
+    state = item.config.stash.get(session_key, None)
+    if state is not None:
+        state.check_markers(item)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(
     item: pytest.Item, nextitem: pytest.Item | None

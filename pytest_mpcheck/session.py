@@ -14,7 +14,7 @@ from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
 from pytest_mpcheck.reaper import get_subreaper, set_subreaper
-from pytest_mpcheck.settings import Settings, marker_mode
+from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import Baseline, ProcessWatch
 
 baseline_key = pytest.StashKey[Baseline]()
@@ -72,11 +72,15 @@ class MpCheckSession:
     # -- one test -------------------------------------------------------------------------------
 
     def begin_test(self, item: pytest.Item) -> None:
-        """Note the descendants alive before the test's setup; check its markers."""
+        """Note the descendants alive before the test's setup."""
         self._current = item
         item.stash[baseline_key] = self.watch.baseline()
         self.recorder.set_owner(item.nodeid)
+
+    def check_markers(self, item: pytest.Item) -> None:
+        """Fail the test's setup if one of its markers has bad arguments."""
         item.stash[mode_key] = marker_mode(item, self.settings.mode)
+        marker_join_timeout(item, self.settings.join_timeout)
 
     def end_test(self, item: pytest.Item, teardown_failed: bool) -> None:
         """After the teardown: fail or warn the test for what it left behind.

@@ -248,10 +248,14 @@ def marker_mode(item: pytest.Item, default: str) -> str:
             f'"fail", "warn" or "off"; got args={marker.args!r} kwargs={marker.kwargs!r}',
             pytrace=False,
         )
-    try:
-        return parse_mode(marker.args[0])
-    except pytest.UsageError as error:
-        pytest.fail(f"{item.nodeid}: @pytest.mark.mp_check: {error}", pytrace=False)
+    mode = marker.args[0].strip().lower()
+    if mode not in MODES:
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.mp_check: {marker.args[0]!r} is not a valid "
+            f"mp-check mode. Valid modes: {', '.join(MODES)}",
+            pytrace=False,
+        )
+    return mode
 
 
 def marker_join_timeout(item: pytest.Item, default: float) -> float:

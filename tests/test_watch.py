@@ -110,15 +110,15 @@ def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
                 p.start()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-settle=0", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
+    # Each Process.start() reaps the children that have already finished, so the first two
+    # may be gone by then; the last one is always left running or unreaped.
     result.stdout.fnmatch_lines(
         [
-            "mpcheck: test_seed_lock.py::test_article_lock_example left 3 processes behind*",
-            "* process * 'Process-1': *",
-            "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
-            "* process * 'Process-2': *",
+            "mpcheck: test_seed_lock.py::test_article_lock_example left * behind*",
             "* process * 'Process-3': *",
+            "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
         ]
     )
 

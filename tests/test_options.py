@@ -1,0 +1,136 @@
+"""Options, ini values and markers: what is accepted, and clear errors for the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--mp-check=maybe"],
+            "ERROR: 'maybe' is not a valid mp-check mode. Valid modes: fail, warn, off",
+        ),
+        (
+            ["--mp-settle=-1"],
+            "ERROR: --mp-settle: '-1' is not valid. Give a number of seconds greater than or "
+            "equal to 0",
+        ),
+        (
+            ["--mp-kill-grace=abc"],
+            "ERROR: --mp-kill-grace: 'abc' is not a number of seconds. Give a number greater "
+            "than or equal to 0, such as 0.5",
+        ),
+        (
+            ["--mp-join-timeout=0"],
+            "ERROR: --mp-join-timeout: 0 is not valid. Give a number of seconds greater than 0",
+        ),
+        (
+            ["--mp-start-methods=fork,threads"],
+            "ERROR: --mp-start-methods: 'threads' is not a start method of this platform. "
+            "Available: fork, spawn, forkserver",
+        ),
+    ],
+)
+def test_bad_option_is_a_usage_error(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(*args, timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    result.stderr.no_fnmatch_line("*Traceback*")
+
+
+def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nmp_check = sometimes\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: ini value mp_check: 'sometimes' is not a valid mp-check mode. Valid modes: *"]
+    )
+
+
+def test_command_line_wins_over_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nmp_check = off\nmp_settle = 0.1\nmp_kill_grace = 0.4\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess("--mp-check=warn", timeout=60)
+    result.stdout.fnmatch_lines(["mpcheck: process watch warn, settle 0.1s, kill grace 0.4s;*"])
+
+
+def test_markers_are_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--markers", timeout=60)
+    result.stdout.fnmatch_lines(
+        [
+            '@pytest.mark.mp_check(mode): "warn" or "off" for this test only*',
+            "@pytest.mark.mp_start_methods(*methods): *",
+            "@pytest.mark.mp_join_timeout(seconds): *",
+        ]
+    )
+
+
+def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help", timeout=60)
+    result.stdout.fnmatch_lines(
+        [
+            "multiprocessing checks (pytest-mpcheck):",
+            "  --mp-check=MP_CHECK*",
+            "*--mp-report=PATH*",
+            "*mp_ignore (linelist):*",
+        ]
+    )
+
+
+def test_bad_marker_arguments_fail_that_test_only(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.mp_check("maybe")
+        def test_bad_mode():
+            pass
+
+        @pytest.mark.mp_check()
+        def test_no_mode():
+            pass
+
+        @pytest.mark.mp_join_timeout(-2)
+        def test_bad_timeout():
+            pass
+
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=60)
+    result.assert_outcomes(passed=1, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_bad_marker_arguments_fail_that_test_only.py::test_bad_mode: "
+            "@pytest.mark.mp_check: 'maybe' is not a valid mp-check mode. Valid modes: fail, "
+            "warn, off",
+            "*test_no_mode: @pytest.mark.mp_check takes one mode, "
+            '"fail", "warn" or "off"; got args=() kwargs={}',
+            "*test_bad_timeout: @pytest.mark.mp_join_timeout: -2 is not valid. "
+            "Give a number of seconds greater than 0",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import subprocess
+
+        def test_leaks_unchecked():
+            p = subprocess.Popen(["sleep", "0.2"])
+            open("pid", "w").write(str(p.pid))
+            p.wait()
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:mpcheck", timeout=60)
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("mpcheck:*")
