@@ -49,6 +49,10 @@ class StartRecord:
     thread: str | None = None
 
 
+def _same_time(first: float | None, second: float | None) -> bool:
+    return first is not None and second is not None and abs(first - second) < 0.01
+
+
 class OriginRecorder:
     """Notes every process the pytest process starts; see the module docstring."""
 
@@ -88,6 +92,9 @@ class OriginRecorder:
         if os.getpid() != self._pid or pid <= 0:
             return  # a forked child inherited the wrappers; only the pytest process records
         record = self.records.get(pid)
+        created = procfs.create_time(pid)
+        if record is not None and not _same_time(record.create_time, created):
+            record = None  # the pid was reused since it was recorded
         if record is None:
             record = StartRecord(
                 pid=pid,
@@ -95,7 +102,7 @@ class OriginRecorder:
                 site=self._call_site(),
                 owner=self._owner,
                 scope=self._scope,
-                create_time=procfs.create_time(pid),
+                create_time=created,
                 thread=threading.current_thread().name,
             )
             self.records[pid] = record

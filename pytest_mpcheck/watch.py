@@ -42,7 +42,6 @@ class ProcessWatch:
         self.reaper = OrphanReaper(self.recorder)
         self.pending: list[Finding] = []
         """Findings of fixture scopes that ended during the current teardown."""
-        self._helper_cmdlines: dict[int, bool] = {}
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -52,11 +51,7 @@ class ProcessWatch:
 
     def _is_helper(self, pid: int) -> bool:
         """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore)."""
-        known = self._helper_cmdlines.get(pid)
-        if known is None:
-            known = self.settings.is_ignored(procfs.cmdline(pid))
-            self._helper_cmdlines[pid] = known
-        return known
+        return self.settings.is_ignored(procfs.cmdline(pid))
 
     def _new_processes(self, baseline: Baseline) -> dict[int, int]:
         """New descendants that the current test owns, as ``{pid: parent}``."""
@@ -193,5 +188,3 @@ class ProcessWatch:
             return
         alive = procfs.descendants(self.session_pid)
         self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
-        for pid in [pid for pid in self._helper_cmdlines if pid not in alive]:
-            del self._helper_cmdlines[pid]

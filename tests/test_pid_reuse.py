@@ -1,0 +1,73 @@
+"""The plugin never signals a pid that now belongs to another process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+
+def _can_choose_pids() -> bool:
+    return sys.platform.startswith("linux") and os.access(NS_LAST_PID, os.W_OK)
+
+
+@pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
+def test_reused_pid_is_not_signalled(pytester: pytest.Pytester) -> None:
+    # Between finding the leak and ending it, the leaked child dies and its pid is handed to an
+    # unrelated process (the kernel is asked for that pid through ns_last_pid). The plugin must
+    # see that the create time changed and leave the newcomer alone.
+    pytester.makeini("[pytest]\nmp_ignore = sleep 60\n")  # the newcomer is nobody's leak
+    pytester.makeconftest(
+        f"""
+        import os, signal, subprocess
+
+        def pytest_mpcheck_ignore_process(config, item, process):
+            os.kill(process.pid, signal.SIGKILL)
+            os.waitpid(process.pid, 0)
+            for attempt in range(50):
+                with open({NS_LAST_PID!r}, "w") as f:
+                    f.write(str(process.pid - 1))
+                newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
+                if newcomer.pid == process.pid:
+                    open("newcomer", "w").write(str(newcomer.pid))
+                    break
+                newcomer.kill()
+                newcomer.wait()
+            return None
+        """
+    )
+    pytester.makepyfile(
+        test_reuse="""
+        import subprocess
+
+        def test_leaks():
+            subprocess.Popen(["sleep", "61"])
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-kill-grace=0.2", timeout=60)
+    newcomer_file = pytester.path / "newcomer"
+    if not newcomer_file.exists():
+        pytest.skip("another process took the pid first 50 times in a row")
+    newcomer = int(newcomer_file.read_text())
+    try:
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                f"leaked process {newcomer} 'sleep': still running*",
+                "    command:    sleep 61",
+                "    ended by:   not signalled: the pid now belongs to another process",
+            ]
+        )
+        # The newcomer outlived the inner pytest: it was never signalled.
+        assert psutil.Process(newcomer).cmdline() == ["sleep", "60"]
+    finally:
+        os.kill(newcomer, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while psutil.pid_exists(newcomer) and time.monotonic() < deadline:
+            time.sleep(0.01)
