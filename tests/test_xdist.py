@@ -1,0 +1,51 @@
+"""Under pytest-xdist each worker checks its own tests; the controller adds the figures up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("xdist")
+
+
+def test_workers_check_their_tests_and_controller_adds_up(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_par="""
+        import multiprocessing, subprocess, time
+
+        def work():
+            pass
+
+        def test_leaks_one():
+            subprocess.Popen(["sleep", "80"])
+
+        def test_leaks_another():
+            subprocess.Popen(["sleep", "81"])
+
+        def test_clean_a():
+            p = multiprocessing.get_context("spawn").Process(target=work)
+            p.start()
+            p.join()
+
+        def test_clean_b():
+            subprocess.run(["true"])
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--mp-kill-grace=0.3", "--mp-report=report.json", timeout=120
+    )
+    result.assert_outcomes(passed=4, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*mpcheck: test_par.py::test_leaks_one left 1 process behind (1 leaked)*",
+            "*mpcheck: test_par.py::test_leaks_another left 1 process behind (1 leaked)*",
+            "mpcheck: * processes started by tests, 2 leaked, 0 unreaped, 0 hung, 2 ended by*",
+        ]
+    )
+    # xdist's own workers are not leaks of the controller.
+    result.stdout.no_fnmatch_line("*still running at the end of the session*")
+    document = json.loads((pytester.path / "report.json").read_text())
+    assert document["summary"]["leaked"] == 2
+    nodeids = sorted(f["nodeid"] for f in document["worker_findings"])
+    assert nodeids == ["test_par.py::test_leaks_another", "test_par.py::test_leaks_one"]
