@@ -1,0 +1,779 @@
+"""The lock checker: reading the records of :mod:`locks` back, and what they prove.
+
+The records of every process are merged in timestamp order and replayed lock by lock, as the
+kernel's lockdep and lockstat do for kernel locks:
+
+- two processes holding one semaphore at once (mutual exclusion broken);
+- a process that ended, or was killed, holding a lock;
+- a release by a process that does not hold the lock (``multiprocessing.Lock`` allows it);
+- lock-order inversion: each process's nesting of locks makes a graph, and a cycle in it is a
+  deadlock waiting to happen, even when this run's processes took the locks one after the other;
+- a lock that is not shared: processes that use one name but hold different semaphores;
+- contention figures per lock, per process and per acquisition site.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import pytest
+
+from pytest_mpcheck import procfs
+from pytest_mpcheck.locks import (
+    ACQUIRED,
+    FILE_SUFFIX,
+    GAVE_UP,
+    RECORD,
+    RECORD_SIZE,
+    RELEASE_FAILED,
+    RELEASED,
+    REQUESTED,
+    TEXT_LOCK,
+    TEXT_PROCESS,
+    TEXT_SITE,
+    CheckedLock,
+    make_lock,
+)
+
+#: Kinds of lock findings.
+TWO_HOLDERS = "two holders at once"
+HELD_AT_EXIT = "held at exit"
+RELEASE_NOT_HELD = "release of a lock not held"
+ORDER_INVERSION = "lock-order inversion"
+NOT_SHARED = "lock not shared"
+
+_FIX = {
+    TWO_HOLDERS: (
+        "How to fix: every acquire and release must go through the checked lock; a release of "
+        "the raw semaphore (or of a lock the holder does not own) lets a second process in."
+    ),
+    HELD_AT_EXIT: (
+        "How to fix: release the lock in a `finally:` block or take it with `with lock:`; a "
+        "process that exits or is killed (SIGKILL, os._exit, a crash) while holding a "
+        "multiprocessing lock never releases it, and every other process then waits forever."
+    ),
+    RELEASE_NOT_HELD: (
+        "How to fix: release a lock only in the process that acquired it, ideally with "
+        "`with lock:`. multiprocessing.Lock lets any process release it, silently, and its "
+        "holder then runs unprotected."
+    ),
+    ORDER_INVERSION: (
+        "How to fix: take these locks in one global order everywhere. Two processes that take "
+        "them in opposite orders at the same moment deadlock."
+    ),
+    NOT_SHARED: (
+        "How to fix: create the lock once, in the test, and pass it to each child as an "
+        "argument (Process(args=(lock,)), mp_spawn(target, args=(lock,)), "
+        "Pool(initializer=..., initargs=(lock,))). A lock that a child creates itself, or gets "
+        "by importing a module again (a module-level Lock() under spawn and forkserver), is a "
+        "different lock that excludes nobody."
+    ),
+}
+
+
+# -- the records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessName:
+    """A process as the reports name it."""
+
+    pid: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid})"
+
+
+@dataclass
+class _Event:
+    ts: int
+    kind: int
+    flags: int
+    process: ProcessName
+    lock: str
+    token: str
+    site: str | None
+
+
+@dataclass
+class _LockDecl:
+    name: str
+    kind: str
+    token: str
+    semaphore: str
+
+
+@dataclass
+class _ProcessRecord:
+    process: ProcessName
+    events: list[_Event] = field(default_factory=list)
+    locks: dict[str, _LockDecl] = field(default_factory=dict)
+    """By token."""
+
+
+def _read_file(path: str) -> _ProcessRecord | None:
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    record: _ProcessRecord | None = None
+    locks: dict[int, _LockDecl] = {}
+    sites: dict[int, str] = {}
+    off = 0
+    end = len(data) - RECORD_SIZE
+    while off <= end:
+        ts, site, lock, kind, flags = RECORD.unpack_from(data, off)
+        if ts == 0:
+            break  # the end of what this process wrote (the file is sparse and zero-filled)
+        off += RECORD_SIZE
+        if kind >= TEXT_PROCESS:
+            text = data[off : off + site].decode("utf-8", "replace")
+            off += -(-site // RECORD_SIZE) * RECORD_SIZE
+            parts = text.split("\0")
+            if kind == TEXT_PROCESS and len(parts) >= 2:
+                record = _ProcessRecord(ProcessName(int(parts[0]), parts[1]))
+            elif kind == TEXT_LOCK and len(parts) >= 4 and record is not None:
+                decl = _LockDecl(parts[0], parts[1], parts[2], parts[3])
+                locks[lock] = decl
+                record.locks[decl.token] = decl
+            elif kind == TEXT_SITE and len(parts) >= 2:
+                sites[int(parts[0])] = parts[1]
+            continue
+        if record is None or lock not in locks:
+            continue
+        decl = locks[lock]
+        if kind == RELEASE_FAILED:
+            # multiprocessing refused the release recorded just before: it did not happen.
+            for index in range(len(record.events) - 1, -1, -1):
+                if record.events[index].token == decl.token:
+                    if record.events[index].kind == RELEASED:
+                        del record.events[index]
+                    break
+            continue
+        record.events.append(
+            _Event(ts, kind, flags, record.process, decl.name, decl.token, sites.get(site))
+        )
+    return record
+
+
+# -- what was found -----------------------------------------------------------------------------
+
+
+@dataclass
+class Hold:
+    """One hold of a lock: from its acquisition to its release."""
+
+    lock: str
+    process: ProcessName
+    site: str | None
+    """``file:line`` where it was acquired."""
+    start: int
+    """``time.monotonic_ns()`` at the acquisition."""
+    end: int | None = None
+    """``time.monotonic_ns()`` at the release; ``None`` while held."""
+    wait: int = 0
+    """Nanoseconds the acquisition waited for the lock."""
+    contended: bool = False
+    """Whether the lock was taken when the acquisition began."""
+    released_by: ProcessName | None = None
+    """Another process that released it, when it was not the holder."""
+    token: str = ""
+
+
+@dataclass
+class LockFinding:
+    """One problem the lock checker found."""
+
+    kind: str
+    lock: str
+    message: str
+    processes: list[ProcessName] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class LockCounts:
+    """Contention figures, as lockstat reports them (times in seconds)."""
+
+    acquisitions: int = 0
+    contended: int = 0
+    """Acquisitions that found the lock taken and had to wait."""
+    total_wait: float = 0.0
+    max_wait: float = 0.0
+    total_hold: float = 0.0
+    max_hold: float = 0.0
+
+    def _add(self, hold: Hold) -> None:
+        self.acquisitions += 1
+        wait = hold.wait / 1e9
+        if hold.contended:
+            self.contended += 1
+        self.total_wait += wait
+        self.max_wait = max(self.max_wait, wait)
+        if hold.end is not None:
+            held = (hold.end - hold.start) / 1e9
+            self.total_hold += held
+            self.max_hold = max(self.max_hold, held)
+
+
+@dataclass
+class LockStats(LockCounts):
+    """The figures of one lock, with the same figures per process and per acquisition site."""
+
+    name: str = ""
+    by_process: dict[str, LockCounts] = field(default_factory=dict)
+    """By ``"name (pid N)"``."""
+    by_site: dict[str, LockCounts] = field(default_factory=dict)
+    """By ``file:line`` of the acquisition."""
+
+    def format(self) -> str:
+        """A lockstat-like table."""
+        lines = [
+            f"lock {self.name!r}: {self.acquisitions} acquisitions, {self.contended} contended, "
+            f"wait total {self.total_wait * 1e3:.3f} ms max {self.max_wait * 1e3:.3f} ms, "
+            f"hold max {self.max_hold * 1e3:.3f} ms"
+        ]
+        for title, table in (("process", self.by_process), ("site", self.by_site)):
+            for key, counts in table.items():
+                lines.append(
+                    f"    {title} {key}: {counts.acquisitions} acq, {counts.contended} contended, "
+                    f"wait max {counts.max_wait * 1e3:.3f} ms, hold max "
+                    f"{counts.max_hold * 1e3:.3f} ms"
+                )
+        return "\n".join(lines)
+
+
+class Records:
+    """Everything the processes of one checker recorded, replayed."""
+
+    def __init__(
+        self,
+        processes: Sequence[_ProcessRecord],
+        t0: int,
+        own_tokens: dict[str, ProcessName] | None = None,
+    ) -> None:
+        self.processes = list(processes)
+        self.t0 = t0
+        self.own_tokens = own_tokens or {}
+        self.findings: list[LockFinding] = []
+        self._holds: dict[str, list[Hold]] = {}
+        self._open: dict[tuple[str, ProcessName], Hold] = {}
+        self._replay()
+
+    # -- formatting -----------------------------------------------------------------------------
+
+    def at(self, ns: int) -> str:
+        """A timestamp relative to the start of the test."""
+        return f"+{(ns - self.t0) / 1e9:.3f}s"
+
+    def _hold_text(self, hold: Hold) -> str:
+        return f"acquired at {hold.site or 'an unknown site'} at {self.at(hold.start)}"
+
+    def _add(self, kind: str, lock: str, text: str, processes: Iterable[ProcessName]) -> None:
+        message = f"{kind}: {text}\n  {_FIX[kind]}"
+        self.findings.append(LockFinding(kind, lock, message, list(processes)))
+
+    # -- the replay -----------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        names: dict[str, dict[str, list[ProcessName]]] = {}
+        semaphores: dict[str, str] = {}
+        for record in self.processes:
+            for token, decl in record.locks.items():
+                names.setdefault(decl.name, {}).setdefault(token, []).append(record.process)
+                semaphores[token] = decl.semaphore
+        for name, tokens in names.items():
+            self._holds[name] = []
+            if len(tokens) > 1:
+                self._not_shared(name, tokens, semaphores)
+        events = sorted(
+            (event for record in self.processes for event in record.events),
+            key=lambda e: (e.ts, e.kind != RELEASED),
+        )
+        by_token: dict[str, list[_Event]] = {}
+        for event in events:
+            by_token.setdefault(event.token, []).append(event)
+        for token_events in by_token.values():
+            self._replay_semaphore(token_events)
+        for holds in self._holds.values():
+            holds.sort(key=lambda hold: hold.start)
+        self._order()
+
+    def _not_shared(
+        self, name: str, tokens: dict[str, list[ProcessName]], semaphores: dict[str, str]
+    ) -> None:
+        users = sorted({p for procs in tokens.values() for p in procs}, key=lambda p: p.pid)
+        lines = [
+            f"lock {name!r} is not shared: {len(users)} processes use a lock of this name, but "
+            f"they hold {len(tokens)} different semaphores, so none of them excludes another"
+        ]
+        for number, (token, procs) in enumerate(tokens.items(), 1):
+            creator = self.own_tokens.get(token)
+            made = f"made by the test in {creator}" if creator else "made in a child"
+            semaphore = semaphores.get(token) or "unnamed"
+            who = ", ".join(str(p) for p in sorted(procs, key=lambda p: p.pid))
+            lines.append(f"    semaphore {number} ({made}, {semaphore}): used by {who}")
+        self._add(NOT_SHARED, name, "\n".join(lines), users)
+
+    def _replay_semaphore(self, events: list[_Event]) -> None:
+        depth: dict[ProcessName, int] = {}
+        waiting: dict[ProcessName, _Event] = {}
+        reported: set[tuple[ProcessName, ProcessName]] = set()
+        for event in events:
+            process = event.process
+            if event.kind == REQUESTED:
+                waiting[process] = event
+            elif event.kind == GAVE_UP:
+                waiting.pop(process, None)
+            elif event.kind == ACQUIRED:
+                request = waiting.pop(process, None)
+                if depth.get(process, 0):
+                    depth[process] += 1  # an RLock taken again by its holder
+                    continue
+                hold = Hold(
+                    event.lock,
+                    process,
+                    event.site,
+                    event.ts,
+                    wait=event.ts - request.ts if request else 0,
+                    contended=request is not None,
+                    token=event.token,
+                )
+                for other, count in depth.items():
+                    if count and other != process and (other, process) not in reported:
+                        reported.add((other, process))
+                        self._two_holders(self._open[(event.token, other)], hold)
+                depth[process] = 1
+                self._open[(event.token, process)] = hold
+                self._holds[event.lock].append(hold)
+            elif event.kind == RELEASED:
+                if depth.get(process, 0):
+                    depth[process] -= 1
+                    if not depth[process]:
+                        self._open.pop((event.token, process)).end = event.ts
+                    continue
+                holders = [other for other, count in depth.items() if count]
+                self._release_not_held(event, [self._open[(event.token, o)] for o in holders])
+                for other in holders:  # the semaphore is free again: their hold is over
+                    depth[other] = 0
+                    hold = self._open.pop((event.token, other))
+                    hold.end = event.ts
+                    hold.released_by = process
+
+    def _two_holders(self, first: Hold, second: Hold) -> None:
+        text = (
+            f"lock {first.lock!r} was held by {first.process} and {second.process} at the same "
+            f"time\n"
+            f"    {first.process} {self._hold_text(first)} and still held it\n"
+            f"    when {second.process} {self._hold_text(second)}"
+        )
+        self._add(TWO_HOLDERS, first.lock, text, [first.process, second.process])
+
+    def _release_not_held(self, event: _Event, holders: list[Hold]) -> None:
+        where = f"at {event.site or 'an unknown site'} at {self.at(event.ts)}"
+        if holders:
+            owners = "; ".join(f"{h.process} held it ({self._hold_text(h)})" for h in holders)
+        else:
+            owners = "nobody held it"
+        text = (
+            f"{event.process} released lock {event.lock!r} {where}, but it did not hold it: "
+            f"{owners}"
+        )
+        self._add(
+            RELEASE_NOT_HELD, event.lock, text, [event.process, *(h.process for h in holders)]
+        )
+
+    def held_at_exit(self, current_test: bool) -> None:
+        """Find the holds of processes that ended; ``current_test``: also this process's."""
+        me = os.getpid()
+        for (_token, process), hold in sorted(self._open.items(), key=lambda kv: kv[1].start):
+            if process.pid == me:
+                if current_test:
+                    text = (
+                        f"the test process {process} still held lock {hold.lock!r} at the end of "
+                        f"the test ({self._hold_text(hold)})"
+                    )
+                    self._add(HELD_AT_EXIT, hold.lock, text, [process])
+                continue
+            if not _ended(process.pid):
+                continue  # still running: the process watch reports it
+            text = (
+                f"{process} ended holding lock {hold.lock!r} ({self._hold_text(hold)}); any "
+                f"other process that takes it waits forever"
+            )
+            self._add(HELD_AT_EXIT, hold.lock, text, [process])
+
+    # -- lock order -----------------------------------------------------------------------------
+
+    def _order(self) -> None:
+        # edges[(a, b)]: b was taken while a was held; one example per process, as lockdep keeps.
+        edges: dict[tuple[str, str], dict[ProcessName, tuple[str | None, str | None]]] = {}
+        for record in self.processes:
+            held: dict[str, tuple[int, str | None]] = {}
+            waiting: set[str] = set()
+            for event in record.events:
+                name = event.lock
+                if event.kind in (REQUESTED, ACQUIRED):
+                    if event.kind == ACQUIRED and name in waiting:
+                        waiting.discard(name)
+                    elif name not in held:
+                        for other, (_count, site) in held.items():
+                            if other != name:
+                                examples = edges.setdefault((other, name), {})
+                                examples.setdefault(record.process, (site, event.site))
+                    if event.kind == REQUESTED:
+                        waiting.add(name)
+                        continue
+                    count, site = held.get(name, (0, event.site))
+                    held[name] = (count + 1, site)
+                elif event.kind == GAVE_UP:
+                    waiting.discard(name)
+                elif event.kind == RELEASED and name in held:
+                    count, site = held[name]
+                    if count > 1:
+                        held[name] = (count - 1, site)
+                    else:
+                        del held[name]
+        graph: dict[str, set[str]] = {}
+        for first, second in edges:
+            graph.setdefault(first, set()).add(second)
+        for cycle in _cycles(graph):
+            lines = [
+                "locks "
+                + ", ".join(repr(n) for n in cycle)
+                + " are taken in opposite orders (a deadlock waiting to happen, even though "
+                "this run did not deadlock)"
+            ]
+            involved: list[ProcessName] = []
+            for index, first in enumerate(cycle):
+                second = cycle[(index + 1) % len(cycle)]
+                for process, (held_site, taken_site) in edges[(first, second)].items():
+                    involved.append(process)
+                    lines.append(
+                        f"    {process} took {second!r} at {taken_site or 'an unknown site'} "
+                        f"while holding {first!r} (taken at {held_site or 'an unknown site'})"
+                    )
+            self._add(ORDER_INVERSION, cycle[0], "\n".join(lines), dict.fromkeys(involved))
+
+    # -- questions ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the locks that were used, sorted."""
+        return sorted(self._holds)
+
+    def holds(self, name: str) -> list[Hold]:
+        """The holds of one lock, by acquisition time."""
+        return list(self._holds.get(name, []))
+
+    def stats(self, name: str) -> LockStats:
+        """The contention figures of one lock."""
+        stats = LockStats(name=name)
+        for hold in self._holds.get(name, []):
+            stats._add(hold)
+            stats.by_process.setdefault(str(hold.process), LockCounts())._add(hold)
+            stats.by_site.setdefault(hold.site or "unknown site", LockCounts())._add(hold)
+        return stats
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The simple cycles of a small graph, each once, starting at its smallest node."""
+    found: list[list[str]] = []
+
+    def walk(start: str, node: str, path: list[str]) -> None:
+        for following in sorted(graph.get(node, ())):
+            if following == start:
+                found.append(list(path))
+            elif following > start and following not in path and len(path) < 8:
+                walk(start, following, [*path, following])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return found
+
+
+def _ended(pid: int) -> bool:
+    return procfs.state(pid) in (None, "Z")
+
+
+def read(directory: str, t0: int = 0, own_tokens: dict[str, ProcessName] | None = None) -> Records:
+    """Read and replay every process's record in ``directory``."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(FILE_SUFFIX))
+    except OSError:
+        names = []
+    processes = [r for n in names if (r := _read_file(os.path.join(directory, n))) is not None]
+    return Records(processes, t0, own_tokens)
+
+
+def format_findings(title: str, findings: Sequence[LockFinding]) -> str:
+    """The whole report: a title line, then each finding."""
+    count = len(findings)
+    head = f"mpcheck: {title}: {count} lock problem{'s' if count != 1 else ''}"
+    return head + "\n\n" + "\n\n".join(f.message for f in findings)
+
+
+def _fail(message: str) -> NoReturn:
+    __tracebackhide__ = True
+    pytest.fail(message, pytrace=False)
+
+
+def _check_name(call: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        _fail(
+            f"mp_locks.{call}: the lock name must be a non-empty str, got {name!r} "
+            f"({type(name).__name__})"
+        )
+    return name
+
+
+# -- the fixture's object -----------------------------------------------------------------------
+
+
+class LockChecker:
+    """The ``mp_locks`` fixture: makes checked locks, and checks what they recorded.
+
+    ``Lock(name)`` and ``RLock(name)`` make real ``multiprocessing`` locks of the test's context
+    that record every acquisition and release. After the test the checker fails it for two
+    holders at once, a lock held by a process that ended, a release by a process that did not hold
+    the lock, lock-order inversion and locks that are not shared. ``stats(name)`` gives the
+    contention figures; the ``assert_*`` methods check them on demand.
+    """
+
+    def __init__(
+        self,
+        context: multiprocessing.context.BaseContext | None = None,
+        directory: str | None = None,
+        title: str = "this test",
+    ) -> None:
+        self._context = context or multiprocessing.get_context()
+        self._own_directory = directory is None
+        self.directory = directory or _make_directory()
+        self.title = title
+        self.t0 = time.monotonic_ns()
+        self._locks: dict[str, CheckedLock] = {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A child that gets the checker and makes a lock of its own makes a lock that is not
+        # shared; pickling it lets the checker see that, instead of failing to pickle.
+        return (_rebuild_checker, (self._context.get_start_method(), self.directory, self.t0))
+
+    # -- making locks ---------------------------------------------------------------------------
+
+    def Lock(self, name: str) -> CheckedLock:
+        """A checked ``multiprocessing.Lock`` named ``name`` (the same one for the same name)."""
+        return self._make("Lock", name)
+
+    def RLock(self, name: str) -> CheckedLock:
+        """A checked ``multiprocessing.RLock`` named ``name`` (the same one for the same name)."""
+        return self._make("RLock", name)
+
+    def _make(self, kind: str, name: str) -> CheckedLock:
+        __tracebackhide__ = True
+        _check_name(f"{kind}(name)", name)
+        lock = self._locks.get(name)
+        if lock is not None:
+            if lock.kind != kind:
+                _fail(
+                    f"mp_locks.{kind}({name!r}): the name is already used by a {lock.kind}; "
+                    "give each lock its own name"
+                )
+            return lock
+        lock = make_lock(name, kind, self.directory, self._context)
+        self._locks[name] = lock
+        return lock
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the locks made by this checker or used by any process, sorted."""
+        return sorted(set(self._locks) | set(self.records().names))
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def records(self) -> Records:
+        """Read what every process recorded so far."""
+        me = ProcessName(os.getpid(), multiprocessing.current_process().name)
+        return read(self.directory, self.t0, {lock.token: me for lock in self._locks.values()})
+
+    def findings(self, at_teardown: bool = False) -> list[LockFinding]:
+        """Every problem found so far (processes still running are not held against)."""
+        records = self.records()
+        records.held_at_exit(current_test=at_teardown)
+        return records.findings
+
+    def _known(self, call: str, name: object, records: Records) -> str:
+        __tracebackhide__ = True
+        checked = _check_name(call, name)
+        if checked not in self._locks and checked not in records.names:
+            known = ", ".join(repr(n) for n in sorted(set(self._locks) | set(records.names)))
+            _fail(
+                f"mp_locks.{call}: no lock named {checked!r} in this test. "
+                f"Known locks: {known or 'none (make one with mp_locks.Lock(name))'}"
+            )
+        return checked
+
+    def stats(self, name: str) -> LockStats:
+        """The contention figures of the lock ``name``: see :class:`LockStats`."""
+        __tracebackhide__ = True
+        records = self.records()
+        return records.stats(self._known(f"stats({name!r})", name, records))
+
+    def holds(self, name: str) -> list[Hold]:
+        """Each hold of the lock ``name`` so far, by acquisition time."""
+        __tracebackhide__ = True
+        records = self.records()
+        return records.holds(self._known(f"holds({name!r})", name, records))
+
+    # -- assertions -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise ``AssertionError`` with the report if any problem was found so far."""
+        __tracebackhide__ = True
+        found = self.findings()
+        if found:
+            raise AssertionError(format_findings(self.title, found))
+
+    def _assert_none(self, call: str, name: str | None, kinds: Sequence[str]) -> None:
+        __tracebackhide__ = True
+        records = self.records()
+        if name is not None:
+            self._known(call, name, records)
+        records.held_at_exit(current_test=False)
+        found = [
+            f
+            for f in records.findings
+            if f.kind in kinds and (name is None or f.lock == name or name in f.message)
+        ]
+        if found:
+            raise AssertionError(format_findings(f"mp_locks.{call}", found))
+
+    def assert_exclusive(self, name: str) -> None:
+        """Assert that the lock ``name`` was shared and never had two holders at once."""
+        __tracebackhide__ = True
+        self._assert_none(
+            f"assert_exclusive({name!r})", name, (TWO_HOLDERS, NOT_SHARED, RELEASE_NOT_HELD)
+        )
+
+    def assert_ordered(self) -> None:
+        """Assert that no two locks were ever taken in opposite orders (no lock-order inversion)."""
+        __tracebackhide__ = True
+        self._assert_none("assert_ordered()", None, (ORDER_INVERSION,))
+
+    def assert_released(self, name: str | None = None) -> None:
+        """Assert that no process that ended still held the lock ``name`` (or any lock)."""
+        __tracebackhide__ = True
+        call = f"assert_released({name!r})" if name is not None else "assert_released()"
+        self._assert_none(call, name, (HELD_AT_EXIT,))
+
+    def assert_no_contention(self, name: str) -> None:
+        """Assert that no acquisition of the lock ``name`` had to wait."""
+        __tracebackhide__ = True
+        stats = self.stats(name)
+        if stats.contended:
+            raise AssertionError(
+                f"mp_locks.assert_no_contention({name!r}): {stats.contended} of "
+                f"{stats.acquisitions} acquisitions waited\n{stats.format()}"
+            )
+
+    def assert_contended(self, name: str, at_least: int = 1) -> None:
+        """Assert that at least ``at_least`` acquisitions of the lock ``name`` had to wait."""
+        __tracebackhide__ = True
+        stats = self.stats(name)
+        if stats.contended < at_least:
+            raise AssertionError(
+                f"mp_locks.assert_contended({name!r}, at_least={at_least}): only "
+                f"{stats.contended} of {stats.acquisitions} acquisitions waited\n{stats.format()}"
+            )
+
+    def assert_acquisitions(self, name: str, count: int) -> None:
+        """Assert that the lock ``name`` was acquired exactly ``count`` times (outermost holds)."""
+        __tracebackhide__ = True
+        stats = self.stats(name)
+        if stats.acquisitions != count:
+            raise AssertionError(
+                f"mp_locks.assert_acquisitions({name!r}, {count}): it was acquired "
+                f"{stats.acquisitions} times\n{stats.format()}"
+            )
+
+    # -- the end of the test --------------------------------------------------------------------
+
+    def finish(self) -> tuple[list[LockFinding], dict[str, LockStats]]:
+        """The findings at teardown and every lock's figures; removes the record directory."""
+        records = self.records()
+        records.held_at_exit(current_test=True)
+        stats = {name: records.stats(name) for name in records.names}
+        if self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return records.findings, stats
+
+
+def _rebuild_checker(method: str, directory: str, t0: int) -> LockChecker:
+    checker = LockChecker(multiprocessing.get_context(method), directory)
+    checker._own_directory = False
+    checker.t0 = t0
+    return checker
+
+
+def _make_directory() -> str:
+    # tmpfs when there is one: the pages are never written back to a disk.
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="mpcheck-locks-", dir=base)
+
+
+# -- the session's most contended locks ---------------------------------------------------------
+
+
+@dataclass
+class ContentionTally:
+    """The most contended locks of the run, for the terminal summary."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, nodeid: str, stats: dict[str, LockStats]) -> None:
+        """Note the figures of one test's locks."""
+        for name, figures in stats.items():
+            if figures.acquisitions:
+                self.rows.append(
+                    {
+                        "test": nodeid,
+                        "lock": name,
+                        "acquisitions": figures.acquisitions,
+                        "contended": figures.contended,
+                        "total_wait": figures.total_wait,
+                        "max_wait": figures.max_wait,
+                    }
+                )
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Add rows from a pytest-xdist worker."""
+        self.rows.extend(rows)
+
+    def summary_lines(self, top: int = 5) -> list[str]:
+        """Lines for the terminal summary: the locks that waited most."""
+        contended = [row for row in self.rows if row["contended"]]
+        if not contended:
+            return []
+        contended.sort(key=lambda row: (-row["total_wait"], -row["contended"]))
+        lines = ["mpcheck: most contended locks:"]
+        for row in contended[:top]:
+            lines.append(
+                f"  {row['lock']!r} in {row['test']}: {row['contended']} of {row['acquisitions']} "
+                f"acquisitions waited, wait total {row['total_wait'] * 1e3:.1f} ms "
+                f"max {row['max_wait'] * 1e3:.1f} ms"
+            )
+        return lines
+
+
+contention_key = pytest.StashKey[ContentionTally]()

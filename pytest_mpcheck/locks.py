@@ -1,0 +1,405 @@
+"""Instrumented multiprocessing locks and the per-process record of what they did.
+
+A :class:`CheckedLock` wraps a real ``multiprocessing`` ``Lock`` or ``RLock`` of the test's context,
+so it excludes across processes exactly as that lock does and is passed to children the same way
+(as an argument of ``Process``, in ``Pool`` ``initargs``; never through a queue).
+
+Every process that uses such a lock appends fixed-size records to its own file in the checker's
+record directory, through a shared memory map: one ``struct.pack_into`` per event, with no system
+call, pickling or message. The pages belong to the file, not to the process, so what a process
+wrote before it was killed with SIGKILL is still there when the parent reads the directory; that is
+what proves it died holding a lock.
+
+Each record is 16 bytes: ``ts`` (``time.monotonic_ns()``, the system-wide monotonic clock; never 0,
+so an all-zero record marks the end of what was written), ``site`` (a per-process number of an
+acquisition site), ``lock`` (a per-process number of the lock), ``kind`` and ``flags``. Text (the
+process's name, what lock a number stands for, the ``file:line`` of a site) follows a text record's
+header in as many 16-byte slots as it needs.
+
+Timestamps are taken after a lock was acquired and before it is released, so that under real mutual
+exclusion the next holder's acquisition always sorts after the previous holder's release.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import multiprocessing.context
+import os
+import secrets
+import struct
+import sys
+import time
+import weakref
+from typing import Any
+
+#: Record kinds.
+ACQUIRED = 1
+"""The lock was acquired (``site`` where)."""
+REQUESTED = 2
+"""A blocking acquire found the lock taken and starts to wait (a contended acquisition)."""
+RELEASED = 3
+"""The lock is about to be released (``flags`` ``FOREIGN`` when this process did not hold it)."""
+RELEASE_FAILED = 4
+"""The release just recorded raised (multiprocessing refused it): the release did not happen."""
+GAVE_UP = 5
+"""A wait that began with ``REQUESTED`` timed out."""
+TEXT_PROCESS = 16
+"""Text: ``pid``, process name."""
+TEXT_LOCK = 17
+"""Text: lock name, ``Lock`` or ``RLock``, identity token, semaphore name."""
+TEXT_SITE = 18
+"""Text: site number, ``file:line``, function name."""
+
+#: Flags.
+FOREIGN = 1
+
+RECORD = struct.Struct("<QIHBB")
+RECORD_SIZE = RECORD.size
+_INITIAL_SIZE = 1 << 20  # 65536 records; the file grows by doubling, and is sparse until written
+FILE_SUFFIX = ".mplocks"
+
+_pack = RECORD.pack_into
+_mono = time.monotonic_ns
+_getframe = sys._getframe
+
+
+class _Writer:
+    """This process's record file for one record directory."""
+
+    __slots__ = ("buf", "fd", "limit", "lock_numbers", "off", "path", "sites", "size")
+
+    def __init__(self, directory: str) -> None:
+        pid = os.getpid()
+        serial = 0
+        while True:  # a pid can come back within one test: never share a file
+            path = os.path.join(directory, f"{pid}.{serial}{FILE_SUFFIX}")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                serial += 1
+        self.path = path
+        self.fd = fd
+        self.size = _INITIAL_SIZE
+        os.ftruncate(fd, self.size)
+        self.buf = mmap.mmap(fd, self.size)
+        self.off = 0
+        self.limit = self.size - 4096  # room for one text record past the last event
+        self.sites: dict[tuple[int, int], int] = {}
+        self.lock_numbers = 0
+        name = multiprocessing.current_process().name
+        self.text(TEXT_PROCESS, 0, f"{pid}\0{name}")
+
+    def grow(self) -> int:
+        """Double the file and map it again; returns the offset of the next record."""
+        self.size *= 2
+        os.ftruncate(self.fd, self.size)
+        self.buf = mmap.mmap(self.fd, self.size)
+        self.limit = self.size - 4096
+        return self.off
+
+    def text(self, kind: int, lock: int, text: str) -> None:
+        """Append a text record (the text first, the header last, so a reader never sees half)."""
+        data = text.encode("utf-8", "replace")[:4000]
+        slots = -(-len(data) // RECORD_SIZE)
+        off = self.off
+        if off + (slots + 1) * RECORD_SIZE > self.limit:
+            off = self.grow()
+        self.buf[off + RECORD_SIZE : off + RECORD_SIZE + len(data)] = data
+        _pack(self.buf, off, _mono(), len(data), lock, kind, 0)
+        self.off = off + (slots + 1) * RECORD_SIZE
+
+    def site(self, frame: Any, key: tuple[int, int]) -> int:
+        """Number a new acquisition site (``file:line`` of ``frame``) and record its text."""
+        number = len(self.sites) + 1
+        self.sites[key] = number
+        code = frame.f_code
+        self.text(TEXT_SITE, 0, f"{number}\0{code.co_filename}:{frame.f_lineno}\0{code.co_name}")
+        return number
+
+
+#: This process's writers, by record directory; emptied in a forked child.
+_writers: dict[str, _Writer] = {}
+#: Every lock of this process, so that a forked child can forget their per-process numbers.
+_all_locks: weakref.WeakSet[CheckedLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child must write its own file; the parent's map is shared with the child after fork.
+    _writers.clear()
+    for lock in list(_all_locks):
+        lock._w = None
+        lock._idx = 0
+        lock._held = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _writer(directory: str) -> _Writer:
+    writer = _writers.get(directory)
+    if writer is None:
+        writer = _writers[directory] = _Writer(directory)
+    return writer
+
+
+def flush_records() -> None:
+    """Nothing to do on Linux (the page cache is the record); kept for platforms that need it."""
+    for writer in _writers.values():
+        writer.buf.flush()
+
+
+class CheckedLock:
+    """A ``multiprocessing`` lock that records each request, acquisition and release.
+
+    Made by ``mp_locks.Lock(name)`` or ``mp_locks.RLock(name)``; used exactly like the lock it
+    wraps: ``acquire(block=True, timeout=None)``, ``release()``, ``with lock:``. Pass it to children
+    as an argument (``Process(args=...)``, ``Pool(initargs=...)``) under any start method.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_held",
+        "_idx",
+        "_lock",
+        "_try",
+        "_w",
+        "directory",
+        "kind",
+        "name",
+        "token",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        directory: str,
+        lock: Any,
+        token: str | None = None,
+    ) -> None:
+        self._setup(name, kind, directory, lock, token or secrets.token_hex(8))
+
+    def _setup(self, name: str, kind: str, directory: str, lock: Any, token: str) -> None:
+        self.name = name
+        """The name the test gave the lock; the reports use it."""
+        self.kind = kind
+        """``"Lock"`` or ``"RLock"``."""
+        self.directory = directory
+        self.token = token
+        """Made once with the semaphore and carried to children: two tokens, two semaphores."""
+        self._lock = lock
+        self._try = lock.acquire
+        self._w: _Writer | None = None
+        self._idx = 0
+        self._held = 0
+        _all_locks.add(self)
+
+    # -- pickling: to a child under spawn or forkserver -----------------------------------------
+
+    def __getstate__(self) -> tuple[str, str, str, Any, str]:
+        # The wrapped lock pickles only while a process is being started, as any lock does.
+        return (self.name, self.kind, self.directory, self._lock, self.token)
+
+    def __setstate__(self, state: tuple[str, str, str, Any, str]) -> None:
+        self._setup(*state)
+
+    def __repr__(self) -> str:
+        return f"<CheckedLock {self.kind} {self.name!r}>"
+
+    # -- the record -----------------------------------------------------------------------------
+
+    def _attach(self) -> _Writer:
+        writer = _writer(self.directory)
+        writer.lock_numbers += 1
+        self._idx = writer.lock_numbers
+        semaphore = getattr(self._lock._semlock, "name", None) or ""
+        writer.text(TEXT_LOCK, self._idx, f"{self.name}\0{self.kind}\0{self.token}\0{semaphore}")
+        self._w = writer
+        return writer
+
+    # -- the lock -------------------------------------------------------------------------------
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock, as ``multiprocessing.Lock.acquire`` does, and record it."""
+        w = self._w
+        if w is None:
+            w = self._attach()
+        frame = _getframe(1)
+        key = (id(frame.f_code), frame.f_lasti)
+        site = w.sites.get(key)
+        if site is None:
+            site = w.site(frame, key)
+        if self._try(False):
+            off = w.off
+            if off >= w.limit:
+                off = w.grow()
+            w.off = off + 16
+            _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
+            self._held += 1
+            return True
+        if not block:
+            return False
+        return self._wait(w, site, timeout)
+
+    def _wait(self, w: _Writer, site: int, timeout: float | None) -> bool:
+        off = w.off
+        if off >= w.limit:
+            off = w.grow()
+        w.off = off + 16
+        _pack(w.buf, off, _mono(), site, self._idx, REQUESTED, 0)
+        acquired = bool(self._lock.acquire(True, timeout))
+        off = w.off
+        if off >= w.limit:
+            off = w.grow()
+        w.off = off + 16
+        _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED if acquired else GAVE_UP, 0)
+        if acquired:
+            self._held += 1
+        return acquired
+
+    def release(self) -> None:
+        """Release the lock, as ``multiprocessing.Lock.release`` does, and record it."""
+        w = self._w
+        if w is None:
+            w = self._attach()
+        if not self._held:
+            return self._release_not_held(w, 2)
+        self._held -= 1
+        off = w.off
+        if off >= w.limit:
+            off = w.grow()
+        w.off = off + 16
+        _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        try:
+            self._lock.release()
+        except BaseException:
+            self._held += 1
+            self._record(w, 0, RELEASE_FAILED, 0)
+            raise
+        return None
+
+    def _release_not_held(self, w: _Writer, depth: int) -> None:
+        # Rare, so the site is worth its price: it names the code that released another's lock.
+        frame = _getframe(depth)
+        key = (id(frame.f_code), frame.f_lasti)
+        site = w.sites.get(key)
+        if site is None:
+            site = w.site(frame, key)
+        self._record(w, site, RELEASED, FOREIGN)
+        try:
+            self._lock.release()
+        except BaseException:
+            self._record(w, site, RELEASE_FAILED, FOREIGN)
+            raise
+
+    def _record(self, w: _Writer, site: int, kind: int, flags: int) -> None:
+        off = w.off
+        if off >= w.limit:
+            off = w.grow()
+        w.off = off + 16
+        _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info: object) -> None:
+        w = self._w
+        if w is None:
+            w = self._attach()
+        if not self._held:
+            return self._release_not_held(w, 2)
+        self._held -= 1
+        off = w.off
+        if off >= w.limit:
+            off = w.grow()
+        w.off = off + 16
+        _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        try:
+            self._lock.release()
+        except BaseException:
+            self._held += 1
+            self._record(w, 0, RELEASE_FAILED, 0)
+            raise
+        return None
+
+    # -- what the checker knows -----------------------------------------------------------------
+
+    def holds(self) -> list[Any]:
+        """Every hold of this lock so far, in time order (see :class:`lockcheck.Hold`)."""
+        from pytest_mpcheck import lockcheck
+
+        return lockcheck.read(self.directory).holds(self.name)
+
+
+def make_lock(
+    name: str, kind: str, directory: str, context: multiprocessing.context.BaseContext
+) -> CheckedLock:
+    """A new checked lock of ``kind`` (``"Lock"`` or ``"RLock"``) made with ``context``."""
+    inner = context.RLock() if kind == "RLock" else context.Lock()
+    return CheckedLock(name, kind, directory, inner)
+
+
+# -- module-level locks that a child made again -------------------------------------------------
+
+
+def _global_names(module: Any) -> set[str]:
+    """Names that the functions and classes defined in ``module`` read as globals (or attributes)."""
+    names: set[str] = set()
+    pending = []
+    for value in vars(module).values():
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            pending.append(code)
+        elif isinstance(value, type):
+            for member in vars(value).values():
+                function = getattr(member, "__func__", member)
+                code = getattr(function, "__code__", None)
+                if code is not None:
+                    pending.append(code)
+    while pending:
+        code = pending.pop()
+        names.update(code.co_names)
+        pending.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
+    """Child check: module-level multiprocessing locks that this child made again.
+
+    Runs in each child that ``mp_spawn`` starts, after the target was unpickled (so its module was
+    imported again under spawn and forkserver) and before it runs. A ``multiprocessing`` lock made
+    at module level is then a new semaphore in each child, so it excludes neither the test process
+    nor the other children: this is deterministic, whatever the timing. Under fork the child
+    inherits the parent's lock, which is shared.
+    """
+    import multiprocessing.synchronize
+
+    method = getattr(multiprocessing.current_process(), "_start_method", None)
+    if method in (None, "fork"):
+        return []
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    if module is None:
+        return []
+    used = _global_names(module)
+    messages = []
+    for attribute, value in sorted(vars(module).items()):
+        inner = value._lock if isinstance(value, CheckedLock) else value
+        if attribute not in used or not isinstance(inner, multiprocessing.synchronize.SemLock):
+            continue
+        semaphore = getattr(inner._semlock, "name", None)
+        where = getattr(module, "__file__", None) or module.__name__
+        messages.append(
+            f"lock not shared: the module-level {type(inner).__name__} {attribute!r} of {where} "
+            f"is not the test's lock in this child: under the {method!r} start method the child "
+            f"imported {module.__name__!r} again, which made a new "
+            f"{type(inner).__name__}{f' (semaphore {semaphore})' if semaphore else ''}; it "
+            "excludes neither the test process nor the other children, so their critical "
+            "sections can run at the same time.\n"
+            "How to fix: create the lock in the test and pass it to each child as an argument, "
+            f"e.g. mp_spawn(target, args=(lock, ...)) (or mp_locks.Lock({attribute!r}) to have it "
+            "checked); for a Pool, pass it with initializer=..., initargs=(lock,)."
+        )
+    return messages
