@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo
+from pytest_mpcheck.output import OutputLine, OutputLog
+from pytest_mpcheck.spawn import ChildError, ProcessFailed, RemoteTraceback, TrackedProcess
 
 __all__ = [
+    "ChildError",
     "Finding",
     "MpCheckInternalWarning",
     "MpCheckWarning",
+    "OutputLine",
+    "OutputLog",
+    "ProcessFailed",
     "ProcessInfo",
+    "RemoteTraceback",
+    "TrackedProcess",
 ]

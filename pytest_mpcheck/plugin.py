@@ -5,13 +5,18 @@ Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import multiprocessing.context
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
 
-from pytest_mpcheck import settings
+from pytest_mpcheck import settings, startmethods, timeouts
+from pytest_mpcheck.output import OutputLog
+from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
 from pytest_mpcheck.session import MpCheckSession, session_key
+from pytest_mpcheck.spawn import Spawner
+from pytest_mpcheck.testrun import MpTest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,6 +73,106 @@ def pytest_runtest_teardown(
     if state is not None:
         state.end_test(item, teardown_failed=False)
     return result
+
+
+@pytest.hookimpl(specname="pytest_runtest_teardown", trylast=True)
+def pytest_runtest_teardown_timeout(item: pytest.Item) -> None:
+    # A test that went on after its children were ended for pytest-timeout's thread method.
+    timeouts.check_teardown(item)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash.get(session_key, None)
+    startmethods.parametrize(metafunc, state.settings.start_methods if state is not None else ())
+
+
+@pytest.hookimpl(wrapper=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None, Any, Any]:
+    """pytest-timeout: end the test's children, with their stacks, before it ends the test."""
+    result = yield
+    timeouts.after_set_timer(item, settings)
+    return result
+
+
+@pytest.hookimpl(wrapper=True, optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> Generator[None, Any, Any]:
+    result = yield
+    timeouts.after_cancel_timer(item)
+    return result
+
+
+@pytest.fixture
+def mp_start_method(request: pytest.FixtureRequest) -> str:
+    """The start method of this test: one of the --mp-start-methods matrix, or the default.
+
+    Parametrized by ``--mp-start-methods`` (ini ``mp_start_methods``) and by the marker
+    ``@pytest.mark.mp_start_methods(...)``; every other ``mp_*`` fixture uses it.
+    """
+    return startmethods.method_for(request)
+
+
+@pytest.fixture
+def mp_context(mp_start_method: str) -> multiprocessing.context.BaseContext:
+    """The ``multiprocessing`` context of this test's start method."""
+    return multiprocessing.get_context(mp_start_method)
+
+
+@pytest.fixture
+def mp_test(request: pytest.FixtureRequest, mp_start_method: str) -> Iterator[MpTest]:
+    """What the ``mp_*`` fixtures of one test share (start method, join timeout, work directory)."""
+    test = MpTest(request.node, mp_start_method)
+    yield test
+    test.cleanup()
+
+
+@pytest.fixture
+def mp_output(mp_test: MpTest) -> OutputLog:
+    """The output of this test's children, line by line in the real order of writing.
+
+    ``mp_output.lines`` (each with ``.pid``, ``.name``, ``.stream``, ``.time_ns``, ``.text``),
+    ``mp_output.text``, ``mp_output.by_process()``, ``mp_output.assert_grouped()``.
+    """
+    return mp_test.output
+
+
+@pytest.fixture
+def mp_spawn(mp_test: MpTest) -> Iterator[Spawner]:
+    """Factory of tracked processes of this test's start method.
+
+    ``mp_spawn(target, args=(), kwargs=None, name=None, daemon=None, start=True, check=True)``
+    returns a process like ``multiprocessing.Process`` with ``result``, ``error`` and ``output``.
+    ``join()`` is bounded by the join timeout. At teardown a child still running fails the test
+    with its stack and is ended; with ``check=True`` a child that raised or exited non-zero fails
+    the test with its traceback, unless the test read its ``error`` or ``exitcode``.
+    """
+    spawner = Spawner(mp_test)
+    yield spawner
+    spawner.finish()
+
+
+@pytest.fixture
+def mp_pool(mp_test: MpTest) -> Iterator[PoolFactory]:
+    """Factory of ``multiprocessing.pool.Pool`` of this test's start method.
+
+    ``mp_pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None)``. At teardown
+    each pool is closed and joined within the join timeout: one that does not finish fails the test
+    with its busy workers' stacks and is terminated; a task error nobody fetched fails the test.
+    """
+    factory = PoolFactory(mp_test)
+    yield factory
+    factory.finish()
+
+
+@pytest.fixture
+def mp_executor(mp_test: MpTest) -> Iterator[ExecutorFactory]:
+    """Factory of ``concurrent.futures.ProcessPoolExecutor`` of this test's start method.
+
+    ``mp_executor(max_workers=None, initializer=None, initargs=(), max_tasks_per_child=None)``.
+    At teardown each executor is shut down within the join timeout, as ``mp_pool`` is.
+    """
+    factory = ExecutorFactory(mp_test)
+    yield factory
+    factory.finish()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,144 @@
+"""What runs first in every child the fixtures start, before the user's code.
+
+:func:`prepare_child` makes the child die with the pytest process (Linux ``PR_SET_PDEATHSIG``),
+lets the parent ask it for its Python stack at any time (``faulthandler`` on a signal, writing to a
+per-child file), and routes its stdout and stderr through the test's output log
+(:mod:`pytest_mpcheck.output`). It works alike under fork, spawn and forkserver: everything it needs
+travels in a small picklable :class:`ChildSpec`.
+
+Extension point: checks inside the child
+    :data:`CHILD_CHECKS` holds ``"module:function"`` names of checks that run inside each child
+    started by ``mp_spawn``, after its target was unpickled and before it runs. Each function is
+    called as ``check(target, args, kwargs)`` and returns an iterable of messages (empty when all is
+    well). The messages travel back to the parent with the result and fail the test at teardown
+    (they are also in ``TrackedProcess.check_messages``). Names rather than functions are kept, so
+    that a spawned child, which starts from a fresh interpreter, can import them. Add one with
+    :func:`register_child_check` in the pytest process, before the child starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import faulthandler
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from pytest_mpcheck import output
+
+#: The signal on which a prepared child writes the stacks of all its threads to its stack file.
+#: A real-time signal, because user code rarely uses them (SIGUSR1 is a common choice of its own).
+STACK_SIGNAL: int = int(signal.SIGRTMIN) + 3 if hasattr(signal, "SIGRTMIN") else int(signal.SIGUSR1)
+
+#: The signal the kernel sends a prepared child when the pytest process dies.
+DEATH_SIGNAL = signal.SIGKILL
+
+_PR_SET_PDEATHSIG = 1
+
+CHILD_CHECKS: list[str] = []
+"""``"module:function"`` names of checks run inside each ``mp_spawn`` child; see the docstring."""
+
+
+def register_child_check(name: str) -> None:
+    """Add a check (``"module:function"``) to run in each ``mp_spawn`` child before its target."""
+    if ":" not in name:
+        raise ValueError(f"{name!r} is not a 'module:function' name")
+    if name not in CHILD_CHECKS:
+        CHILD_CHECKS.append(name)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What a child needs to know to prepare itself; pickled with the process or initializer."""
+
+    workdir: str
+    """The test's work directory: output log, stack files, results."""
+    session_pid: int
+    """The pid of the pytest process the child must die with."""
+    checks: tuple[str, ...] = ()
+
+
+def stack_path(workdir: str, pid: int) -> str:
+    """The file a prepared child writes its stacks to; it exists once the child is ready."""
+    return os.path.join(workdir, f"stack-{pid}.txt")
+
+
+_stack_file: BinaryIO | None = None
+
+
+def _set_death_signal(session_pid: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before the prctl: then the signal never comes. The parent is the
+    # pytest process (fork, spawn) or the forkserver, whose parent is the pytest process.
+    parent = os.getppid()
+    if parent != session_pid and _parent_of(parent) != session_pid:
+        os._exit(1)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data[data.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _prepare_stack_dump(workdir: str) -> None:
+    global _stack_file
+    final = stack_path(workdir, os.getpid())
+    partial = final + ".new"
+    _stack_file = open(partial, "wb", buffering=0)  # noqa: SIM115 (kept open for the signal)
+    faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
+    os.replace(partial, final)  # the parent signals only once the file exists under its name
+
+
+def prepare_child(spec: ChildSpec) -> None:
+    """Make this child die with pytest, answer stack requests, and log its output (child side)."""
+    _set_death_signal(spec.session_pid)
+    # Without a stack file the parent falls back to py-spy or /proc.
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        _prepare_stack_dump(spec.workdir)
+    with contextlib.suppress(OSError):
+        output.capture_child_output(spec.workdir)
+
+
+def run_checks(
+    checks: Sequence[str], target: Callable[..., Any] | None, args: Any, kwargs: Mapping[str, Any]
+) -> list[str]:
+    """Run the :data:`CHILD_CHECKS` named in ``checks``; their messages (child side)."""
+    messages: list[str] = []
+    for name in checks:
+        module_name, _, function_name = name.partition(":")
+        try:
+            check = getattr(importlib.import_module(module_name), function_name)
+            found: Iterable[str] = check(target, args, kwargs) or ()
+            messages.extend(str(message) for message in found)
+        except Exception as error:
+            messages.append(f"child check {name} failed: {type(error).__name__}: {error}")
+    return messages
+
+
+def pool_worker_init(
+    spec: ChildSpec, initializer: Callable[..., object] | None, initargs: Sequence[Any]
+) -> None:
+    """Initializer of the workers of ``mp_pool`` and ``mp_executor``; then the user's own."""
+    prepare_child(spec)
+    # Pool workers leave through multiprocessing's exit function: finish a partial line there.
+    from multiprocessing import util
+
+    util.Finalize(None, output.flush_child_output, exitpriority=100)
+    if initializer is not None:
+        initializer(*initargs)

@@ -1,0 +1,315 @@
+"""The Python stack of a live child, and what it waits in.
+
+Three sources, best first:
+
+1. A child the fixtures started was prepared for it (:mod:`pytest_mpcheck.bootstrap`): on a signal,
+   ``faulthandler`` writes the stacks of all its threads to its stack file. Always available, fast,
+   needs no privileges.
+2. Any other Python descendant: ``py-spy dump`` where py-spy is installed and may attach.
+3. Otherwise what the kernel says: the state and the kernel function it waits in (``wchan``).
+
+Stacks are returned in the order of a Python traceback (most recent call last), one block per
+thread, with the source line where it can be read.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pytest_mpcheck import procfs
+from pytest_mpcheck.bootstrap import STACK_SIGNAL, stack_path
+
+_FAULTHANDLER_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
+_FAULTHANDLER_THREAD = re.compile(r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$")
+_TRACEBACK_FRAME = re.compile(r'^\s+File "(.+)", line \d+, in (.+)$')
+_PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S.*) \((?P<file>.+):(?P<line>\d+)\)\s*$")
+_PYSPY_THREAD = re.compile(r"^Thread (?P<tid>\S+) \((?P<state>[^)]*)\)(?::\s*\"(?P<name>.*)\")?")
+
+_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "in uninterruptible wait (disk or device)",
+    "T": "stopped",
+    "t": "stopped by a debugger",
+    "Z": "zombie",
+    "X": "dead",
+}
+
+# Kernel wait functions (wchan) and what a person would call them.
+_WCHAN_WORDS = (
+    ("nanosleep", "sleeping (time.sleep)"),
+    ("futex", "a lock or condition (futex wait)"),
+    ("pipe_read", "reading a pipe (a multiprocessing Queue or Pipe)"),
+    ("pipe_wait", "reading a pipe (a multiprocessing Queue or Pipe)"),
+    ("do_wait", "waiting for a child process (join/wait)"),
+    ("wait_woken", "waiting for input (pipe or socket)"),
+    ("unix_stream", "reading a socket"),
+    ("sk_wait", "waiting on a socket"),
+    ("poll", "polling file descriptors (select/poll)"),
+    ("select", "polling file descriptors (select/poll)"),
+    ("sigsuspend", "waiting for a signal"),
+    ("sigtimedwait", "waiting for a signal"),
+)
+
+# Python frames (file ending, function) and what the process waits in when they are innermost.
+_FRAME_WORDS = (
+    ("multiprocessing/synchronize.py", "", "a multiprocessing lock, semaphore or condition"),
+    ("multiprocessing/queues.py", "get", "a multiprocessing Queue (get)"),
+    ("multiprocessing/queues.py", "put", "a multiprocessing Queue (put, queue full)"),
+    ("multiprocessing/connection.py", "", "a multiprocessing Pipe or Connection (recv/poll)"),
+    ("multiprocessing/popen_fork.py", "", "joining a child process"),
+    ("multiprocessing/process.py", "join", "joining a child process"),
+    ("multiprocessing/pool.py", "", "a multiprocessing pool"),
+    ("concurrent/futures/_base.py", "", "a future's result (concurrent.futures)"),
+    ("threading.py", "", "a threading lock, event or join"),
+    ("queue.py", "get", "a queue.Queue (get)"),
+)
+
+
+@dataclass
+class Stack:
+    """What could be learned of one process."""
+
+    text: str | None
+    """Its threads' Python stacks, most recent call last; ``None`` if they could not be read."""
+    source: str
+    """How it was read: ``"faulthandler"``, ``"py-spy"`` or ``"none"``."""
+    waiting_in: str | None
+    """What it seems to wait in, in words (``None`` when running or unknown)."""
+
+
+def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """Leave out how the child came to run (pytest's frames inherited by fork, the start-up).
+
+    ``frames`` are outermost first; what follows multiprocessing's ``_bootstrap`` and the plugin's
+    own ``run`` is the child's own code.
+    """
+    start = 0
+    for index, (filename, _, func) in enumerate(frames):
+        if (func == "_bootstrap" and filename.endswith("multiprocessing/process.py")) or (
+            func == "run" and filename.endswith("pytest_mpcheck/spawn.py")
+        ):
+            start = index + 1
+    return frames[start:] if start < len(frames) else frames
+
+
+def _frame_line(filename: str, lineno: int, func: str) -> str:
+    line = linecache.getline(filename, lineno).strip()
+    text = f'  File "{filename}", line {lineno}, in {func}'
+    return f"{text}\n    {line}" if line else text
+
+
+def _from_faulthandler(dump: str) -> str:
+    """faulthandler's dump (most recent call first) as traceback text (most recent call last)."""
+    blocks: list[tuple[str, list[tuple[str, int, str]]]] = []
+    for raw in dump.splitlines():
+        thread = _FAULTHANDLER_THREAD.match(raw)
+        if thread:
+            blocks.append((thread.group("head"), []))
+            continue
+        frame = _FAULTHANDLER_FRAME.match(raw)
+        if frame and blocks:
+            blocks[-1][1].append(
+                (frame.group("file"), int(frame.group("line")), frame.group("func"))
+            )
+    if not blocks:
+        return dump.strip()
+    # The main thread (the one that took the signal) first: it is the one a person looks for.
+    blocks.sort(key=lambda block: not block[0].startswith("Current"))
+    out = []
+    for head, frames in blocks:
+        label = head.replace("Current thread", "Thread") + (
+            " (main thread)" if head.startswith("Current") else ""
+        )
+        out.append(f"{label}, most recent call last:")
+        out.extend(_frame_line(*frame) for frame in _trim(frames[::-1]))
+    return "\n".join(out)
+
+
+def _from_pyspy(dump: str) -> str:
+    """``py-spy dump`` output as traceback text (most recent call last)."""
+    blocks: list[tuple[str, list[tuple[str, int, str]]]] = []
+    for raw in dump.splitlines():
+        thread = _PYSPY_THREAD.match(raw)
+        if thread:
+            name = thread.group("name")
+            label = f"Thread {thread.group('tid')}" + (f" {name!r}" if name else "")
+            blocks.append((f"{label} ({thread.group('state')})", []))
+            continue
+        frame = _PYSPY_FRAME.match(raw)
+        if frame and blocks:
+            blocks[-1][1].append(
+                (frame.group("file"), int(frame.group("line")), frame.group("func"))
+            )
+    if not blocks:
+        return dump.strip()
+    out = []
+    for head, frames in blocks:
+        out.append(f"{head}, most recent call last:")
+        out.extend(_frame_line(*frame) for frame in _trim(frames[::-1]))
+    return "\n".join(out)
+
+
+def _same(pid: int, created: float | None) -> bool:
+    return created is not None and procfs.is_same_process(pid, created)
+
+
+def request_dumps(workdir: str, pids: Iterable[int]) -> dict[int, tuple[int, float]]:
+    """Ask the prepared children among ``pids`` for their stacks; ``{pid: (size, asked at)}``."""
+    asked: dict[int, tuple[int, float]] = {}
+    for pid in pids:
+        path = stack_path(workdir, pid)
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue  # not prepared (yet): the signal could kill it
+        created = procfs.create_time(pid)
+        if not _same(pid, created):
+            continue
+        try:
+            os.kill(pid, STACK_SIGNAL)
+        except OSError:
+            continue
+        asked[pid] = (size, time.monotonic())
+    return asked
+
+
+def collect_dumps(
+    workdir: str, asked: dict[int, tuple[int, float]], timeout: float
+) -> dict[int, str]:
+    """Read what the children asked by :func:`request_dumps` wrote, waiting up to ``timeout``."""
+    found: dict[int, str] = {}
+    last_size: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    pending = dict(asked)
+    while pending:
+        for pid, (before, _) in list(pending.items()):
+            path = stack_path(workdir, pid)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                del pending[pid]
+                continue
+            # faulthandler writes a dump in many small writes: wait until it stops growing.
+            if size > before and last_size.get(pid) == size:
+                with open(path, "rb") as dump:
+                    dump.seek(before)
+                    found[pid] = _from_faulthandler(dump.read().decode("utf-8", "replace"))
+                del pending[pid]
+            else:
+                last_size[pid] = size
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    return found
+
+
+def pyspy_stack(pid: int, timeout: float) -> str | None:
+    """``py-spy dump`` of ``pid`` as traceback text; ``None`` if there is no py-spy or it failed."""
+    pyspy = shutil.which("py-spy")
+    if pyspy is None or timeout <= 0:
+        return None
+    try:
+        done = subprocess.run(
+            [pyspy, "dump", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0 or "Thread" not in done.stdout:
+        return None
+    return _from_pyspy(done.stdout)
+
+
+def kernel_state(pid: int) -> tuple[str | None, str | None]:
+    """The state in words and the kernel function the process waits in (``wchan``)."""
+    state = procfs.state(pid)
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan_file:
+            wchan = wchan_file.read().strip() or None
+    except OSError:
+        wchan = None
+    if wchan == "0":
+        wchan = None
+    return (_STATES.get(state, state) if state else None), wchan
+
+
+def waiting_in(stack: str | None, wchan: str | None) -> str | None:
+    """What the process seems to wait in, from its innermost Python frame and the kernel."""
+    if stack:
+        # The first thread block is the main thread; its last frame is the innermost.
+        innermost = None
+        for line in stack.splitlines()[1:]:
+            if line.startswith("Thread"):
+                break
+            frame = _TRACEBACK_FRAME.match(line)
+            if frame:
+                innermost = (frame.group(1), frame.group(2))
+        if innermost is not None:
+            filename, func = innermost
+            for ending, function, words in _FRAME_WORDS:
+                if filename.endswith(ending) and (not function or function == func):
+                    return words
+    if wchan:
+        for fragment, words in _WCHAN_WORDS:
+            if fragment in wchan:
+                return f"{words} [kernel: {wchan}]"
+        return f"the kernel function {wchan}"
+    return None
+
+
+def stacks_of(
+    workdir: str | None, pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True
+) -> dict[int, Stack]:
+    """The stacks of several processes: prepared children asked at once, then py-spy, then /proc."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    dumps: dict[int, str] = {}
+    if workdir is not None:
+        asked = request_dumps(workdir, pids)
+        dumps = collect_dumps(workdir, asked, min(1.0, timeout))
+    result: dict[int, Stack] = {}
+    for pid in pids:
+        text = dumps.get(pid)
+        source = "faulthandler" if text else "none"
+        if text is None and pyspy:
+            text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
+            source = "py-spy" if text else "none"
+        state, wchan = kernel_state(pid)
+        words = waiting_in(text, wchan) if state != "running" else None
+        result[pid] = Stack(text=text, source=source, waiting_in=words)
+    return result
+
+
+def describe_wait(stack: Stack, pid: int) -> list[str]:
+    """Detail lines for a report: what it waits in, or why there is no stack."""
+    lines = []
+    if stack.waiting_in:
+        lines.append(f"waiting in: {stack.waiting_in}")
+    if stack.text is None:
+        state, wchan = kernel_state(pid)
+        how = "py-spy is not installed" if shutil.which("py-spy") is None else "py-spy could not"
+        lines.append(
+            f"no Python stack ({how} attach and the process was not started by an mp_* fixture); "
+            f"kernel state: {state or 'unknown'}" + (f", waiting in {wchan}" if wchan else "")
+        )
+    return lines
+
+
+def signal_name(code: int) -> str:
+    """``SIGKILL`` for 9 (for exit codes of killed children)."""
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"

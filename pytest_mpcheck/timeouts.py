@@ -1,0 +1,174 @@
+"""pytest-timeout: report the children's stacks and end them before pytest-timeout ends the test.
+
+pytest-timeout sets its timer through its ``pytest_timeout_set_timer`` hook; this module wraps
+that hook (:func:`after_set_timer`) and its ``pytest_timeout_cancel_timer`` counterpart.
+
+``signal`` method
+    pytest-timeout's ``SIGALRM`` handler is wrapped: when the alarm comes, the live children of the
+    test (started by the fixtures or not) have their stacks read and are ended, the report is added
+    to the test's report, and then pytest-timeout's handler fails the test as usual.
+
+``thread`` method
+    pytest-timeout's timer thread calls ``os._exit`` when the time is up, so nothing could be done
+    after it. A ``SIGALRM`` of our own, set to go off shortly before (:func:`lead_time`), does
+    the same work first, in the main thread, without a thread of our own; it writes the report to
+    the terminal at once (``os._exit`` may follow), and keeps the findings, so that a test that
+    goes on once its children are ended fails at teardown. pytest-timeout then does what it
+    always does. Should the main thread be unable to run signal handlers at all, the children of
+    the fixtures still die with pytest (``PR_SET_PDEATHSIG``).
+
+Nothing is set up when another handler of ``SIGALRM`` is in place (the test's own).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_mpcheck import hangs, procfs
+from pytest_mpcheck.findings import Finding
+from pytest_mpcheck.session import MpCheckSession, baseline_key, session_key
+
+#: Findings of a timeout that the test survived; they fail it at teardown.
+pending_key = pytest.StashKey[list[Finding]]()
+#: What to undo when pytest-timeout cancels its timer.
+_undo_key = pytest.StashKey[Callable[[], None]]()
+#: The work directory of the test's fixtures, when it has one (set by the fixtures).
+workdir_key = pytest.StashKey[str]()
+
+
+def lead_time(timeout: float) -> float:
+    """How long before pytest-timeout's ``os._exit`` the children are ended (thread method)."""
+    return min(2.0, max(0.1, timeout / 4))
+
+
+def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Suspect]:
+    baseline = item.stash.get(baseline_key, None)
+    before = baseline.pids if baseline is not None else frozenset()
+    suspects = []
+    for pid in procfs.descendants(session.watch.session_pid):
+        if pid in before or session.settings.is_ignored(procfs.cmdline(pid)):
+            continue
+        if procfs.state(pid) in (None, "Z"):
+            continue
+        record = session.recorder.records.get(pid)
+        if record is not None and record.scope is not None:
+            continue  # a wider-scoped fixture's process, not this test's
+        handle = record.handle() if record is not None and record.handle is not None else None
+        suspects.append(hangs.Suspect(pid, handle))
+    return suspects
+
+
+def _end_children(
+    session: MpCheckSession, item: pytest.Item, timeout: float, method: str, budget: float
+) -> str | None:
+    """Stacks, end, record; the report text, or ``None`` when the test has no live child."""
+    suspects = _test_children(session, item)
+    if not suspects:
+        return None
+    findings = hangs.end_hung(
+        session,
+        item,
+        suspects,
+        f"still running when pytest-timeout's {timeout:g}s timeout ({method} method) expired",
+        item.stash.get(workdir_key, None),
+        grace=min(session.settings.kill_grace, budget / 4),
+        stack_timeout=budget / 2,
+        pyspy=budget >= 1.0,
+    )
+    if not findings:
+        return None
+    headline = (
+        f"mpcheck: {item.nodeid}: pytest-timeout ({timeout:g}s, {method} method): "
+        f"{len(findings)} child process{'es' if len(findings) != 1 else ''} of the test "
+        "still running; their stacks, then ended"
+    )
+    return hangs.format_hung(
+        headline,
+        findings,
+        "The stacks show where each child was when the time ran out.",
+    )
+
+
+def _ours_free() -> bool:
+    handler = signal.getsignal(signal.SIGALRM)
+    return handler in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def after_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Called once pytest-timeout has set its timer for ``item``."""
+    session = item.config.stash.get(session_key, None)
+    if session is None or not hasattr(signal, "SIGALRM"):
+        return
+    timeout = float(getattr(settings, "timeout", 0) or 0)
+    method = getattr(settings, "method", None)
+    if timeout <= 0:
+        return
+    if method == "signal":
+        theirs = signal.getsignal(signal.SIGALRM)
+        if not callable(theirs):
+            return
+
+        def on_alarm(signum: int, frame: FrameType | None) -> None:
+            __tracebackhide__ = True
+            try:
+                text = _end_children(session, item, timeout, "signal", budget=5.0)
+            except Exception:
+                text = None  # never stand in the way of pytest-timeout
+            if text is not None:
+                item.add_report_section("call", "mpcheck", text)
+            theirs(signum, frame)
+
+        signal.signal(signal.SIGALRM, on_alarm)
+    elif method == "thread":
+        if not _ours_free():
+            return
+        lead = lead_time(timeout)
+
+        def before_exit(signum: int, frame: FrameType | None) -> None:
+            text = _end_children(session, item, timeout, "thread", budget=lead)
+            if text is None:
+                return
+            writer = item.config.get_terminal_writer()
+            writer.line()
+            writer.sep("+", "mpcheck: before pytest-timeout ends pytest")
+            writer.line(text)
+            writer.flush()
+            item.stash.setdefault(pending_key, []).extend(
+                f for f in session.findings if f.nodeid == item.nodeid and f.kind == "hung"
+            )
+            item.stash[_report_key] = text
+
+        previous = signal.signal(signal.SIGALRM, before_exit)
+        signal.setitimer(signal.ITIMER_REAL, max(0.05, timeout - lead))
+
+        def undo() -> None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if signal.getsignal(signal.SIGALRM) is before_exit:
+                signal.signal(signal.SIGALRM, previous)
+
+        item.stash[_undo_key] = undo
+
+
+_report_key = pytest.StashKey[str]()
+
+
+def after_cancel_timer(item: pytest.Item) -> None:
+    """Called once pytest-timeout has cancelled its timer for ``item``."""
+    undo = item.stash.get(_undo_key, None)
+    if undo is not None:
+        del item.stash[_undo_key]
+        undo()
+
+
+def check_teardown(item: pytest.Item) -> None:
+    """Fail a test that went on after its children were ended for its timeout (thread method)."""
+    __tracebackhide__ = True
+    text = item.stash.get(_report_key, None)
+    if text is not None:
+        del item.stash[_report_key]
+        pytest.fail(text, pytrace=False)
