@@ -58,6 +58,7 @@ class OriginRecorder:
 
     def __init__(self, rootdir: Path) -> None:
         self.rootdir = rootdir
+        self._root_prefix = str(rootdir).rstrip(os.sep) + os.sep
         self.records: dict[int, StartRecord] = {}
         self.started = 0
         self._owner = "<collection>"
@@ -65,6 +66,8 @@ class OriginRecorder:
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
         self.starting = 0
+        self.generation = 0
+        """Goes up with every process noted: tells the watch that its last look is stale."""
         """How many process-creating calls are running now (they nest)."""
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
@@ -91,6 +94,7 @@ class OriginRecorder:
         """Record that ``pid`` was just started by ``started_by``."""
         if os.getpid() != self._pid or pid <= 0:
             return  # a forked child inherited the wrappers; only the pytest process records
+        self.generation += 1
         record = self.records.get(pid)
         created = procfs.create_time(pid)
         if record is not None and not _same_time(record.create_time, created):
@@ -137,10 +141,9 @@ class OriginRecorder:
         return library_site
 
     def _display(self, filename: str) -> str:
-        try:
-            return str(Path(filename).relative_to(self.rootdir))
-        except ValueError:
-            return filename
+        if filename.startswith(self._root_prefix):
+            return filename[len(self._root_prefix) :]
+        return filename
 
     # -- installing the wrappers ----------------------------------------------------------------
 

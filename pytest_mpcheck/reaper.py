@@ -66,7 +66,7 @@ class OrphanReaper:
         self._recorder = recorder
         self._pid = os.getpid()
         self._previous: _Handler = None
-        self._installed = False
+        self.installed = False
         self.reaped = 0
 
     def install(self) -> bool:
@@ -78,25 +78,25 @@ class OrphanReaper:
             signal.siginterrupt(signal.SIGCHLD, False)
         except ValueError:  # not the main thread of the main interpreter
             return False
-        self._installed = True
+        self.installed = True
         os.register_at_fork(after_in_child=self._restore_in_child)
         return True
 
     def uninstall(self) -> None:
         """Put back the handler that was there before."""
-        if not self._installed or os.getpid() != self._pid:
+        if not self.installed or os.getpid() != self._pid:
             return
         try:
             if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
                 signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
         except ValueError:
             pass
-        self._installed = False
+        self.installed = False
 
     def _restore_in_child(self) -> None:
         # A forked child must not keep a handler meant for the pytest process.
-        if self._installed and os.getpid() != self._pid:
-            self._installed = False
+        if self.installed and os.getpid() != self._pid:
+            self.installed = False
             try:
                 if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
                     signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)

@@ -71,9 +71,10 @@ def _signal(leftover: Leftover, signum: int, session_pid: int) -> str | None:
         return "not signalled: no longer a descendant of this pytest process"
     try:
         process = psutil.Process(leftover.pid)
-        if abs(process.create_time() - leftover.create_time) >= 0.01:
+        if not procfs.is_same_process(leftover.pid, leftover.create_time):
             return "not signalled: the pid now belongs to another process"
-        # psutil checks again, right before the kill, that the pid was not reused meanwhile.
+        # psutil checks again, right before the kill, that the pid was not reused since the
+        # Process object was made.
         process.send_signal(signum)
     except psutil.NoSuchProcess:
         return "exited by itself"

@@ -1,0 +1,83 @@
+"""What the process watch costs: generated suites run with the plugin on and off, alternating.
+
+Two suites are generated in a temporary directory:
+
+- ``trivial``: 2000 tests that do nothing (the watch's fixed cost per test);
+- ``processes``: 200 tests that each start and join a ``multiprocessing.Process`` (fork).
+
+Each is run ``--rounds`` times with the plugin and with ``-p no:mpcheck``, alternating so that
+both see the same machine, and the ratio of the medians of the wall times is printed.
+Usage: ``python benchmarks/bench_watch.py [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TRIVIAL = """
+import pytest
+
+@pytest.mark.parametrize("n", range(2000))
+def test_trivial(n):
+    assert n >= 0
+"""
+
+PROCESSES = """
+import multiprocessing
+import pytest
+
+def work():
+    pass
+
+@pytest.mark.parametrize("n", range(200))
+def test_start_join(n):
+    p = multiprocessing.get_context("fork").Process(target=work)
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+"""
+
+
+def _run(directory: Path, plugin_on: bool) -> float:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    if not plugin_on:
+        command += ["-p", "no:mpcheck"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"the benchmark suite failed:\n{done.stdout}\n{done.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs per suite and setting")
+    rounds = parser.parse_args().rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, source in (("trivial", TRIVIAL), ("processes", PROCESSES)):
+            directory = Path(tmp) / name
+            directory.mkdir()
+            (directory / "pytest.ini").write_text("[pytest]\n")
+            (directory / f"test_{name}.py").write_text(source)
+            _run(directory, True)  # warm the file cache and the bytecode
+            on: list[float] = []
+            off: list[float] = []
+            for _ in range(rounds):
+                on.append(_run(directory, True))
+                off.append(_run(directory, False))
+            median_on, median_off = statistics.median(on), statistics.median(off)
+            print(
+                f"{name:>9}: plugin on {median_on:.3f}s, off {median_off:.3f}s, "
+                f"ratio {median_on / median_off:.3f} (median of {rounds})"
+            )
+
+
+if __name__ == "__main__":
+    main()
