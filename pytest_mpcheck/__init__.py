@@ -8,18 +8,34 @@ from __future__ import annotations
 
 from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo
+from pytest_mpcheck.lockcheck import (
+    Hold,
+    LockChecker,
+    LockCounts,
+    LockFinding,
+    LockStats,
+    ProcessName,
+)
+from pytest_mpcheck.locks import CheckedLock
 from pytest_mpcheck.output import OutputLine, OutputLog
 from pytest_mpcheck.spawn import ChildError, ProcessFailed, RemoteTraceback, TrackedProcess
 
 __all__ = [
+    "CheckedLock",
     "ChildError",
     "Finding",
+    "Hold",
+    "LockChecker",
+    "LockCounts",
+    "LockFinding",
+    "LockStats",
     "MpCheckInternalWarning",
     "MpCheckWarning",
     "OutputLine",
     "OutputLog",
     "ProcessFailed",
     "ProcessInfo",
+    "ProcessName",
     "RemoteTraceback",
     "TrackedProcess",
 ]

@@ -42,6 +42,9 @@ from pytest_mpcheck.locks import (
     make_lock,
 )
 
+#: The check that ``mp_spawn`` children run before their target (see :mod:`bootstrap`).
+MODULE_LOCK_CHECK = "pytest_mpcheck.locks:module_lock_check"
+
 #: Kinds of lock findings.
 TWO_HOLDERS = "two holders at once"
 HELD_AT_EXIT = "held at exit"
@@ -119,6 +122,12 @@ class _ProcessRecord:
     """By token."""
 
 
+def _display(site: str) -> str:
+    """A site's file relative to the current directory when it is under it (as pytest shows)."""
+    here = os.getcwd() + os.sep
+    return site[len(here) :] if site.startswith(here) else site
+
+
 def _read_file(path: str) -> _ProcessRecord | None:
     try:
         with open(path, "rb") as file:
@@ -146,7 +155,7 @@ def _read_file(path: str) -> _ProcessRecord | None:
                 locks[lock] = decl
                 record.locks[decl.token] = decl
             elif kind == TEXT_SITE and len(parts) >= 2:
-                sites[int(parts[0])] = parts[1]
+                sites[int(parts[0])] = _display(parts[1])
             continue
         if record is None or lock not in locks:
             continue
@@ -269,6 +278,7 @@ class Records:
         self.findings: list[LockFinding] = []
         self._holds: dict[str, list[Hold]] = {}
         self._open: dict[tuple[str, ProcessName], Hold] = {}
+        self._waiting: dict[str, list[ProcessName]] = {}
         self._replay()
 
     # -- formatting -----------------------------------------------------------------------------
@@ -370,6 +380,8 @@ class Records:
                     hold = self._open.pop((event.token, other))
                     hold.end = event.ts
                     hold.released_by = process
+        for process, request in waiting.items():
+            self._waiting.setdefault(request.lock, []).append(process)
 
     def _two_holders(self, first: Hold, second: Hold) -> None:
         text = (
@@ -476,6 +488,14 @@ class Records:
     def holds(self, name: str) -> list[Hold]:
         """The holds of one lock, by acquisition time."""
         return list(self._holds.get(name, []))
+
+    def waiting(self, name: str) -> list[ProcessName]:
+        """The processes waiting for one lock now (their last request has no acquisition yet)."""
+        return list(self._waiting.get(name, []))
+
+    def holders(self, name: str) -> list[ProcessName]:
+        """The processes that hold one lock now."""
+        return [process for (_t, process), hold in self._open.items() if hold.lock == name]
 
     def stats(self, name: str) -> LockStats:
         """The contention figures of one lock."""
@@ -635,6 +655,18 @@ class LockChecker:
         records = self.records()
         return records.holds(self._known(f"holds({name!r})", name, records))
 
+    def waiting(self, name: str) -> list[ProcessName]:
+        """The processes that wait for the lock ``name`` now."""
+        __tracebackhide__ = True
+        records = self.records()
+        return records.waiting(self._known(f"waiting({name!r})", name, records))
+
+    def holders(self, name: str) -> list[ProcessName]:
+        """The processes that hold the lock ``name`` now."""
+        __tracebackhide__ = True
+        records = self.records()
+        return records.holders(self._known(f"holders({name!r})", name, records))
+
     # -- assertions -----------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -718,6 +750,44 @@ class LockChecker:
         return records.findings, stats
 
 
+def writers(directory: str) -> list[int]:
+    """The pids of the processes that wrote records in ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    pids = []
+    for name in names:
+        if name.endswith(FILE_SUFFIX):
+            try:
+                pids.append(int(name.split(".", 1)[0]))
+            except ValueError:
+                continue
+    return pids
+
+
+def finish_test(
+    config: pytest.Config, nodeid: str, checker: LockChecker, settle: float = 0.3
+) -> None:
+    """Teardown of ``mp_locks``: note the figures, and fail the test for what was found.
+
+    Processes that wrote records and are still running get ``settle`` seconds to end (a child
+    being joined by a fixture torn down later); one still running after that is left to the
+    process watch, and only what it recorded so far is checked.
+    """
+    __tracebackhide__ = True
+    me = os.getpid()
+    deadline = time.monotonic() + settle
+    running = [pid for pid in writers(checker.directory) if pid != me and not _ended(pid)]
+    while running and time.monotonic() < deadline:
+        time.sleep(0.005)
+        running = [pid for pid in running if not _ended(pid)]
+    found, stats = checker.finish()
+    _tally(config).add(nodeid, stats)
+    if found:
+        _fail(format_findings(nodeid, found))
+
+
 def _rebuild_checker(method: str, directory: str, t0: int) -> LockChecker:
     checker = LockChecker(multiprocessing.get_context(method), directory)
     checker._own_directory = False
@@ -777,3 +847,145 @@ class ContentionTally:
 
 
 contention_key = pytest.StashKey[ContentionTally]()
+
+
+def _tally(config: pytest.Config) -> ContentionTally:
+    tally = config.stash.get(contention_key, None)
+    if tally is None:
+        tally = config.stash[contention_key] = ContentionTally()
+    return tally
+
+
+def session_finish(config: pytest.Config) -> None:
+    """A pytest-xdist worker hands its lock figures to the controller."""
+    workeroutput = getattr(config, "workeroutput", None)
+    tally = config.stash.get(contention_key, None)
+    if workeroutput is not None and tally is not None:
+        workeroutput["mpcheck_locks"] = tally.rows
+
+
+def add_worker(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
+    """The controller adds the lock figures of a pytest-xdist worker."""
+    rows = workeroutput.get("mpcheck_locks")
+    if rows:
+        _tally(config).extend(rows)
+
+
+def summary_lines(config: pytest.Config) -> list[str]:
+    """The terminal summary's lines on the most contended locks of the run."""
+    tally = config.stash.get(contention_key, None)
+    return tally.summary_lines() if tally is not None else []
+
+
+# -- ordered locked output ----------------------------------------------------------------------
+
+
+def assert_atomic(lines: Sequence[Any], lock: object, unprotected_ok: bool = False) -> None:
+    """``mp_output.assert_atomic(lock)``: the lines of each hold of ``lock`` are one block.
+
+    Decided on the write times of the lines and the hold times of the lock, not on the text:
+
+    - a line written while another process held the lock breaks that hold's block;
+    - the lines of one hold must be contiguous in the order of writing;
+    - a line of a process that used the lock, written while it did not hold it, was not protected
+      (unless ``unprotected_ok``): output that was never protected can look contiguous by luck;
+    - at least one line must have been written under the lock.
+    """
+    __tracebackhide__ = True
+    if not isinstance(lock, CheckedLock):
+        _fail(
+            f"mp_output.assert_atomic(lock): {lock!r} is not a checked lock; pass a lock made "
+            "by mp_locks.Lock(name) or mp_locks.RLock(name), the one the children used"
+        )
+    holds = read(lock.directory).holds(lock.name)
+    holders = {hold.process.pid for hold in holds}
+    by_pid: dict[int, list[Hold]] = {}
+    for hold in holds:
+        by_pid.setdefault(hold.process.pid, []).append(hold)
+
+    def covering(pid: int, ts: int) -> Hold | None:
+        for hold in by_pid.get(pid, ()):
+            if hold.start <= ts and (hold.end is None or ts <= hold.end):
+                return hold
+        return None
+
+    notes: dict[int, str] = {}
+    owner: list[Hold | None] = []
+    problems: list[str] = []
+    for index, line in enumerate(lines):
+        own = covering(line.pid, line.time_ns)
+        owner.append(own)
+        if own is not None:
+            continue
+        other = next(
+            (
+                h
+                for h in holds
+                if h.start <= line.time_ns and (h.end is None or line.time_ns <= h.end)
+            ),
+            None,
+        )
+        who = f"{line.name} (pid {line.pid})"
+        if other is not None:
+            notes[index] = f"<-- written while {other.process} held {lock.name!r}"
+            problems.append(
+                f"line {index + 1} was written by {who} while {other.process} held lock "
+                f"{lock.name!r} ({other.site}): another process wrote into its critical section"
+            )
+        elif line.pid in holders and not unprotected_ok:
+            notes[index] = f"<-- not under {lock.name!r}"
+            problems.append(
+                f"line {index + 1} was written by {who} while it did not hold lock "
+                f"{lock.name!r}: this output is not protected by the lock"
+            )
+    # A hold's block is broken when a line of another block comes between two of its lines.
+    last_index: dict[int, int] = {}
+    for index, own in enumerate(owner):
+        if own is None:
+            continue
+        key = id(own)
+        if key in last_index and last_index[key] != index - 1 and index not in notes:
+            between = lines[last_index[key] + 1]
+            notes[index] = (
+                f"<-- block broken: this hold of {lock.name!r} wrote before line "
+                f"{last_index[key] + 2} ({between.name})"
+            )
+            problems.append(
+                f"the lines written by {own.process} during one hold of lock {lock.name!r} "
+                f"({own.site}) are not contiguous: line {index + 1} comes after line "
+                f"{last_index[key] + 2} of {between.name} (pid {between.pid})"
+            )
+        last_index[key] = index
+    if not problems and not any(own is not None for own in owner):
+        problems.append(
+            f"no line was written while lock {lock.name!r} was held ({len(holds)} holds, "
+            f"{len(lines)} lines): the output was not protected by it (was it written after the "
+            "release, e.g. from a buffer?)"
+        )
+    if not problems:
+        return
+    shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+    raise AssertionError(
+        f"mp_output.assert_atomic({lock.name!r}): the output is not atomic under the lock\n"
+        + "\n".join(f"  {problem}" for problem in shown)
+        + "\n\n"
+        + _format_lines(lines, owner, notes)
+    )
+
+
+def _format_lines(lines: Sequence[Any], owner: Sequence[Hold | None], notes: dict[int, str]) -> str:
+    """The interleaving: each line numbered, with its process and the hold it was written in."""
+    numbers: dict[int, int] = {}
+    width = max((len(f"{line.name} ({line.pid})") for line in lines), default=0)
+    out = []
+    for index, line in enumerate(lines):
+        own = owner[index]
+        hold = (
+            "      -" if own is None else f"hold {numbers.setdefault(id(own), len(numbers) + 1):2d}"
+        )
+        mark = ">>" if index in notes else "  "
+        who = f"{line.name} ({line.pid})".ljust(width)
+        stream = "err" if line.stream == "stderr" else "out"
+        note = f"   {notes[index]}" if index in notes else ""
+        out.append(f"{mark} {index + 1:4d}  {who}  {hold}  {stream}| {line.text}{note}")
+    return "\n".join(out)

@@ -343,25 +343,35 @@ def make_lock(
 # -- module-level locks that a child made again -------------------------------------------------
 
 
-def _global_names(module: Any) -> set[str]:
-    """Names that the functions and classes defined in ``module`` read as globals (or attributes)."""
+def _codes_of(value: Any) -> list[Any]:
+    function = getattr(value, "__func__", value)
+    code = getattr(function, "__code__", None)
+    if code is not None:
+        return [code]
+    if isinstance(value, type):
+        return [c for member in vars(value).values() for c in _codes_of(member)]
+    call = vars(type(value)).get("__call__")  # a callable instance: its class's __call__
+    return _codes_of(call) if call is not None else []
+
+
+def _reachable_names(target: Any, module: Any) -> set[str]:
+    """The global (and attribute) names that ``target`` reads, and the functions of ``module`` it
+    calls by name read, transitively: the module-level objects the child can reach."""
     names: set[str] = set()
-    pending = []
-    for value in vars(module).values():
-        if getattr(value, "__module__", None) != module.__name__:
-            continue
-        code = getattr(value, "__code__", None)
-        if code is not None:
-            pending.append(code)
-        elif isinstance(value, type):
-            for member in vars(value).values():
-                function = getattr(member, "__func__", member)
-                code = getattr(function, "__code__", None)
-                if code is not None:
-                    pending.append(code)
+    pending = _codes_of(target)
+    seen: set[int] = set()
     while pending:
         code = pending.pop()
-        names.update(code.co_names)
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        for name in code.co_names:
+            if name in names:
+                continue
+            names.add(name)
+            value = vars(module).get(name)
+            if value is not None and getattr(value, "__module__", None) == module.__name__:
+                pending.extend(_codes_of(value))
         pending.extend(c for c in code.co_consts if hasattr(c, "co_names"))
     return names
 
@@ -383,13 +393,13 @@ def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
     module = sys.modules.get(getattr(target, "__module__", None) or "")
     if module is None:
         return []
-    used = _global_names(module)
+    used = _reachable_names(target, module)
     messages = []
     for attribute, value in sorted(vars(module).items()):
         inner = value._lock if isinstance(value, CheckedLock) else value
         if attribute not in used or not isinstance(inner, multiprocessing.synchronize.SemLock):
             continue
-        semaphore = getattr(inner._semlock, "name", None)
+        semaphore = getattr(getattr(inner, "_semlock", None), "name", None)
         where = getattr(module, "__file__", None) or module.__name__
         messages.append(
             f"lock not shared: the module-level {type(inner).__name__} {attribute!r} of {where} "
@@ -398,7 +408,7 @@ def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
             f"{type(inner).__name__}{f' (semaphore {semaphore})' if semaphore else ''}; it "
             "excludes neither the test process nor the other children, so their critical "
             "sections can run at the same time.\n"
-            "How to fix: create the lock in the test and pass it to each child as an argument, "
+            "    How to fix: create the lock in the test and pass it to each child as an argument, "
             f"e.g. mp_spawn(target, args=(lock, ...)) (or mp_locks.Lock({attribute!r}) to have it "
             "checked); for a Pool, pass it with initializer=..., initargs=(lock,)."
         )

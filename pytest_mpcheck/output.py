@@ -274,6 +274,20 @@ class OutputLog:
         ]
         raise AssertionError("\n".join(message))
 
+    def assert_atomic(self, lock: object, *, unprotected_ok: bool = False) -> None:
+        """Assert that the lines written during each hold of ``lock`` are one block of its holder.
+
+        ``lock`` is a lock of ``mp_locks``. Decided on when each line was written and when the lock
+        was held, not on the text: a line that another process wrote during a hold breaks it, and
+        a line that a process using the lock wrote while not holding it was not protected (unless
+        ``unprotected_ok=True``). On failure the message shows the interleaving, each line with
+        the hold it was written in, and marks where a block was broken.
+        """
+        __tracebackhide__ = True
+        from pytest_mpcheck import lockcheck
+
+        lockcheck.assert_atomic(self._read(), lock, unprotected_ok=unprotected_ok)
+
     def __iter__(self) -> Iterator[OutputLine]:
         return iter(self.lines)
 

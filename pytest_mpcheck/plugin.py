@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import settings, startmethods, timeouts
+from pytest_mpcheck import bootstrap, lockcheck, settings, startmethods, timeouts
 from pytest_mpcheck.output import OutputLog
 from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
 from pytest_mpcheck.session import MpCheckSession, session_key
@@ -36,6 +36,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[session_key] = state
     state.start()
     config.add_cleanup(state.stop)
+    # Children of mp_spawn look for module-level locks that their import made again.
+    bootstrap.register_child_check(lockcheck.MODULE_LOCK_CHECK)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -175,6 +177,22 @@ def mp_executor(mp_test: MpTest) -> Iterator[ExecutorFactory]:
     factory.finish()
 
 
+@pytest.fixture
+def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[lockcheck.LockChecker]:
+    """The lock checker: checked ``multiprocessing`` locks of this test's start method.
+
+    ``mp_locks.Lock(name)`` and ``mp_locks.RLock(name)`` are real locks to pass to children; each
+    request, acquisition and release is recorded. After the test it fails for two holders at once,
+    a lock held by a process that ended, a release by a process that did not hold the lock,
+    lock-order inversion, and a lock that is not shared. ``mp_locks.stats(name)`` gives the
+    contention figures; ``assert_exclusive(name)``, ``assert_no_contention(name)``,
+    ``assert_contended(name)``, ``assert_ordered()``, ``assert_released()`` and ``check()`` assert.
+    """
+    checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
+    yield checker
+    lockcheck.finish_test(request.config, request.node.nodeid, checker, mp_test.settle)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
     state = request.config.stash.get(session_key, None)
@@ -200,6 +218,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     workeroutput = getattr(node, "workeroutput", None)
     if state is not None and workeroutput:
         state.add_worker(workeroutput)
+    if workeroutput:
+        lockcheck.add_worker(node.config, workeroutput)
 
 
 @pytest.hookimpl(trylast=True)
@@ -209,6 +229,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is not None:
         state.sweep()
         state.finish()
+    lockcheck.session_finish(session.config)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -216,4 +237,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if state is None:
         return
     for line in state.summary_lines():
+        terminalreporter.write_line(line)
+    for line in lockcheck.summary_lines(terminalreporter.config):
         terminalreporter.write_line(line)
