@@ -29,6 +29,7 @@ from pytest_mpcheck import procfs
 from pytest_mpcheck.locks import (
     ACQUIRED,
     FILE_SUFFIX,
+    FOREIGN,
     GAVE_UP,
     RECORD,
     RECORD_SIZE,
@@ -161,7 +162,11 @@ def _read_file(path: str) -> _ProcessRecord | None:
             continue
         decl = locks[lock]
         if kind == RELEASE_FAILED:
-            # multiprocessing refused the release recorded just before: it did not happen.
+            if not flags & FOREIGN:
+                # The holder's release found the semaphore already free (someone released it
+                # behind the checked lock): its critical section is over all the same.
+                continue
+            # multiprocessing refused a non-holder's release: it did not happen.
             for index in range(len(record.events) - 1, -1, -1):
                 if record.events[index].token == decl.token:
                     if record.events[index].kind == RELEASED:

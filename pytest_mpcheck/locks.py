@@ -275,7 +275,7 @@ class CheckedLock:
         try:
             self._lock.release()
         except BaseException:
-            self._held += 1
+            # The semaphore was free already (released behind this lock): the hold is over.
             self._record(w, 0, RELEASE_FAILED, 0)
             raise
         return None
@@ -318,7 +318,7 @@ class CheckedLock:
         try:
             self._lock.release()
         except BaseException:
-            self._held += 1
+            # The semaphore was free already (released behind this lock): the hold is over.
             self._record(w, 0, RELEASE_FAILED, 0)
             raise
         return None
@@ -401,6 +401,8 @@ def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
             continue
         semaphore = getattr(getattr(inner, "_semlock", None), "name", None)
         where = getattr(module, "__file__", None) or module.__name__
+        here = os.getcwd() + os.sep
+        where = where[len(here) :] if where.startswith(here) else where
         messages.append(
             f"lock not shared: the module-level {type(inner).__name__} {attribute!r} of {where} "
             f"is not the test's lock in this child: under the {method!r} start method the child "

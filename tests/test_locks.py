@@ -1,0 +1,247 @@
+"""The lock checker, as users meet it: inner pytest runs with real children and real locks.
+
+Each inner run exercises several tests under fork, spawn and forkserver at once, to keep the suite
+fast: one run of problems that must be found, one run of correct uses that must pass clean.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+METHODS = "--mp-start-methods=fork,spawn,forkserver"
+
+
+def site(source: str, marker: str) -> str:
+    """``file:line`` of the line of an inner test file that carries ``# marker``."""
+    lines = source.splitlines()
+    numbers = [n for n, text in enumerate(lines, 1) if text.endswith(f"# {marker}")]
+    assert len(numbers) == 1, marker
+    return f"test_problems.py:{numbers[0]}"
+
+
+PROBLEMS = """\
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+MODULE_LOCK = multiprocessing.Lock()
+
+
+def hold_until(lock, acquired, go):
+    lock.acquire()  # first-acquires
+    acquired.set()
+    go.wait(20)
+    try:
+        lock.release()
+    except ValueError:
+        pass  # the semaphore was released behind the checked lock's back
+
+
+def take(lock):
+    with lock:  # take
+        pass
+
+
+def take_and_wait(lock, acquired):
+    lock.acquire()  # victim-acquires
+    acquired.set()
+    time.sleep(60)
+
+
+def release(lock):
+    lock.release()  # foreign-release
+
+
+def nested(first, second):
+    with first:  # outer
+        with second:  # inner
+            pass
+
+
+def use_module_lock(n):
+    with MODULE_LOCK:
+        print("line", n)
+
+
+def own_lock(checker):
+    with checker.Lock("shared"):
+        pass
+
+
+def test_two_holders(mp_locks, mp_spawn, mp_context):
+    lock = mp_locks.Lock("x")
+    acquired, go = mp_context.Event(), mp_context.Event()
+    first = mp_spawn(hold_until, args=(lock, acquired, go), name="first")
+    assert acquired.wait(20)
+    lock._lock.release()  # an uninstrumented release of the raw semaphore
+    second = mp_spawn(take, args=(lock,), name="second")
+    second.join()
+    go.set()
+    first.join()
+
+
+def test_killed_holding(mp_locks, mp_spawn, mp_context):
+    acquired = mp_context.Event()
+    child = mp_spawn(take_and_wait, args=(mp_locks.Lock("k"), acquired), name="victim")
+    assert acquired.wait(20)
+    child.kill()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+
+
+def test_release_not_held(mp_locks, mp_spawn):
+    lock = mp_locks.Lock("r")
+    lock.acquire()  # test-acquires
+    mp_spawn(release, args=(lock,), name="releaser").join()
+
+
+def test_inversion(mp_locks, mp_spawn):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    mp_spawn(nested, args=(a, b), name="ab").join()
+    mp_spawn(nested, args=(b, a), name="ba").join()
+
+
+@pytest.mark.mp_start_methods("spawn", "forkserver")
+def test_child_makes_own_lock(mp_locks, mp_spawn):
+    mp_spawn(take, args=(mp_locks.Lock("shared"),), name="passed").join()
+    mp_spawn(own_lock, args=(mp_locks,), name="own").join()
+
+
+def test_module_level_lock(mp_spawn):
+    children = [mp_spawn(use_module_lock, args=(n,), name=f"child-{n}") for n in range(2)]
+    for child in children:
+        child.join()
+
+
+def block_with_gap(lock, printed, go):
+    with lock:  # block
+        print("A1")
+        printed.set()
+        go.wait(20)
+        print("A2")
+
+
+def intrude(printed, go):
+    printed.wait(20)
+    print("B1")
+    go.set()
+
+
+def unprotected_then_locked(lock):
+    print("before 1")
+    print("before 2")
+    with lock:
+        print("inside")
+
+
+def test_atomic_intrusion(mp_locks, mp_spawn, mp_output, mp_context):
+    lock = mp_locks.Lock("out")
+    printed, go = mp_context.Event(), mp_context.Event()
+    holder = mp_spawn(block_with_gap, args=(lock, printed, go), name="holder")
+    intruder = mp_spawn(intrude, args=(printed, go), name="intruder")
+    holder.join()
+    intruder.join()
+    mp_output.assert_atomic(lock)
+
+
+def test_atomic_unprotected(mp_locks, mp_spawn, mp_output):
+    lock = mp_locks.Lock("out")
+    mp_spawn(unprotected_then_locked, args=(lock,), name="writer").join()
+    mp_output.assert_atomic(lock)
+"""
+
+
+def test_problems_found(pytester: pytest.Pytester) -> None:
+    """Every finding, under each start method where it applies, with the lines a user reads."""
+    pytester.makepyfile(test_problems=PROBLEMS)
+    result = pytester.runpytest_subprocess(METHODS, timeout=120)
+    # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
+    result.assert_outcomes(passed=17, failed=6, errors=16)
+    inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
+    first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
+    victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
+    foreign, test_acquires = site(PROBLEMS, "foreign-release"), site(PROBLEMS, "test-acquires")
+    for method in ("fork", "spawn", "forkserver"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_two_holders[[]{method}[]]*",
+                f"mpcheck: test_problems.py::test_two_holders[[]{method}[]]: 1 lock problem",
+                "",
+                "two holders at once: lock 'x' was held by first (pid *) and second (pid *) at "
+                "the same time",
+                f"    first (pid *) acquired at {first} at +*s and still held it",
+                f"    when second (pid *) acquired at {take} at +*s",
+                "  How to fix: every acquire and release must go through the checked lock*",
+                f"*ERROR at teardown of test_killed_holding[[]{method}[]]*",
+                f"mpcheck: test_problems.py::test_killed_holding[[]{method}[]]: 1 lock problem",
+                "",
+                "held at exit: victim (pid *) ended holding lock 'k' (acquired at "
+                f"{victim} at +*s); any other process that takes it waits forever",
+                "  How to fix: release the lock in a `finally:` block*",
+                f"*ERROR at teardown of test_release_not_held[[]{method}[]]*",
+                "release of a lock not held: releaser (pid *) released lock 'r' at "
+                f"{foreign} at +*s, but it did not hold it: MainProcess (pid *) held it "
+                f"(acquired at {test_acquires} at +*s)",
+                "  How to fix: release a lock only in the process that acquired it*",
+                f"*ERROR at teardown of test_inversion[[]{method}[]]*",
+                "lock-order inversion: locks 'a', 'b' are taken in opposite orders (a deadlock "
+                "waiting to happen, even though this run did not deadlock)",
+                f"    ab (pid *) took 'b' at {inner} while holding 'a' (taken at {outer})",
+                f"    ba (pid *) took 'a' at {inner} while holding 'b' (taken at {outer})",
+                "  How to fix: take these locks in one global order everywhere.*",
+            ]
+        )
+    for method in ("spawn", "forkserver"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_child_makes_own_lock[[]{method}[]]*",
+                "lock not shared: lock 'shared' is not shared: 2 processes use a lock of this "
+                "name, but they hold 2 different semaphores, so none of them excludes another",
+                "    semaphore 1 (made by the test in MainProcess (pid *), /mp-*): used by "
+                "passed (pid *)",
+                "    semaphore 2 (made in a child, /mp-*): used by own (pid *)",
+                "  How to fix: create the lock once, in the test, and pass it to each child as an "
+                "argument*",
+                f"*ERROR at teardown of test_module_level_lock[[]{method}[]]*",
+                "'child-0' (pid *):",
+                "    lock not shared: the module-level Lock 'MODULE_LOCK' of test_problems.py is "
+                f"not the test's lock in this child: under the '{method}' start method the child "
+                "imported 'test_problems' again, which made a new Lock*; it excludes "
+                "neither the test process nor the other children, so their critical sections can "
+                "run at the same time.",
+                "    How to fix: create the lock in the test and pass it to each child as an "
+                "argument, e.g. mp_spawn(target, args=(lock, ...))*",
+            ]
+        )
+    # Under fork the module-level lock is inherited, so it is shared: no finding.
+    result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
+    result.stdout.no_fnmatch_line("*test_child_makes_own_lock[[]fork[]]*")
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_atomic_intrusion[[]fork[]] _*",
+            "E*AssertionError: mp_output.assert_atomic('out'): the output is not atomic under "
+            "the lock",
+            "E*line 2 was written by intruder (pid *) while holder (pid *) held lock 'out' "
+            f"({block}): another process wrote into its critical section",
+            "E*the lines written by holder (pid *) during one hold of lock 'out' "
+            f"({block}) are not contiguous: line 3 comes after line 2 of intruder (pid *)",
+            "E*1  holder (*)*hold  1  out| A1",
+            "E*>>    2  intruder (*)*-  out| B1   <-- written while holder (pid *) held 'out'",
+            "E*>>    3  holder (*)*hold  1  out| A2   <-- block broken: this hold of 'out' wrote "
+            "before line 2 (intruder)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_atomic_unprotected[[]spawn[]] _*",
+            "E*line 1 was written by writer (pid *) while it did not hold lock 'out': this "
+            "output is not protected by the lock",
+            "E*line 2 was written by writer (pid *) while it did not hold lock 'out'*",
+            "E*>>    1  writer (*)*-  out| before 1   <-- not under 'out'",
+            "E*>>    2  writer (*)*-  out| before 2   <-- not under 'out'",
+            "E*3  writer (*)*hold  1  out| inside",
+        ]
+    )
