@@ -291,6 +291,29 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
         outcome = self._load()
         return list(outcome.messages) if outcome is not None else []
 
+    def stack(self, timeout: float = 2.0) -> str | None:
+        """The current Python stacks of all the child's threads, most recent call last.
+
+        ``None`` when the child is not running or does not answer within ``timeout`` seconds (it
+        answers once its start-up is done and its target is about to run).
+        """
+        test = self._mp_test
+        if test is None or self.pid is None or not self._running():
+            return None
+        from pytest_mpcheck import stacks
+
+        return stacks.stacks_of(test.workdir, [self.pid], timeout, pyspy=False)[self.pid].text
+
+    def waiting_in(self) -> str | None:
+        """What the running child waits in, in words (a lock, a queue, a join, a sleep), or
+        ``None`` when it is running on a CPU or cannot be told."""
+        test = self._mp_test
+        if test is None or self.pid is None or not self._running():
+            return None
+        from pytest_mpcheck import stacks
+
+        return stacks.stacks_of(test.workdir, [self.pid], 2.0, pyspy=False)[self.pid].waiting_in
+
     def _exit_words(self) -> str:
         code = self._exitcode_unseen()
         if code is None:

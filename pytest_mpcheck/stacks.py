@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class Stack:
     """How it was read: ``"faulthandler"``, ``"py-spy"`` or ``"none"``."""
     waiting_in: str | None
     """What it seems to wait in, in words (``None`` when running or unknown)."""
+    pyspy_tried: bool = False
 
 
 def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
@@ -212,9 +214,18 @@ def collect_dumps(
     return found
 
 
+def pyspy_path() -> str | None:
+    """Where py-spy is: on ``PATH``, or beside the running Python (a virtual environment)."""
+    found = shutil.which("py-spy")
+    if found is None:
+        beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        found = beside if os.access(beside, os.X_OK) else None
+    return found
+
+
 def pyspy_stack(pid: int, timeout: float) -> str | None:
     """``py-spy dump`` of ``pid`` as traceback text; ``None`` if there is no py-spy or it failed."""
-    pyspy = shutil.which("py-spy")
+    pyspy = pyspy_path()
     if pyspy is None or timeout <= 0:
         return None
     try:
@@ -288,7 +299,7 @@ def stacks_of(
             source = "py-spy" if text else "none"
         state, wchan = kernel_state(pid)
         words = waiting_in(text, wchan) if state != "running" else None
-        result[pid] = Stack(text=text, source=source, waiting_in=words)
+        result[pid] = Stack(text=text, source=source, waiting_in=words, pyspy_tried=pyspy)
     return result
 
 
@@ -299,9 +310,14 @@ def describe_wait(stack: Stack, pid: int) -> list[str]:
         lines.append(f"waiting in: {stack.waiting_in}")
     if stack.text is None:
         state, wchan = kernel_state(pid)
-        how = "py-spy is not installed" if shutil.which("py-spy") is None else "py-spy could not"
+        if pyspy_path() is None:
+            how = "py-spy is not installed"
+        elif stack.pyspy_tried:
+            how = "py-spy could not attach"
+        else:
+            how = "there was no time for py-spy"
         lines.append(
-            f"no Python stack ({how} attach and the process was not started by an mp_* fixture); "
+            f"no Python stack: not started by an mp_* fixture, and {how}; "
             f"kernel state: {state or 'unknown'}" + (f", waiting in {wchan}" if wchan else "")
         )
     return lines

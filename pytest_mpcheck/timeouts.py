@@ -22,6 +22,7 @@ Nothing is set up when another handler of ``SIGALRM`` is in place (the test's ow
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -30,11 +31,8 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import hangs, procfs
-from pytest_mpcheck.findings import Finding
 from pytest_mpcheck.session import MpCheckSession, baseline_key, session_key
 
-#: Findings of a timeout that the test survived; they fail it at teardown.
-pending_key = pytest.StashKey[list[Finding]]()
 #: What to undo when pytest-timeout cancels its timer.
 _undo_key = pytest.StashKey[Callable[[], None]]()
 #: The work directory of the test's fixtures, when it has one (set by the fixtures).
@@ -133,14 +131,14 @@ def after_set_timer(item: pytest.Item, settings: Any) -> None:
             text = _end_children(session, item, timeout, "thread", budget=lead)
             if text is None:
                 return
-            writer = item.config.get_terminal_writer()
-            writer.line()
-            writer.sep("+", "mpcheck: before pytest-timeout ends pytest")
-            writer.line(text)
-            writer.flush()
-            item.stash.setdefault(pending_key, []).extend(
-                f for f in session.findings if f.nodeid == item.nodeid and f.kind == "hung"
-            )
+            # To the terminal itself, not the test's captured output: os._exit may follow.
+            capman = item.config.pluginmanager.getplugin("capturemanager")
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                writer = item.config.get_terminal_writer()
+                writer.line()
+                writer.sep("+", "mpcheck: before pytest-timeout ends pytest")
+                writer.line(text)
+                writer.flush()
             item.stash[_report_key] = text
 
         previous = signal.signal(signal.SIGALRM, before_exit)
