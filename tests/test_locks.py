@@ -245,3 +245,136 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
             "E*3  writer (*)*hold  1  out| inside",
         ]
     )
+
+
+CLEAN = """\
+import multiprocessing
+import time
+
+import pytest
+
+
+def print_block(lock, item):
+    with lock:  # print-block
+        for _ in range(5):
+            print(item)
+
+
+def reentrant(rlock):
+    with rlock:
+        with rlock:
+            print("inside twice")
+
+
+def ordered(a, b):
+    with a:
+        with b:
+            pass
+
+
+def contend(lock):
+    with lock:
+        pass
+
+
+def test_shared_lock(mp_locks, mp_spawn, mp_output):
+    lock = mp_locks.Lock("out")
+    items = ("Hi", "Hello", "Bye")
+    children = [mp_spawn(print_block, args=(lock, item), name=item) for item in items]
+    for child in children:
+        child.join()
+    mp_output.assert_atomic(lock)
+    mp_output.assert_grouped()
+    mp_locks.assert_exclusive("out")
+    mp_locks.assert_released("out")
+    stats = mp_locks.stats("out")
+    assert stats.acquisitions == 3
+    assert sorted(stats.by_process) == sorted(f"{c.name} (pid {c.pid})" for c in children)
+    assert list(stats.by_site) == ["SITE"]
+    assert [len(lines) for lines in mp_output.by_process().values()] == [5, 5, 5]
+
+
+def test_rlock_taken_twice(mp_locks, mp_spawn):
+    rlock = mp_locks.RLock("r")
+    mp_spawn(reentrant, args=(rlock,)).join()
+    with rlock:
+        with rlock:
+            pass
+    mp_locks.assert_acquisitions("r", 2)
+    mp_locks.assert_released()
+    mp_locks.check()
+
+
+def test_nested_in_one_order(mp_locks, mp_spawn):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    for _ in range(2):
+        mp_spawn(ordered, args=(a, b)).join()
+    ordered(a, b)
+    mp_locks.assert_ordered()
+
+
+def test_contention(mp_locks, mp_spawn):
+    lock = mp_locks.Lock("busy")
+    with lock:
+        child = mp_spawn(contend, args=(lock,), name="waiter")
+        deadline = time.monotonic() + 30
+        while not mp_locks.waiting("busy") and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert [p.name for p in mp_locks.waiting("busy")] == ["waiter"]
+        assert [p.name for p in mp_locks.holders("busy")] == ["MainProcess"]
+    child.join()
+    mp_locks.assert_contended("busy")
+    stats = mp_locks.stats("busy")
+    assert (stats.acquisitions, stats.contended) == (2, 1)
+    assert stats.max_wait > 0 and stats.by_process[f"waiter (pid {child.pid})"].contended == 1
+    with pytest.raises(AssertionError, match=r"1 of 2 acquisitions waited"):
+        mp_locks.assert_no_contention("busy")
+
+
+@pytest.mark.mp_start_methods("spawn")
+def test_uncontended_and_bad_input(mp_locks, mp_output):
+    lock = mp_locks.Lock("calm")
+    for _ in range(3):
+        with lock:
+            pass
+    mp_locks.assert_no_contention("calm")
+    mp_locks.assert_acquisitions("calm", 3)
+    assert mp_locks.Lock("calm") is lock
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mp_locks.stats("nope")
+    assert str(failed.value) == (
+        "mp_locks.stats('nope'): no lock named 'nope' in this test. Known locks: 'calm'"
+    )
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mp_locks.Lock(3)
+    assert str(failed.value) == (
+        "mp_locks.Lock(name): the lock name must be a non-empty str, got 3 (int)"
+    )
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mp_locks.RLock("calm")
+    assert "the name is already used by a Lock" in str(failed.value)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mp_output.assert_atomic(multiprocessing.Lock())
+    assert "is not a checked lock; pass a lock made by mp_locks.Lock(name)" in str(failed.value)
+"""
+
+
+def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
+    """Correct uses of locks pass with no finding, under each start method."""
+    pytester.makepyfile(test_clean=CLEAN.replace("SITE", _clean_site()))
+    result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
+    result.assert_outcomes(passed=13)
+    result.stdout.no_fnmatch_line("*lock problem*")
+    # The terminal summary names the most contended locks of the session.
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: most contended locks:",
+            "  'busy' in test_clean.py::test_contention[[]*[]]: 1 of 2 acquisitions waited, "
+            "wait total * ms max * ms",
+        ]
+    )
+
+
+def _clean_site() -> str:
+    numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if text.endswith("# print-block")]
+    return f"test_clean.py:{numbers[0]}"
