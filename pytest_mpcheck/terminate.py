@@ -10,6 +10,9 @@ owns are reaped through that object, so its own bookkeeping (``exitcode``, ``ret
 from __future__ import annotations
 
 import contextlib
+import gc
+import multiprocessing.pool
+import multiprocessing.process
 import os
 import signal
 import time
@@ -33,6 +36,43 @@ class Leftover:
     create_time: float
     handle: Any = None
     """The owning ``multiprocessing.Process`` or ``subprocess.Popen``, when known and alive."""
+
+
+def _pools_of(workers: list[Any]) -> list[multiprocessing.pool.Pool]:
+    """The ``multiprocessing.pool.Pool`` objects whose worker lists hold these processes."""
+    pools: list[multiprocessing.pool.Pool] = []
+    for worker in workers:
+        for holder in gc.get_referrers(worker):
+            if not isinstance(holder, list):
+                continue
+            owners = gc.get_referrers(holder)
+            # Before Python 3.11 (or with a materialized __dict__) the list hangs off a dict.
+            owners += [o for d in owners if isinstance(d, dict) for o in gc.get_referrers(d)]
+            for owner in owners:
+                if isinstance(owner, multiprocessing.pool.Pool) and owner not in pools:
+                    pools.append(owner)
+    return pools
+
+
+def _terminate_pools(leftovers: list[Leftover]) -> None:
+    """Stop leaked pool workers through their pool.
+
+    Killing a ``Pool``'s worker directly can leave the pool's shared queue lock held for ever
+    (an idle worker waits for tasks holding it), and the pool's own ``terminate()``, which runs at
+    interpreter exit, would then hang. The pool ends its workers without that risk.
+    """
+    workers = [
+        item.handle
+        for item in leftovers
+        if isinstance(item.handle, multiprocessing.process.BaseProcess)
+        # Pool names its workers "ForkPoolWorker-1", "SpawnPoolWorker-2", ...
+        and "PoolWorker-" in item.handle.name
+    ]
+    if not workers:
+        return
+    for pool in _pools_of(workers):
+        with contextlib.suppress(Exception):
+            pool.terminate()
 
 
 def _reap_through_handle(handle: Any) -> bool:
@@ -97,9 +137,14 @@ def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Lef
 
 def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:
     """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled."""
+    leftovers = list(leftovers)
+    _terminate_pools(leftovers)
     outcome: dict[int, str] = {}
     to_term: list[Leftover] = []
     for leftover in leftovers:
+        if _has_ended(leftover, session_pid):
+            outcome[leftover.pid] = "SIGTERM"  # by its pool's terminate()
+            continue
         if procfs.state(leftover.pid) == "Z":
             _has_ended(leftover, session_pid)
             outcome[leftover.pid] = "reaped"
