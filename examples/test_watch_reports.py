@@ -81,7 +81,7 @@ def test_a_pool_kept_across_tests_is_blamed_on_the_first(pytester: pytest.Pytest
             "mpcheck: test_article.py::test_article_pool_example left 3 processes behind*",
             "leaked process * 'ForkPoolWorker-1': still running*",
             "    started at: test_article.py:11 by multiprocessing.Process.start",
-            "    ended by:   SIGTERM (ended by mpcheck)",
+            "    ended by:   terminate() of its multiprocessing Pool (called by mpcheck)",
             "*A process meant to outlive one test belongs in a fixture of module or session scope*",
         ]
     )

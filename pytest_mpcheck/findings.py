@@ -77,7 +77,7 @@ class SessionTally:
             self.unreaped += 1
         elif finding.kind == HUNG:
             self.hung += 1
-        if finding.ended_by in ("SIGTERM", "SIGKILL", "reaped"):
+        if finding.ended_by in ("SIGTERM", "SIGKILL", "reaped", "Pool.terminate()"):
             self.ended += 1
 
     def to_json(self) -> dict[str, int]:

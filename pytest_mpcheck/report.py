@@ -23,6 +23,7 @@ _ENDED_WORDS = {
     "SIGTERM": "SIGTERM (ended by mpcheck)",
     "SIGKILL": "SIGKILL (it ignored SIGTERM; killed by mpcheck)",
     "reaped": "reaped by mpcheck",
+    "Pool.terminate()": "terminate() of its multiprocessing Pool (called by mpcheck)",
 }
 
 HOW_TO_FIX = (

@@ -28,6 +28,10 @@ from pytest_mpcheck import procfs
 KILL_WAIT = 5.0
 
 
+#: How a pool worker ended when its ``Pool`` was terminated for it.
+POOL_TERMINATED = "Pool.terminate()"
+
+
 @dataclass
 class Leftover:
     """A process to end, as it was when it was found."""
@@ -54,8 +58,8 @@ def _pools_of(workers: list[Any]) -> list[multiprocessing.pool.Pool]:
     return pools
 
 
-def _terminate_pools(leftovers: list[Leftover]) -> None:
-    """Stop leaked pool workers through their pool.
+def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
+    """Stop leaked pool workers through their pool; the pids it ended.
 
     Killing a ``Pool``'s worker directly can leave the pool's shared queue lock held for ever
     (an idle worker waits for tasks holding it), and the pool's own ``terminate()``, which runs at
@@ -67,12 +71,16 @@ def _terminate_pools(leftovers: list[Leftover]) -> None:
         if isinstance(item.handle, multiprocessing.process.BaseProcess)
         # Pool names its workers "ForkPoolWorker-1", "SpawnPoolWorker-2", ...
         and "PoolWorker-" in item.handle.name
+        and procfs.state(item.pid) not in (None, "Z")
     ]
-    if not workers:
-        return
+    ended: set[int] = set()
     for pool in _pools_of(workers):
+        members = pool._pool  # type: ignore[attr-defined]
+        pids = {worker.pid for worker in workers if worker in members and worker.pid}
         with contextlib.suppress(Exception):
             pool.terminate()
+            ended |= pids
+    return ended
 
 
 def _reap_through_handle(handle: Any) -> bool:
@@ -138,12 +146,12 @@ def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Lef
 def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:
     """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled."""
     leftovers = list(leftovers)
-    _terminate_pools(leftovers)
+    by_pool = _terminate_pools(leftovers)
     outcome: dict[int, str] = {}
     to_term: list[Leftover] = []
     for leftover in leftovers:
-        if _has_ended(leftover, session_pid):
-            outcome[leftover.pid] = "SIGTERM"  # by its pool's terminate()
+        if leftover.pid in by_pool and _has_ended(leftover, session_pid):
+            outcome[leftover.pid] = POOL_TERMINATED
             continue
         if procfs.state(leftover.pid) == "Z":
             _has_ended(leftover, session_pid)
