@@ -19,7 +19,7 @@ from pytest_mpcheck.lockcheck import LockChecker
 
 PAIRS = 200_000
 ROUNDS = 5
-CONTENDED_PAIRS = 2_000
+CONTENDED_PAIRS = 20_000
 
 
 def _plain_pairs(lock: Any, pairs: int) -> float:
@@ -39,6 +39,14 @@ def _with_pairs(lock: Any, pairs: int) -> float:
     return (time.perf_counter() - start) / pairs
 
 
+def _attribute_pairs(lock: Any, pairs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(pairs):
+        lock.acquire()
+        lock.release()
+    return (time.perf_counter() - start) / pairs
+
+
 def uncontended(method: str) -> None:
     """Print the cost of a pair, plain and checked, and the ratio (best of ``ROUNDS``)."""
     context = multiprocessing.get_context(method)
@@ -46,16 +54,27 @@ def uncontended(method: str) -> None:
     plain = context.Lock()
     checked = checker.Lock("bench")
     try:
-        results: dict[str, list[float]] = {"plain": [], "checked": [], "plain_with": [], "with": []}
+        results: dict[str, list[float]] = {}
         for _ in range(ROUNDS):
-            results["plain"].append(_plain_pairs(plain, PAIRS))
-            results["checked"].append(_plain_pairs(checked, PAIRS))
-            results["plain_with"].append(_with_pairs(plain, PAIRS))
-            results["with"].append(_with_pairs(checked, PAIRS))
+            for name, measure, lock in (
+                ("plain", _plain_pairs, plain),
+                ("checked", _plain_pairs, checked),
+                ("plain_attr", _attribute_pairs, plain),
+                ("attr", _attribute_pairs, checked),
+                ("plain_with", _with_pairs, plain),
+                ("with", _with_pairs, checked),
+            ):
+                results.setdefault(name, []).append(measure(lock, PAIRS))
         best = {name: min(values) for name, values in results.items()}
         print(
-            f"uncontended acquire()+release() ({method}): plain {best['plain'] * 1e9:.0f} ns, "
-            f"checked {best['checked'] * 1e9:.0f} ns, ratio {best['checked'] / best['plain']:.2f}"
+            f"uncontended acquire()+release(), bound methods ({method}): plain "
+            f"{best['plain'] * 1e9:.0f} ns, checked {best['checked'] * 1e9:.0f} ns, "
+            f"ratio {best['checked'] / best['plain']:.2f}"
+        )
+        print(
+            f"uncontended lock.acquire(); lock.release() ({method}): plain "
+            f"{best['plain_attr'] * 1e9:.0f} ns, checked {best['attr'] * 1e9:.0f} ns, "
+            f"ratio {best['attr'] / best['plain_attr']:.2f}"
         )
         print(
             f"uncontended `with lock:` ({method}): plain {best['plain_with'] * 1e9:.0f} ns, "
@@ -66,10 +85,28 @@ def uncontended(method: str) -> None:
         shutil.rmtree(checker.directory, ignore_errors=True)
 
 
-def _contend(lock: Any, pairs: int) -> None:
+def _contend(lock: Any, barrier: Any, pairs: int) -> float:
+    barrier.wait(60)  # all three start together, so that they really contend
     for _ in range(pairs):
         with lock:
             pass
+    return time.perf_counter()
+
+
+def _three_processes(context: Any, lock: Any) -> float:
+    """Wall time from the common start of three contending processes until all have ended."""
+    barrier = context.Barrier(4)
+    workers = [
+        context.Process(target=_contend, args=(lock, barrier, CONTENDED_PAIRS), name=f"worker-{n}")
+        for n in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait(60)
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join(60)
+    return time.perf_counter() - start
 
 
 def contended(method: str) -> None:
@@ -78,24 +115,20 @@ def contended(method: str) -> None:
     checker = LockChecker(context)
     lock = checker.Lock("contended")
     try:
-        workers = [
-            context.Process(target=_contend, args=(lock, CONTENDED_PAIRS), name=f"worker-{n}")
-            for n in range(3)
-        ]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(60)
-        elapsed = time.perf_counter() - start
+        plain_wall = _three_processes(context, context.Lock())
+        checked_wall = _three_processes(context, lock)
         stats = checker.stats("contended")
         findings = checker.findings()
+        holds = checker.holds("contended")
+        elapsed = (max(h.end or h.start for h in holds) - min(h.start for h in holds)) / 1e9
         print(
             f"three processes contending ({method}): {stats.acquisitions} acquisitions in "
-            f"{elapsed:.2f} s (with process start), {stats.contended} contended "
+            f"{elapsed * 1e3:.1f} ms ({elapsed / stats.acquisitions * 1e9:.0f} ns a pair), "
+            f"{stats.contended} contended "
             f"({stats.contended / max(1, stats.acquisitions):.0%}), wait total "
             f"{stats.total_wait * 1e3:.1f} ms, max {stats.max_wait * 1e3:.2f} ms, hold max "
-            f"{stats.max_hold * 1e3:.3f} ms, findings: {len(findings)}"
+            f"{stats.max_hold * 1e3:.3f} ms, findings: {len(findings)}; wall time of the run: "
+            f"plain lock {plain_wall * 1e3:.1f} ms, checked {checked_wall * 1e3:.1f} ms"
         )
         for process, counts in stats.by_process.items():
             print(
