@@ -40,6 +40,7 @@ from pytest_mpcheck.locks import (
     TEXT_PROCESS,
     TEXT_SITE,
     CheckedLock,
+    close_records,
     make_lock,
 )
 
@@ -750,6 +751,7 @@ class LockChecker:
         records = self.records()
         records.held_at_exit(current_test=True)
         stats = {name: records.stats(name) for name in records.names}
+        close_records(self.directory)
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
         return records.findings, stats

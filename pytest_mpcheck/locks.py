@@ -22,6 +22,7 @@ exclusion the next holder's acquisition always sorts after the previous holder's
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import multiprocessing.context
@@ -127,6 +128,9 @@ _all_locks: weakref.WeakSet[CheckedLock] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # The child must write its own file; the parent's map is shared with the child after fork.
+    for writer in _writers.values():
+        with contextlib.suppress(OSError):
+            os.close(writer.fd)
     _writers.clear()
     for lock in list(_all_locks):
         lock._w = None
@@ -144,10 +148,17 @@ def _writer(directory: str) -> _Writer:
     return writer
 
 
-def flush_records() -> None:
-    """Nothing to do on Linux (the page cache is the record); kept for platforms that need it."""
-    for writer in _writers.values():
-        writer.buf.flush()
+def close_records(directory: str) -> None:
+    """Close this process's record file in ``directory`` (the test is over)."""
+    writer = _writers.pop(directory, None)
+    if writer is None:
+        return
+    for lock in list(_all_locks):
+        if lock._w is writer:
+            lock._w = None
+            lock._idx = 0
+    writer.buf.close()
+    os.close(writer.fd)
 
 
 class CheckedLock:
