@@ -36,9 +36,11 @@ from pytest_mpcheck.locks import (
     RELEASE_FAILED,
     RELEASED,
     REQUESTED,
+    TEXT_HEADER,
     TEXT_LOCK,
     TEXT_PROCESS,
     TEXT_SITE,
+    TEXT_SUFFIX,
     CheckedLock,
     close_records,
     make_lock,
@@ -131,7 +133,11 @@ def _display(site: str) -> str:
 
 
 def _read_file(path: str) -> _ProcessRecord | None:
+    """One process's record: its text file (names of the process, its locks and sites), then
+    its events, up to the first all-zero slot (the file is sparse and zero-filled)."""
     try:
+        with open(path[: -len(FILE_SUFFIX)] + TEXT_SUFFIX, "rb") as file:
+            text_data = file.read()
         with open(path, "rb") as file:
             data = file.read()
     except OSError:
@@ -140,28 +146,31 @@ def _read_file(path: str) -> _ProcessRecord | None:
     locks: dict[int, _LockDecl] = {}
     sites: dict[int, str] = {}
     off = 0
+    while off + TEXT_HEADER.size <= len(text_data):
+        kind, lock, length = TEXT_HEADER.unpack_from(text_data, off)
+        off += TEXT_HEADER.size
+        parts = text_data[off : off + length].decode("utf-8", "replace").split("\0")
+        off += length
+        if kind == TEXT_PROCESS and len(parts) >= 2:
+            record = _ProcessRecord(ProcessName(int(parts[0]), parts[1]))
+        elif kind == TEXT_LOCK and len(parts) >= 4 and record is not None:
+            declared = _LockDecl(parts[0], parts[1], parts[2], parts[3])
+            locks[lock] = declared
+            record.locks[declared.token] = declared
+        elif kind == TEXT_SITE and len(parts) >= 2:
+            sites[int(parts[0])] = _display(parts[1])
+    if record is None:
+        return None
+    off = 0
     end = len(data) - RECORD_SIZE
     while off <= end:
         ts, site, lock, kind, flags = RECORD.unpack_from(data, off)
         if ts == 0:
-            break  # the end of what this process wrote (the file is sparse and zero-filled)
+            break  # the end of what this process wrote
         off += RECORD_SIZE
-        if kind >= TEXT_PROCESS:
-            text = data[off : off + site].decode("utf-8", "replace")
-            off += -(-site // RECORD_SIZE) * RECORD_SIZE
-            parts = text.split("\0")
-            if kind == TEXT_PROCESS and len(parts) >= 2:
-                record = _ProcessRecord(ProcessName(int(parts[0]), parts[1]))
-            elif kind == TEXT_LOCK and len(parts) >= 4 and record is not None:
-                decl = _LockDecl(parts[0], parts[1], parts[2], parts[3])
-                locks[lock] = decl
-                record.locks[decl.token] = decl
-            elif kind == TEXT_SITE and len(parts) >= 2:
-                sites[int(parts[0])] = _display(parts[1])
+        decl = locks.get(lock)
+        if decl is None:
             continue
-        if record is None or lock not in locks:
-            continue
-        decl = locks[lock]
         if kind == RELEASE_FAILED:
             if not flags & FOREIGN:
                 # The holder's release found the semaphore already free (someone released it

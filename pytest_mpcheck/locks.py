@@ -13,8 +13,8 @@ what proves it died holding a lock.
 Each record is 16 bytes: ``ts`` (``time.monotonic_ns()``, the system-wide monotonic clock; never 0,
 so an all-zero record marks the end of what was written), ``site`` (a per-process number of an
 acquisition site), ``lock`` (a per-process number of the lock), ``kind`` and ``flags``. Text (the
-process's name, what lock a number stands for, the ``file:line`` of a site) follows a text record's
-header in as many 16-byte slots as it needs.
+process's name, what lock a number stands for, the ``file:line`` of a site) is rare: it goes to a
+second file, one ``os.write`` per record, before the first event that uses it.
 
 Timestamps are taken after a lock was acquired and before it is released, so that under real mutual
 exclusion the next holder's acquisition always sorts after the previous holder's release.
@@ -23,6 +23,7 @@ exclusion the next holder's acquisition always sorts after the previous holder's
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import multiprocessing
 import multiprocessing.context
@@ -30,6 +31,7 @@ import os
 import secrets
 import struct
 import sys
+import threading
 import time
 import weakref
 from typing import Any
@@ -46,7 +48,7 @@ RELEASE_FAILED = 4
 GAVE_UP = 5
 """A wait that began with ``REQUESTED`` timed out."""
 TEXT_PROCESS = 16
-"""Text: ``pid``, process name."""
+"""Text: ``pid``, process name (text records are ``TEXT_HEADER`` then UTF-8, ``\\0`` between)."""
 TEXT_LOCK = 17
 """Text: lock name, ``Lock`` or ``RLock``, identity token, semaphore name."""
 TEXT_SITE = 18
@@ -57,8 +59,10 @@ FOREIGN = 1
 
 RECORD = struct.Struct("<QIHBB")
 RECORD_SIZE = RECORD.size
+TEXT_HEADER = struct.Struct("<BxHI")
 _INITIAL_SIZE = 1 << 20  # 65536 records; the file grows by doubling, and is sparse until written
 FILE_SUFFIX = ".mplocks"
+TEXT_SUFFIX = ".mplocks-text"
 
 _pack = RECORD.pack_into
 _mono = time.monotonic_ns
@@ -66,58 +70,78 @@ _getframe = sys._getframe
 
 
 class _Writer:
-    """This process's record file for one record directory."""
+    """This process's record files for one record directory.
 
-    __slots__ = ("buf", "fd", "limit", "lock_numbers", "off", "path", "sites", "size")
+    Events go to a memory-mapped file, one 16-byte slot each; the slot is taken with ``next()``
+    on an ``itertools.count``, which is atomic under the GIL, so threads of one process never
+    write the same slot. Text (the process's name, what a lock or site number stands for) is rare
+    and goes to a second file, one ``os.write`` per record, before the first event that uses it.
+    """
+
+    __slots__ = (
+        "buf",
+        "fd",
+        "grow_lock",
+        "lock_numbers",
+        "offsets",
+        "site_numbers",
+        "sites",
+        "size",
+        "text_fd",
+    )
 
     def __init__(self, directory: str) -> None:
         pid = os.getpid()
         serial = 0
         while True:  # a pid can come back within one test: never share a file
-            path = os.path.join(directory, f"{pid}.{serial}{FILE_SUFFIX}")
+            stem = os.path.join(directory, f"{pid}.{serial}")
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(stem + FILE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 break
             except FileExistsError:
                 serial += 1
-        self.path = path
         self.fd = fd
+        self.text_fd = os.open(stem + TEXT_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = _INITIAL_SIZE
         os.ftruncate(fd, self.size)
         self.buf = mmap.mmap(fd, self.size)
-        self.off = 0
-        self.limit = self.size - 4096  # room for one text record past the last event
+        self.offsets = itertools.count(0, RECORD_SIZE)
+        self.grow_lock = threading.Lock()
         self.sites: dict[tuple[int, int], int] = {}
-        self.lock_numbers = 0
+        self.site_numbers = itertools.count(1)
+        self.lock_numbers = itertools.count(1)
         name = multiprocessing.current_process().name
         self.text(TEXT_PROCESS, 0, f"{pid}\0{name}")
 
-    def grow(self) -> int:
-        """Double the file and map it again; returns the offset of the next record."""
-        self.size *= 2
-        os.ftruncate(self.fd, self.size)
-        self.buf = mmap.mmap(self.fd, self.size)
-        self.limit = self.size - 4096
-        return self.off
+    def grow(self, off: int) -> None:
+        """Make the file big enough for a record at ``off``, and map it again."""
+        with self.grow_lock:
+            size = self.size
+            while size < off + RECORD_SIZE:
+                size *= 2
+            if size > self.size:
+                os.ftruncate(self.fd, size)
+                self.buf = mmap.mmap(self.fd, size)
+                self.size = size
 
     def text(self, kind: int, lock: int, text: str) -> None:
-        """Append a text record (the text first, the header last, so a reader never sees half)."""
+        """Append a text record, whole, with one write."""
         data = text.encode("utf-8", "replace")[:4000]
-        slots = -(-len(data) // RECORD_SIZE)
-        off = self.off
-        if off + (slots + 1) * RECORD_SIZE > self.limit:
-            off = self.grow()
-        self.buf[off + RECORD_SIZE : off + RECORD_SIZE + len(data)] = data
-        _pack(self.buf, off, _mono(), len(data), lock, kind, 0)
-        self.off = off + (slots + 1) * RECORD_SIZE
+        os.write(self.text_fd, TEXT_HEADER.pack(kind, lock, len(data)) + data)
 
     def site(self, frame: Any, key: tuple[int, int]) -> int:
         """Number a new acquisition site (``file:line`` of ``frame``) and record its text."""
-        number = len(self.sites) + 1
-        self.sites[key] = number
+        number = next(self.site_numbers)
         code = frame.f_code
         self.text(TEXT_SITE, 0, f"{number}\0{code.co_filename}:{frame.f_lineno}\0{code.co_name}")
+        self.sites[key] = number
         return number
+
+    def close(self) -> None:
+        """Unmap and close the files."""
+        self.buf.close()
+        os.close(self.fd)
+        os.close(self.text_fd)
 
 
 #: This process's writers, by record directory; emptied in a forked child.
@@ -131,6 +155,7 @@ def _after_fork_in_child() -> None:
     for writer in _writers.values():
         with contextlib.suppress(OSError):
             os.close(writer.fd)
+            os.close(writer.text_fd)
     _writers.clear()
     for lock in list(_all_locks):
         lock._w = None
@@ -157,8 +182,7 @@ def close_records(directory: str) -> None:
         if lock._w is writer:
             lock._w = None
             lock._idx = 0
-    writer.buf.close()
-    os.close(writer.fd)
+    writer.close()
 
 
 class CheckedLock:
@@ -223,8 +247,7 @@ class CheckedLock:
 
     def _attach(self) -> _Writer:
         writer = _writer(self.directory)
-        writer.lock_numbers += 1
-        self._idx = writer.lock_numbers
+        self._idx = next(writer.lock_numbers)
         semaphore = getattr(self._lock._semlock, "name", None) or ""
         writer.text(TEXT_LOCK, self._idx, f"{self.name}\0{self.kind}\0{self.token}\0{semaphore}")
         self._w = writer
@@ -243,11 +266,12 @@ class CheckedLock:
         if site is None:
             site = w.site(frame, key)
         if self._try(False):
-            off = w.off
-            if off >= w.limit:
-                off = w.grow()
-            w.off = off + 16
-            _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
+            off = next(w.offsets)
+            try:
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
+            except struct.error:  # the file is full
+                w.grow(off)
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
             self._held += 1
             return True
         if not block:
@@ -255,17 +279,9 @@ class CheckedLock:
         return self._wait(w, site, timeout)
 
     def _wait(self, w: _Writer, site: int, timeout: float | None) -> bool:
-        off = w.off
-        if off >= w.limit:
-            off = w.grow()
-        w.off = off + 16
-        _pack(w.buf, off, _mono(), site, self._idx, REQUESTED, 0)
+        self._record(w, site, REQUESTED, 0)
         acquired = bool(self._lock.acquire(True, timeout))
-        off = w.off
-        if off >= w.limit:
-            off = w.grow()
-        w.off = off + 16
-        _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED if acquired else GAVE_UP, 0)
+        self._record(w, site, ACQUIRED if acquired else GAVE_UP, 0)
         if acquired:
             self._held += 1
         return acquired
@@ -278,11 +294,12 @@ class CheckedLock:
         if not self._held:
             return self._release_not_held(w, 2)
         self._held -= 1
-        off = w.off
-        if off >= w.limit:
-            off = w.grow()
-        w.off = off + 16
-        _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        off = next(w.offsets)
+        try:
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        except struct.error:  # the file is full
+            w.grow(off)
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
         try:
             self._lock.release()
         except BaseException:
@@ -306,10 +323,9 @@ class CheckedLock:
             raise
 
     def _record(self, w: _Writer, site: int, kind: int, flags: int) -> None:
-        off = w.off
-        if off >= w.limit:
-            off = w.grow()
-        w.off = off + 16
+        off = next(w.offsets)
+        if off + RECORD_SIZE > w.size:
+            w.grow(off)
         _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
 
     __enter__ = acquire
@@ -321,11 +337,12 @@ class CheckedLock:
         if not self._held:
             return self._release_not_held(w, 2)
         self._held -= 1
-        off = w.off
-        if off >= w.limit:
-            off = w.grow()
-        w.off = off + 16
-        _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        off = next(w.offsets)
+        try:
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        except struct.error:  # the file is full
+            w.grow(off)
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
         try:
             self._lock.release()
         except BaseException:

@@ -331,6 +331,30 @@ def test_contention(mp_locks, mp_spawn):
         mp_locks.assert_no_contention("busy")
 
 
+def many_threads(lock, threads, pairs):
+    import threading
+
+    def work():
+        for _ in range(pairs):
+            with lock:
+                pass
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+
+
+def test_threads_of_children_and_a_growing_record(mp_locks, mp_spawn):
+    # 4 threads x 9000 pairs: 72000 records, more than the first mapping holds (65536), written
+    # by threads that take record slots at the same time.
+    lock = mp_locks.Lock("threads")
+    mp_spawn(many_threads, args=(lock, 4, 9000)).join()
+    mp_locks.assert_acquisitions("threads", 36000)
+    mp_locks.check()
+
+
 @pytest.mark.mp_start_methods("spawn")
 def test_uncontended_and_bad_input(mp_locks, mp_output):
     lock = mp_locks.Lock("calm")
@@ -363,7 +387,7 @@ def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
     """Correct uses of locks pass with no finding, under each start method."""
     pytester.makepyfile(test_clean=CLEAN.replace("SITE", _clean_site()))
     result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
-    result.assert_outcomes(passed=13)
+    result.assert_outcomes(passed=16)
     result.stdout.no_fnmatch_line("*lock problem*")
     # The terminal summary names the most contended locks of the session.
     result.stdout.fnmatch_lines(
