@@ -41,6 +41,7 @@ from pytest_mpcheck.locks import (
     TEXT_PROCESS,
     TEXT_SITE,
     TEXT_SUFFIX,
+    TRY,
     CheckedLock,
     close_records,
     make_lock,
@@ -454,7 +455,7 @@ class Records:
                 if event.kind in (REQUESTED, ACQUIRED):
                     if event.kind == ACQUIRED and name in waiting:
                         waiting.discard(name)
-                    elif name not in held:
+                    elif name not in held and not event.flags & TRY:
                         for other, (_count, site) in held.items():
                             if other != name:
                                 examples = edges.setdefault((other, name), {})
@@ -565,12 +566,18 @@ def _fail(message: str) -> NoReturn:
 
 
 def _check_name(call: str, name: object) -> str:
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or "\0" in name:
         _fail(
-            f"mp_locks.{call}: the lock name must be a non-empty str, got {name!r} "
-            f"({type(name).__name__})"
+            f"mp_locks.{call}: the lock name must be a non-empty str without NUL characters, "
+            f"got {name!r} ({type(name).__name__})"
         )
     return name
+
+
+def _check_count(call: str, what: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        _fail(f"mp_locks.{call}: {what} must be an int >= {least}, got {value!r}")
+    return value
 
 
 # -- the fixture's object -----------------------------------------------------------------------
@@ -736,6 +743,7 @@ class LockChecker:
     def assert_contended(self, name: str, at_least: int = 1) -> None:
         """Assert that at least ``at_least`` acquisitions of the lock ``name`` had to wait."""
         __tracebackhide__ = True
+        _check_count(f"assert_contended({name!r}, at_least={at_least!r})", "at_least", at_least, 1)
         stats = self.stats(name)
         if stats.contended < at_least:
             raise AssertionError(
@@ -746,6 +754,7 @@ class LockChecker:
     def assert_acquisitions(self, name: str, count: int) -> None:
         """Assert that the lock ``name`` was acquired exactly ``count`` times (outermost holds)."""
         __tracebackhide__ = True
+        _check_count(f"assert_acquisitions({name!r}, {count!r})", "count", count, 0)
         stats = self.stats(name)
         if stats.acquisitions != count:
             raise AssertionError(

@@ -34,7 +34,10 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_mpcheck.lockcheck import Hold
 
 #: Record kinds.
 ACQUIRED = 1
@@ -56,6 +59,9 @@ TEXT_SITE = 18
 
 #: Flags.
 FOREIGN = 1
+"""On ``RELEASED``: this process did not hold the lock."""
+TRY = 2
+"""On ``ACQUIRED``: a non-blocking acquisition, which cannot deadlock (no lock-order edge)."""
 
 RECORD = struct.Struct("<QIHBB")
 RECORD_SIZE = RECORD.size
@@ -253,6 +259,11 @@ class CheckedLock:
         self._w = writer
         return writer
 
+    @property
+    def _semlock(self) -> Any:
+        # multiprocessing's Condition asks its lock's semaphore who owns it and how often.
+        return self._lock._semlock
+
     # -- the lock -------------------------------------------------------------------------------
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
@@ -268,10 +279,10 @@ class CheckedLock:
         if self._try(False):
             off = next(w.offsets)
             try:
-                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
             except struct.error:  # the file is full
                 w.grow(off)
-                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0)
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
             self._held += 1
             return True
         if not block:
@@ -353,8 +364,8 @@ class CheckedLock:
 
     # -- what the checker knows -----------------------------------------------------------------
 
-    def holds(self) -> list[Any]:
-        """Every hold of this lock so far, in time order (see :class:`lockcheck.Hold`)."""
+    def holds(self) -> list[Hold]:
+        """Every hold of this lock so far, in time order."""
         from pytest_mpcheck import lockcheck
 
         return lockcheck.read(self.directory).holds(self.name)

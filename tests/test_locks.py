@@ -313,6 +313,23 @@ def test_nested_in_one_order(mp_locks, mp_spawn):
     mp_locks.assert_ordered()
 
 
+def try_in_reverse(a, b):
+    with b:
+        if a.acquire(False):  # a non-blocking try cannot deadlock: no lock-order edge
+            a.release()
+
+
+def test_trylock_in_reverse_and_a_condition(mp_locks, mp_spawn, mp_context):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    mp_spawn(ordered, args=(a, b)).join()
+    mp_spawn(try_in_reverse, args=(a, b)).join()
+    mp_locks.assert_ordered()
+    condition = mp_context.Condition(mp_locks.RLock("c"))
+    with condition:
+        assert not condition.wait(0.01)  # releases the lock while it waits, then takes it again
+    mp_locks.assert_acquisitions("c", 2)
+
+
 def test_contention(mp_locks, mp_spawn):
     lock = mp_locks.Lock("busy")
     with lock:
@@ -372,7 +389,13 @@ def test_uncontended_and_bad_input(mp_locks, mp_output):
     with pytest.raises(pytest.fail.Exception) as failed:
         mp_locks.Lock(3)
     assert str(failed.value) == (
-        "mp_locks.Lock(name): the lock name must be a non-empty str, got 3 (int)"
+        "mp_locks.Lock(name): the lock name must be a non-empty str without NUL characters, "
+        "got 3 (int)"
+    )
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mp_locks.assert_contended("calm", at_least="2")
+    assert str(failed.value) == (
+        "mp_locks.assert_contended('calm', at_least='2'): at_least must be an int >= 1, got '2'"
     )
     with pytest.raises(pytest.fail.Exception) as failed:
         mp_locks.RLock("calm")
@@ -387,7 +410,7 @@ def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
     """Correct uses of locks pass with no finding, under each start method."""
     pytester.makepyfile(test_clean=CLEAN.replace("SITE", _clean_site()))
     result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
-    result.assert_outcomes(passed=16)
+    result.assert_outcomes(passed=19)
     result.stdout.no_fnmatch_line("*lock problem*")
     # The terminal summary names the most contended locks of the session.
     result.stdout.fnmatch_lines(
