@@ -19,6 +19,8 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -26,6 +28,7 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_mpcheck import procfs
+from pytest_mpcheck.errors import MpCheckInternalWarning
 from pytest_mpcheck.locks import (
     ACQUIRED,
     FILE_SUFFIX,
@@ -807,7 +810,18 @@ def finish_test(
     while running and time.monotonic() < deadline:
         time.sleep(0.005)
         running = [pid for pid in running if not _ended(pid)]
-    found, stats = checker.finish()
+    try:
+        found, stats = checker.finish()
+    except Exception:
+        details = traceback.format_exc()
+        warnings.warn(
+            MpCheckInternalWarning(
+                f"pytest-mpcheck failed while checking the locks of {nodeid}; please report "
+                f"this bug:\n{details}"
+            ),
+            stacklevel=1,
+        )
+        return
     _tally(config).add(nodeid, stats)
     if found:
         _fail(format_findings(nodeid, found))

@@ -98,19 +98,16 @@ class _Writer:
 
     def __init__(self, directory: str) -> None:
         pid = os.getpid()
-        serial = 0
-        while True:  # a pid can come back within one test: never share a file
-            stem = os.path.join(directory, f"{pid}.{serial}")
-            try:
-                fd = os.open(stem + FILE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                serial += 1
-        self.fd = fd
-        self.text_fd = os.open(stem + TEXT_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = _INITIAL_SIZE
-        os.ftruncate(fd, self.size)
-        self.buf = mmap.mmap(fd, self.size)
+        try:
+            self.fd, self.text_fd = self._open(directory, pid)
+            os.ftruncate(self.fd, self.size)
+            self.buf = mmap.mmap(self.fd, self.size)
+        except OSError:
+            # The test is over and its record directory gone (a child that outlived it): the
+            # lock must go on working; what it records now is of no use to anyone.
+            self.fd = self.text_fd = -1
+            self.buf = mmap.mmap(-1, self.size)
         self.offsets = itertools.count(0, RECORD_SIZE)
         self.grow_lock = threading.Lock()
         self.sites: dict[tuple[int, int], int] = {}
@@ -119,21 +116,45 @@ class _Writer:
         name = multiprocessing.current_process().name
         self.text(TEXT_PROCESS, 0, f"{pid}\0{name}")
 
+    @staticmethod
+    def _open(directory: str, pid: int) -> tuple[int, int]:
+        serial = 0
+        while True:  # a pid can come back within one test: never share a file
+            stem = os.path.join(directory, f"{pid}.{serial}")
+            try:
+                fd = os.open(stem + FILE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                serial += 1
+        try:
+            text_fd = os.open(stem + TEXT_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, text_fd
+
     def grow(self, off: int) -> None:
         """Make the file big enough for a record at ``off``, and map it again."""
         with self.grow_lock:
             size = self.size
             while size < off + RECORD_SIZE:
                 size *= 2
-            if size > self.size:
+            if size <= self.size:
+                return
+            try:
                 os.ftruncate(self.fd, size)
                 self.buf = mmap.mmap(self.fd, size)
-                self.size = size
+            except OSError:  # no file (see __init__), or no room: keep the lock working
+                self.fd = -1
+                self.buf = mmap.mmap(-1, size)
+            self.size = size
 
     def text(self, kind: int, lock: int, text: str) -> None:
         """Append a text record, whole, with one write."""
         data = text.encode("utf-8", "replace")[:4000]
-        os.write(self.text_fd, TEXT_HEADER.pack(kind, lock, len(data)) + data)
+        if self.text_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.text_fd, TEXT_HEADER.pack(kind, lock, len(data)) + data)
 
     def site(self, frame: Any, key: tuple[int, int]) -> int:
         """Number a new acquisition site (``file:line`` of ``frame``) and record its text."""
@@ -146,8 +167,9 @@ class _Writer:
     def close(self) -> None:
         """Unmap and close the files."""
         self.buf.close()
-        os.close(self.fd)
-        os.close(self.text_fd)
+        for fd in (self.fd, self.text_fd):
+            if fd >= 0:
+                os.close(fd)
 
 
 #: This process's writers, by record directory; emptied in a forked child.
@@ -159,9 +181,10 @@ _all_locks: weakref.WeakSet[CheckedLock] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # The child must write its own file; the parent's map is shared with the child after fork.
     for writer in _writers.values():
-        with contextlib.suppress(OSError):
-            os.close(writer.fd)
-            os.close(writer.text_fd)
+        for fd in (writer.fd, writer.text_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
     _writers.clear()
     for lock in list(_all_locks):
         lock._w = None

@@ -6,7 +6,13 @@ fast: one run of problems that must be found, one run of correct uses that must 
 
 from __future__ import annotations
 
+import multiprocessing
+import shutil
+from typing import Any
+
 import pytest
+
+from pytest_mpcheck import CheckedLock, LockChecker
 
 METHODS = "--mp-start-methods=fork,spawn,forkserver"
 
@@ -425,3 +431,24 @@ def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
 def _clean_site() -> str:
     numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if text.endswith("# print-block")]
     return f"test_clean.py:{numbers[0]}"
+
+
+def _use_lock(lock: CheckedLock) -> None:
+    with lock:
+        pass
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_lock_outlives_its_record(method: str) -> None:
+    """A child that uses a checked lock after the test's record is gone still gets a lock."""
+    context: Any = multiprocessing.get_context(method)
+    checker = LockChecker(context)
+    lock = checker.Lock("late")
+    _use_lock(lock)
+    checker.finish()  # the end of the test: the record directory is removed
+    shutil.rmtree(checker.directory, ignore_errors=True)
+    child = context.Process(target=_use_lock, args=(lock,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    _use_lock(lock)  # and in this process, whose record was closed
