@@ -22,9 +22,11 @@ import contextlib
 import ctypes
 import faulthandler
 import importlib
+import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -71,8 +73,25 @@ def stack_path(workdir: str, pid: int) -> str:
 _stack_file: BinaryIO | None = None
 
 
+#: Attribute of a process object: whether the main thread of pytest started it (see below).
+MAIN_THREAD_ATTRIBUTE = "_mp_from_main_thread"
+
+
+def mark_starter(process: object) -> None:
+    """Note on a process object, before it starts, whether pytest's main thread starts it.
+
+    The kernel sends the death signal when the *thread* that forked the child ends, not the
+    process. A pool's worker handler thread starts replacement workers and ends when the pool is
+    closed: their death signal would kill idle workers that hold the pool's queue lock, and hang the
+    pool. Only children of the main thread, which lives as long as pytest, get one.
+    """
+    setattr(process, MAIN_THREAD_ATTRIBUTE, threading.current_thread() is threading.main_thread())
+
+
 def _set_death_signal(session_pid: int) -> None:
     if not sys.platform.startswith("linux"):
+        return
+    if not getattr(multiprocessing.current_process(), MAIN_THREAD_ATTRIBUTE, True):
         return
     try:
         # The symbols of the running program include libc's; find_library would run ldconfig.
@@ -82,8 +101,31 @@ def _set_death_signal(session_pid: int) -> None:
     # The parent may have died before the prctl: then the signal never comes. The parent is the
     # pytest process (fork, spawn) or the forkserver, whose parent is the pytest process.
     parent = os.getppid()
-    if parent != session_pid and _parent_of(parent) != session_pid:
-        os._exit(1)
+    if parent != session_pid:
+        if _parent_of(parent) != session_pid:
+            os._exit(1)
+        _detach_from_forkserver()
+
+
+def _detach_from_forkserver() -> None:
+    """Let the forkserver end when pytest does, so that its death signal reaches this child.
+
+    A child of the forkserver inherits the descriptor that keeps the forkserver alive while any of
+    its clients lives: as long as this child runs, the forkserver would outlive pytest, and the
+    child, waiting for its parent's death, would outlive both. Closing it makes the child like a
+    spawned one: should it start processes by forkserver itself, it starts a forkserver of its own.
+    """
+    from multiprocessing import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or alive is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(alive)
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
 
 
 def _parent_of(pid: int) -> int | None:

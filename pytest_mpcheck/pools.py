@@ -65,6 +65,13 @@ class TrackedPool(multiprocessing.pool.Pool):
         self._mp_tasks: list[tuple[multiprocessing.pool.ApplyResult[Any], _Task]] = []
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
+        """A worker process, marked with the thread that starts it (see ``bootstrap``)."""
+        process = ctx.Process(*args, **kwds)
+        bootstrap.mark_starter(process)
+        return process
+
     def _mp_track(
         self, result: Any, func: Callable[..., Any], args: Sequence[Any], error_callback: Any
     ) -> Any:
@@ -140,6 +147,25 @@ class TrackedPool(multiprocessing.pool.Pool):
 
     def _mp_busy(self) -> bool:
         return bool(getattr(self, "_cache", {}))
+
+
+class _MarkingContext:
+    """A multiprocessing context whose processes are marked with the thread that starts them.
+
+    An executor's manager thread starts replacement workers (``max_tasks_per_child``): see
+    :func:`pytest_mpcheck.bootstrap.mark_starter`.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:
+        process = self._context.Process(*args, **kwargs)
+        bootstrap.mark_starter(process)
+        return process
 
 
 class TrackedExecutor(ProcessPoolExecutor):
@@ -317,7 +343,7 @@ class ExecutorFactory:
             extra["max_tasks_per_child"] = max_tasks_per_child
         executor = TrackedExecutor(
             max_workers,
-            mp_context=self._test.context,
+            mp_context=_MarkingContext(self._test.context),
             initializer=bootstrap.pool_worker_init,
             initargs=(self._test.spec, initializer, tuple(initargs)),
             **extra,

@@ -179,6 +179,11 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
 
     # -- in the parent --------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the child, as ``multiprocessing.Process.start``."""
+        bootstrap.mark_starter(self)
+        super().start()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the child; without a timeout, at most the join timeout, then fail the test."""
         __tracebackhide__ = True

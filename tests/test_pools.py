@@ -1,0 +1,177 @@
+"""``mp_pool`` and ``mp_executor``: results, lost task errors, hung tasks, under every method."""
+
+from __future__ import annotations
+
+import pytest
+
+METHODS = ("fork", "spawn", "forkserver")
+FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
+
+POOLS = """
+import concurrent.futures
+import multiprocessing
+import time
+
+import pytest
+
+
+def square(n):
+    return n * n
+
+
+def boom(n):
+    raise ValueError(f"bad {n}")
+
+
+def hang(n):
+    time.sleep(60)
+
+
+def shout(n):
+    print("item", n)
+    return n
+
+
+def whoami(n):
+    return multiprocessing.current_process().name
+
+
+def remember(value):
+    global REMEMBERED
+    REMEMBERED = value
+
+
+def remembered(n):
+    return REMEMBERED
+
+
+def test_pool(mp_pool):
+    pool = mp_pool(processes=2)
+    assert pool.map(square, [1, 5, 9]) == [1, 25, 81]
+    assert pool.apply_async(square, (10,)).get(timeout=30) == 100
+    assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+
+
+def test_pool_initializer(mp_pool):
+    pool = mp_pool(processes=1, initializer=remember, initargs=("set up",), maxtasksperchild=2)
+    assert pool.map(remembered, range(3)) == ["set up"] * 3
+
+
+def test_pool_error_fetched(mp_pool):
+    result = mp_pool(processes=1).apply_async(boom, (1,))
+    with pytest.raises(ValueError, match="bad 1"):
+        result.get(timeout=30)
+
+
+def test_pool_error_callback(mp_pool):
+    seen = []
+    mp_pool(processes=1).apply_async(boom, (2,), error_callback=seen.append).wait(30)
+    assert [str(error) for error in seen] == ["bad 2"]
+
+
+def test_pool_output(mp_pool, mp_output):
+    pool = mp_pool(processes=1)
+    assert pool.map(shout, range(3)) == [0, 1, 2]
+    assert mp_output.text == "item 0\\nitem 1\\nitem 2\\n"
+    assert {line.name for line in mp_output.lines} == set(pool.map(whoami, range(1)))
+
+
+def test_pool_error_lost(mp_pool):
+    mp_pool(processes=1).apply_async(boom, (3,)).wait(30)
+
+
+def test_pool_hangs(mp_pool):
+    pool = mp_pool(processes=2)
+    pool.apply_async(hang, (1,))
+    assert pool.apply(square, (3,)) == 9
+
+
+def test_executor(mp_executor):
+    executor = mp_executor(max_workers=2)
+    assert list(executor.map(square, [1, 2, 3])) == [1, 4, 9]
+    assert executor.submit(square, 4).result(timeout=30) == 16
+
+
+def test_executor_error_fetched(mp_executor):
+    future = mp_executor(max_workers=1).submit(boom, 4)
+    assert isinstance(future.exception(timeout=30), ValueError)
+
+
+def test_executor_error_lost(mp_executor):
+    future = mp_executor(max_workers=1).submit(boom, 5)
+    concurrent.futures.wait([future], timeout=30)
+
+
+def test_executor_hangs(mp_executor):
+    executor = mp_executor(max_workers=2)
+    executor.submit(hang, 1)
+    assert executor.submit(square, 4).result(timeout=30) == 16
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pools_and_executors(pytester: pytest.Pytester, method: str) -> None:
+    pytester.makepyfile(test_pools=POOLS)
+    result = pytester.runpytest_subprocess(f"--mp-start-methods={method}", *FAST, timeout=120)
+    # Those that lose an error or hang pass their call, then fail at teardown.
+    result.assert_outcomes(passed=11, errors=4)
+    m = f"[[]{method}[]]"
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_pool_error_lost{m}*",
+            f"mpcheck: test_pools.py::test_pool_error_lost{m}: an error of a task was lost",
+            "",
+            "pool task boom(3) raised, and its result was never fetched:",
+            "Traceback (most recent call last):",
+            '  File "*test_pools.py", line *, in boom',
+            '    raise ValueError(f"bad {n}")',
+            "ValueError: bad 3",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_pool_hangs{m}*",
+            f"mpcheck: test_pools.py::test_pool_hangs{m}: a pool did not finish within the "
+            "join timeout (1s): 1 busy worker; unfinished tasks:",
+            "    hang(1)",
+            "",
+            "hung process * '*PoolWorker-*': hung, state sleeping, age *s",
+            "*",
+            "    started at: test_pools.py:* by multiprocessing.Process.start",
+            "    ended by:   *",
+            "    a worker of a pool still busy after the join timeout",
+            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+            "    stack (most recent call last):",
+            "      Thread 0x* (main thread), most recent call last:",
+            "*",
+            '        File "*test_pools.py", line *, in hang',
+            "          time.sleep(60)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_executor_error_lost{m}*",
+            f"mpcheck: test_pools.py::test_executor_error_lost{m}: an error of a task was lost",
+            "",
+            "executor task boom(5) raised, and its result was never fetched:",
+            "Traceback (most recent call last):",
+            '  File "*test_pools.py", line *, in boom',
+            "ValueError: bad 5",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_executor_hangs{m}*",
+            f"mpcheck: test_pools.py::test_executor_hangs{m}: an executor did not finish within "
+            "the join timeout (1s): 1 busy worker; unfinished tasks:",
+            "    hang(1)",
+            "",
+            "hung process * '*': hung, state sleeping, age *s",
+            "*",
+            "    a worker of an executor still busy after the join timeout",
+            "*",
+            '        File "*test_pools.py", line *, in hang',
+        ]
+    )
+    # Only the busy worker of each is reported; the pools' workers were ended, none leaked.
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 2 hung, 2 ended by mpcheck"])

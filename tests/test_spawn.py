@@ -1,0 +1,279 @@
+"""``mp_spawn``: results, remote tracebacks, output, names, checks, hangs, under every method."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from pytest_mpcheck import procfs
+
+METHODS = ("fork", "spawn", "forkserver")
+FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
+
+CHILDREN = """
+import multiprocessing
+import os
+import sys
+import time
+
+import pytest
+
+from pytest_mpcheck import RemoteTraceback
+
+
+def square(n):
+    print("squaring", n)
+    return n * n
+
+
+def whoami():
+    return multiprocessing.current_process().name
+
+
+def shout():
+    print("to out")
+    print("to err", file=sys.stderr)
+    print("partial", end="")
+
+
+def boom(x):
+    print("about to fail", end="")
+    raise ValueError(f"bad {x}")
+
+
+def leave(code):
+    sys.exit(code)
+
+
+def hang():
+    time.sleep(60)
+
+
+def test_result_and_output(mp_spawn):
+    p = mp_spawn(square, (7,))
+    p.join()
+    assert p.exitcode == 0
+    assert p.result == 49
+    assert p.output == "squaring 7\\n"
+
+
+def test_result_joins(mp_spawn):
+    assert mp_spawn(square, (3,)).result == 9
+
+
+def test_names(mp_spawn):
+    first, second = mp_spawn(whoami), mp_spawn(whoami)
+    named = mp_spawn(whoami, name="Funct 1")
+    assert [first.result, second.result, named.result] == ["Process-1", "Process-2", "Funct 1"]
+    assert [first.name, named.name] == ["Process-1", "Funct 1"]
+
+
+def test_streams(mp_spawn, mp_output):
+    p = mp_spawn(shout, name="shouter")
+    p.join()
+    assert p.output == "to out\\nto err\\npartial"
+    assert [(line.stream, line.text, line.newline) for line in mp_output.lines] == [
+        ("stdout", "to out", True),
+        ("stderr", "to err", True),
+        ("stdout", "partial", False),
+    ]
+    assert {(line.pid, line.name) for line in mp_output.lines} == {(p.pid, "shouter")}
+
+
+def test_error_read(mp_spawn):
+    p = mp_spawn(boom, (1,))
+    error = p.error
+    assert isinstance(error, ValueError)
+    assert str(error) == "bad 1"
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert 'test_children.py", line {boom}, in boom' in p.traceback
+    assert 'raise ValueError(f"bad {x}")' in p.traceback
+    assert p.output == "about to fail"
+    assert p.exitcode == 1
+
+
+def test_result_raises_the_error(mp_spawn):
+    p = mp_spawn(boom, (2,))
+    with pytest.raises(ValueError, match="bad 2") as info:
+        p.result
+    assert "in boom" in info.value.__cause__.text
+
+
+def test_check_false(mp_spawn):
+    mp_spawn(leave, (3,), check=False).join()
+
+
+def test_start_false_and_daemon(mp_spawn):
+    p = mp_spawn(square, (2,), start=False, daemon=True)
+    assert p.pid is None
+    assert p.daemon
+    p.start()
+    assert p.result == 4
+
+
+def test_fails_on_error(mp_spawn):
+    mp_spawn(boom, (3,), name="thrower").join()
+
+
+def test_fails_on_exit_code(mp_spawn):
+    mp_spawn(leave, (4,), name="leaver").join()
+
+
+def test_child_check(mp_spawn):
+    mp_spawn(square, (13,), name="unlucky").join()
+
+
+def test_hung_join(mp_spawn):
+    mp_spawn(hang, name="sleeper").join()
+
+
+def test_never_joined(mp_spawn):
+    mp_spawn(hang, name="forgotten")
+"""
+
+
+def line_of(source: str, fragment: str) -> int:
+    """The line number of ``fragment`` in a file made by ``pytester.makepyfile(source)``."""
+    lines = source.strip().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if fragment in line)
+
+
+# A check that runs inside each child before its target (the extension point of bootstrap).
+CHECKS = """
+def unlucky(target, args, kwargs):
+    return ["13 brings bad luck"] if args == (13,) else []
+"""
+
+CONFTEST = """
+from pytest_mpcheck import bootstrap
+
+bootstrap.register_child_check("childchecks:unlucky")
+"""
+
+
+def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
+    children = CHILDREN.replace("{boom}", str(line_of(CHILDREN, 'raise ValueError(f"bad {x}")')))
+    pytester.makepyfile(test_children=children, childchecks=CHECKS, conftest=CONFTEST)
+    boom = line_of(children, 'raise ValueError(f"bad {x}")')
+    sleep = line_of(children, "time.sleep(60)")
+    hung_start = line_of(children, 'mp_spawn(hang, name="sleeper")')
+    forgotten_start = line_of(children, 'mp_spawn(hang, name="forgotten")')
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=fork,spawn,forkserver", *FAST, timeout=120
+    )
+    # Per method: 13 tests; the last 5 fail (in the call or at teardown).
+    result.assert_outcomes(passed=3 * 12, failed=3, errors=3 * 4)
+    for method in METHODS:
+        m = f"[[]{method}[]]"
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_fails_on_error{m}*",
+                f"mpcheck: test_children.py::test_fails_on_error{m}: child process failed",
+                "",
+                "'thrower' (pid *) raised ValueError: bad 3",
+                "Traceback (most recent call last):",
+                f'  File "*test_children.py", line {boom}, in boom',
+                '    raise ValueError(f"bad {x}")',
+                "ValueError: bad 3",
+                "",
+                "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
+                "to check it yourself.)",
+            ]
+        )
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_fails_on_exit_code{m}*",
+                f"mpcheck: test_children.py::test_fails_on_exit_code{m}: child process failed",
+                "",
+                "'leaver' (pid *) exited with code 4",
+            ]
+        )
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_child_check{m}*",
+                "'unlucky' (pid *):",
+                "    13 brings bad luck",
+            ]
+        )
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ test_hung_join{m} _*",
+                "mpcheck: 'sleeper' (pid *) did not finish: join() waited 1s (the join timeout)",
+                "",
+                "hung process * 'sleeper': hung, state sleeping, age *s",
+                "    command:*",
+                f"    started at: test_children.py:{hung_start} by multiprocessing.Process.start",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    join() timed out: the child hung or is too slow",
+                "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+                "    stack (most recent call last):",
+                "      Thread 0x* (main thread), most recent call last:",
+                f'        File "*test_children.py", line {sleep}, in hang',
+                "          time.sleep(60)",
+                "",
+                "The join timeout is 1s (--mp-join-timeout, ini mp_join_timeout, "
+                "@pytest.mark.mp_join_timeout(seconds)).*",
+            ]
+        )
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_never_joined{m}*",
+                f"mpcheck: test_children.py::test_never_joined{m}: 'forgotten' (pid *) "
+                "still running at teardown",
+                "",
+                "hung process * 'forgotten': hung, state sleeping, age *s",
+                "*",
+                f"    started at: test_children.py:{forgotten_start} by *",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    still running at the end of the test: it hung, or the test never joined it",
+            ]
+        )
+    # The hung children were ended by the fixture, not found again by the process watch.
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 6 hung, 6 ended by mpcheck"])
+
+
+DEATH = """
+import os
+import signal
+import time
+
+import pytest
+
+PIDFILE = {pidfile!r}
+
+
+def hang():
+    with open(PIDFILE + ".new", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(PIDFILE + ".new", PIDFILE)
+    time.sleep(60)
+
+
+@pytest.mark.mp_start_methods({method!r})
+def test_pytest_dies(mp_spawn):
+    mp_spawn(hang)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(PIDFILE) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_children_die_with_pytest(pytester: pytest.Pytester, method: str) -> None:
+    pidfile = str(pytester.path / "child.pid")
+    pytester.makepyfile(test_death=DEATH.format(pidfile=pidfile, method=method))
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    assert result.ret == -signal.SIGKILL
+    with open(pidfile) as pid_text:
+        child = int(pid_text.read())
+    # The orphan reparents to this (subreaper) pytest process, which reaps it once it is dead.
+    deadline = time.monotonic() + 10
+    while procfs.state(child) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert procfs.state(child) in (None, "Z"), f"child {child} outlived the pytest that started it"
+    if procfs.state(child) == "Z":
+        os.waitpid(child, 0)
