@@ -52,7 +52,8 @@ def test_module_level_lock_is_reported(pytester: pytest.Pytester) -> None:
                 f"test's lock in this child: under the '{method}' start method the child "
                 "imported 'test_article' again, which made a new Lock*",
                 "    How to fix: create the lock in the test and pass it to each child as an "
-                "argument, e.g. mp_spawn(target, args=(lock, ...))*",
+                "argument, e.g. mp_spawn(target, args=(lck, ...)) (or mp_locks.Lock('lck') to "
+                "have it checked); for a Pool, pass it with initializer=..., initargs=(lck,).",
             ]
         )
     result.stdout.no_fnmatch_line("*test_article_lock_example[[]fork[]]*")

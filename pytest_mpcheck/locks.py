@@ -438,42 +438,80 @@ def _reachable_names(target: Any, module: Any) -> set[str]:
     return names
 
 
+_DISPLAY = {"Synchronized": "Value", "SynchronizedArray": "Array", "SynchronizedString": "Array"}
+
+
+def _shared_kinds() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """``multiprocessing`` types that a module makes again on each import: locks, then others."""
+    import multiprocessing.queues
+    import multiprocessing.sharedctypes
+    import multiprocessing.synchronize as synchronize
+
+    locks = (synchronize.SemLock, synchronize.Condition)
+    others = (
+        synchronize.Event,
+        synchronize.Barrier,
+        multiprocessing.sharedctypes.SynchronizedBase,
+        multiprocessing.queues.Queue,
+        multiprocessing.queues.SimpleQueue,
+    )
+    return locks, others
+
+
 def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
-    """Child check: module-level multiprocessing locks that this child made again.
+    """Child check: module-level multiprocessing locks (and queues, values, events) made again.
 
     Runs in each child that ``mp_spawn`` starts, after the target was unpickled (so its module was
     imported again under spawn and forkserver) and before it runs. A ``multiprocessing`` lock made
     at module level is then a new semaphore in each child, so it excludes neither the test process
-    nor the other children: this is deterministic, whatever the timing. Under fork the child
-    inherits the parent's lock, which is shared.
+    nor the other children: this is deterministic, whatever the timing. The same holds for a
+    module-level ``Queue``, ``Value``, ``Array``, ``Event`` or ``Barrier``: each child has its own.
+    Under fork the child inherits the parent's objects, which are shared. Only the objects that
+    the target can reach (the names its code, and the module functions it calls, read) count.
     """
-    import multiprocessing.synchronize
-
     method = getattr(multiprocessing.current_process(), "_start_method", None)
     if method in (None, "fork"):
         return []
     module = sys.modules.get(getattr(target, "__module__", None) or "")
     if module is None:
         return []
+    locks, others = _shared_kinds()
     used = _reachable_names(target, module)
+    where = getattr(module, "__file__", None) or module.__name__
+    here = os.getcwd() + os.sep
+    where = where[len(here) :] if where.startswith(here) else where
     messages = []
     for attribute, value in sorted(vars(module).items()):
         inner = value._lock if isinstance(value, CheckedLock) else value
-        if attribute not in used or not isinstance(inner, multiprocessing.synchronize.SemLock):
+        if attribute not in used or not isinstance(inner, locks + others):
             continue
+        kind = _DISPLAY.get(type(inner).__name__, type(inner).__name__)
         semaphore = getattr(getattr(inner, "_semlock", None), "name", None)
-        where = getattr(module, "__file__", None) or module.__name__
-        here = os.getcwd() + os.sep
-        where = where[len(here) :] if where.startswith(here) else where
+        made = f"{kind} (semaphore {semaphore})" if semaphore else kind
+        if isinstance(inner, locks):
+            what = (
+                "lock not shared",
+                "the test's lock",
+                "it excludes neither the test process nor the other children, so their critical "
+                "sections can run at the same time",
+                "the lock",
+                f" (or mp_locks.Lock({attribute!r}) to have it checked)",
+            )
+        else:
+            what = (
+                f"{kind} not shared",
+                f"the test's {kind}",
+                "what one process puts in it, the others never see",
+                f"the {kind}",
+                "",
+            )
+        title, whose, effect, thing, checked = what
         messages.append(
-            f"lock not shared: the module-level {type(inner).__name__} {attribute!r} of {where} "
-            f"is not the test's lock in this child: under the {method!r} start method the child "
-            f"imported {module.__name__!r} again, which made a new "
-            f"{type(inner).__name__}{f' (semaphore {semaphore})' if semaphore else ''}; it "
-            "excludes neither the test process nor the other children, so their critical "
-            "sections can run at the same time.\n"
-            "    How to fix: create the lock in the test and pass it to each child as an argument, "
-            f"e.g. mp_spawn(target, args=(lock, ...)) (or mp_locks.Lock({attribute!r}) to have it "
-            "checked); for a Pool, pass it with initializer=..., initargs=(lock,)."
+            f"{title}: the module-level {kind} {attribute!r} of {where} is not {whose} in this "
+            f"child: under the {method!r} start method the child imported {module.__name__!r} "
+            f"again, which made a new {made}; {effect}.\n"
+            f"    How to fix: create {thing} in the test and pass it to each child as an argument, "
+            f"e.g. mp_spawn(target, args=({attribute}, ...)){checked}; for a Pool, pass it with "
+            f"initializer=..., initargs=({attribute},)."
         )
     return messages

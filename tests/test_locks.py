@@ -122,6 +122,18 @@ def test_module_level_lock(mp_spawn):
         child.join()
 
 
+COUNTER = multiprocessing.Value("i", 0)
+
+
+def count():
+    with COUNTER.get_lock():
+        COUNTER.value += 1
+
+
+def test_module_level_value(mp_spawn):
+    mp_spawn(count, name="counter").join()
+
+
 def block_with_gap(lock, printed, go):
     with lock:  # block
         print("A1")
@@ -165,7 +177,7 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_problems=PROBLEMS)
     result = pytester.runpytest_subprocess(METHODS, timeout=120)
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    result.assert_outcomes(passed=17, failed=6, errors=16)
+    result.assert_outcomes(passed=20, failed=6, errors=18)
     inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
     first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
     victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
@@ -219,11 +231,22 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
                 "neither the test process nor the other children, so their critical sections can "
                 "run at the same time.",
                 "    How to fix: create the lock in the test and pass it to each child as an "
-                "argument, e.g. mp_spawn(target, args=(lock, ...))*",
+                "argument, e.g. mp_spawn(target, args=(MODULE_LOCK, ...)) (or "
+                "mp_locks.Lock('MODULE_LOCK') to have it checked); for a Pool, pass it with "
+                "initializer=..., initargs=(MODULE_LOCK,).",
+                f"*ERROR at teardown of test_module_level_value[[]{method}[]]*",
+                "    Value not shared: the module-level Value 'COUNTER' of test_problems.py is not "
+                f"the test's Value in this child: under the '{method}' start method the child "
+                "imported 'test_problems' again, which made a new Value; what one process puts "
+                "in it, the others never see.",
+                "    How to fix: create the Value in the test and pass it to each child as an "
+                "argument, e.g. mp_spawn(target, args=(COUNTER, ...)); for a Pool, pass it with "
+                "initializer=..., initargs=(COUNTER,).",
             ]
         )
     # Under fork the module-level lock is inherited, so it is shared: no finding.
     result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
+    result.stdout.no_fnmatch_line("*test_module_level_value[[]fork[]]*")
     result.stdout.no_fnmatch_line("*test_child_makes_own_lock[[]fork[]]*")
     result.stdout.fnmatch_lines(
         [
