@@ -593,7 +593,9 @@ class LockChecker:
     that record every acquisition and release. After the test the checker fails it for two
     holders at once, a lock held by a process that ended, a release by a process that did not hold
     the lock, lock-order inversion and locks that are not shared. ``stats(name)`` gives the
-    contention figures; the ``assert_*`` methods check them on demand.
+    contention figures; the ``assert_*`` methods check them on demand. A problem the test has seen
+    (returned by :meth:`findings`, raised by :meth:`check` or an ``assert_*`` method) is not
+    reported again when the test ends.
     """
 
     def __init__(
@@ -608,6 +610,7 @@ class LockChecker:
         self.title = title
         self.t0 = time.monotonic_ns()
         self._locks: dict[str, CheckedLock] = {}
+        self._seen: set[str] = set()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A child that gets the checker and makes a lock of its own makes a lock that is not
@@ -651,10 +654,14 @@ class LockChecker:
         me = ProcessName(os.getpid(), multiprocessing.current_process().name)
         return read(self.directory, self.t0, {lock.token: me for lock in self._locks.values()})
 
-    def findings(self, at_teardown: bool = False) -> list[LockFinding]:
-        """Every problem found so far (processes still running are not held against)."""
+    def findings(self) -> list[LockFinding]:
+        """Every problem found so far (processes still running are not held against).
+
+        The test has seen them: they are not reported again when the test ends.
+        """
         records = self.records()
-        records.held_at_exit(current_test=at_teardown)
+        records.held_at_exit(current_test=False)
+        self._seen.update(f.message for f in records.findings)
         return records.findings
 
     def _known(self, call: str, name: object, records: Records) -> str:
@@ -695,7 +702,11 @@ class LockChecker:
     # -- assertions -----------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise ``AssertionError`` with the report if any problem was found so far."""
+        """Raise ``AssertionError`` with the report if any problem was found so far.
+
+        What it raises is not reported again when the test ends: a test can assert that a
+        problem is found with ``pytest.raises(AssertionError)``.
+        """
         __tracebackhide__ = True
         found = self.findings()
         if found:
@@ -713,6 +724,7 @@ class LockChecker:
             if f.kind in kinds and (name is None or f.lock == name or name in f.message)
         ]
         if found:
+            self._seen.update(f.message for f in found)
             raise AssertionError(format_findings(f"mp_locks.{call}", found))
 
     def assert_exclusive(self, name: str) -> None:
@@ -775,7 +787,7 @@ class LockChecker:
         close_records(self.directory)
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-        return records.findings, stats
+        return [f for f in records.findings if f.message not in self._seen], stats
 
 
 def writers(directory: str) -> list[int]:

@@ -110,6 +110,22 @@ def test_inversion(mp_locks, mp_spawn):
     mp_spawn(nested, args=(b, a), name="ba").join()
 
 
+def test_inversion_asserted_on_demand(mp_locks, mp_spawn):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    mp_spawn(nested, args=(a, b), name="ab").join()
+    mp_locks.check()  # one order only, so far
+    mp_spawn(nested, args=(b, a), name="ba").join()
+    with pytest.raises(AssertionError) as raised:
+        mp_locks.check()
+    # Seen by the test: not reported again at teardown.
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith("mpcheck: test_problems.py::test_inversion_asserted_on_demand[")
+    assert lines[0].endswith("]: 1 lock problem")
+    assert lines[2].startswith("lock-order inversion: locks 'a', 'b' are taken in opposite")
+    with pytest.raises(AssertionError, match="lock-order inversion"):
+        mp_locks.assert_ordered()
+
+
 @pytest.mark.mp_start_methods("spawn", "forkserver")
 def test_child_makes_own_lock(mp_locks, mp_spawn):
     mp_spawn(take, args=(mp_locks.Lock("shared"),), name="passed").join()
@@ -177,7 +193,7 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_problems=PROBLEMS)
     result = pytester.runpytest_subprocess(METHODS, timeout=120)
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    result.assert_outcomes(passed=20, failed=6, errors=18)
+    result.assert_outcomes(passed=23, failed=6, errors=18)
     inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
     first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
     victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
@@ -244,6 +260,7 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
                 "initializer=..., initargs=(COUNTER,).",
             ]
         )
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_inversion_asserted_on_demand*")
     # Under fork the module-level lock is inherited, so it is shared: no finding.
     result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
     result.stdout.no_fnmatch_line("*test_module_level_value[[]fork[]]*")
