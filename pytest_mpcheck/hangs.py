@@ -79,6 +79,10 @@ def end_hung(
         details += stacks.describe_wait(stack, suspect.pid)
         findings.append(Finding(HUNG, info, item.nodeid, details=details))
         leftovers.append(Leftover(suspect.pid, info.create_time, suspect.handle))
+        # Reported as hung: its exit code (the signal that ended it) is no news at teardown.
+        mark = getattr(suspect.handle, "mark_reported", None)
+        if callable(mark):
+            mark()
     session_pid = session.watch.session_pid if session is not None else os.getpid()
     outcome = end_processes(leftovers, session_pid, grace)
     for finding in findings:

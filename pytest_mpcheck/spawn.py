@@ -202,6 +202,10 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
                 "join() timed out: the child hung or is too slow",
             )
 
+    def mark_reported(self) -> None:
+        """The plugin reported this child (as hung) and ends it: its exit code is no failure."""
+        self._mp_seen = True
+
     def _running(self) -> bool:
         popen = self._popen  # type: ignore[attr-defined]
         return popen is not None and popen.poll() is None

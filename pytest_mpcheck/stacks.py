@@ -95,7 +95,8 @@ def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     own ``run`` is the child's own code.
     """
     start = 0
-    for index, (filename, _, func) in enumerate(frames):
+    for index, (filename, _, qualname) in enumerate(frames):
+        func = qualname.rpartition(".")[2]  # py-spy names methods Class.method
         if (func == "_bootstrap" and filename.endswith("multiprocessing/process.py")) or (
             func == "run" and filename.endswith("pytest_mpcheck/spawn.py")
         ):

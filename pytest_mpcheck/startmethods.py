@@ -40,7 +40,8 @@ def marker_methods(node: pytest.Item, nodeid: str) -> tuple[str, ...]:
     try:
         return check_start_methods(names, where)
     except pytest.UsageError as error:
-        pytest.fail(str(error), pytrace=False)
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)
 
 
 def parametrize(metafunc: pytest.Metafunc, configured: tuple[str, ...]) -> None:

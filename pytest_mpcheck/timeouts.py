@@ -48,14 +48,18 @@ def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Sus
     baseline = item.stash.get(baseline_key, None)
     before = baseline.pids if baseline is not None else frozenset()
     suspects = []
-    for pid in procfs.descendants(session.watch.session_pid):
-        if pid in before or session.settings.is_ignored(procfs.cmdline(pid)):
-            continue
-        if procfs.state(pid) in (None, "Z"):
+    tree = procfs.descendants(session.watch.session_pid)
+    ignored = {pid for pid in tree if session.settings.is_ignored(procfs.cmdline(pid))}
+    for pid, parent in tree.items():
+        if pid in before or procfs.state(pid) in (None, "Z"):
             continue
         record = session.recorder.records.get(pid)
         if record is not None and record.scope is not None:
             continue  # a wider-scoped fixture's process, not this test's
+        # A helper (resource tracker, forkserver); a child of the forkserver has the same command
+        # line as its parent, and is no helper.
+        if pid in ignored and parent not in ignored:
+            continue
         handle = record.handle() if record is not None and record.handle is not None else None
         suspects.append(hangs.Suspect(pid, handle))
     return suspects

@@ -1,0 +1,196 @@
+"""Hung children and pytest-timeout: stacks reported, children ended, nothing left running."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_mpcheck import procfs
+from pytest_mpcheck.stacks import pyspy_path
+
+FAST = ("--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
+
+# Each child writes its pid to a file, so that the outer test can check that none survived.
+HUNG = """
+import multiprocessing
+import os
+import time
+
+import pytest
+
+PIDS = {pids!r}
+
+
+def note_pid():
+    with open(PIDS, "a") as out:
+        out.write(f"{{os.getpid()}}\\n")
+
+
+def hang():
+    note_pid()
+    time.sleep(60)
+
+
+def wait_for_children(count):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.exists(PIDS):
+            with open(PIDS) as pids:
+                if len(pids.read().split()) >= count:
+                    return
+        time.sleep(0.01)
+
+
+@pytest.mark.mp_start_methods({method!r})
+def test_join_of_a_hung_child(mp_spawn):
+    child = mp_spawn(hang, name="stuck")
+    plain = multiprocessing.get_context({method!r}).Process(target=hang, name="plain")
+    plain.start()
+    wait_for_children(2)
+    child.join(timeout=120)
+    plain.join()
+
+
+def test_afterwards():
+    pass
+"""
+
+STUCK_TEST = """
+
+@pytest.mark.mp_start_methods({method!r})
+def test_the_test_itself_is_stuck(mp_spawn):
+    mp_spawn(hang, name="stuck")
+    wait_for_children(1)
+    time.sleep(60)
+"""
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(word) for word in path.read_text().split()] if path.exists() else []
+
+
+def _assert_all_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    alive = pids
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if procfs.state(pid) not in (None, "Z")]
+        if not alive:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"still running after the run: {alive}")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_timeout_signal_method(pytester: pytest.Pytester, method: str) -> None:
+    pids = pytester.path / "pids"
+    pytester.makepyfile(test_hung=HUNG.format(pids=str(pids), method=method))
+    result = pytester.runpytest_subprocess(
+        "--timeout=2", "--timeout-method=signal", *FAST, timeout=60
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * Failed: Timeout (>2.0s) from pytest-timeout.",
+            "*- Captured mpcheck call -*",
+            f"mpcheck: test_hung.py::test_join_of_a_hung_child[[]{method}[]]: pytest-timeout "
+            "(2s, signal method): 2 child processes of the test still running; their stacks, "
+            "then ended",
+            "",
+            "hung process * 'stuck': hung, state sleeping, age *s",
+            "*",
+            "    started at: test_hung.py:* by multiprocessing.Process.start",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+            "    still running when pytest-timeout's 2s timeout (signal method) expired",
+            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+            "    stack (most recent call last):",
+            "      Thread 0x* (main thread), most recent call last:",
+            '        File "*test_hung.py", line *, in hang',
+            "          time.sleep(60)",
+            "",
+            "hung process * 'plain': hung, state sleeping, age *s",
+        ]
+    )
+    if pyspy_path() is not None:
+        # Not started by a fixture: py-spy reads its stack.
+        result.stdout.fnmatch_lines(
+            [
+                "hung process * 'plain': hung, *",
+                "*",
+                "    stack (most recent call last):",
+                "      Thread *, most recent call last:",
+                '        File "*test_hung.py", line *, in hang',
+            ]
+        )
+    else:
+        result.stdout.fnmatch_lines(
+            ["    no Python stack: not started by an mp_* fixture, and py-spy is not installed*"]
+        )
+    _assert_all_gone(_pids(pids))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
+    pids = pytester.path / "pids"
+    source = HUNG.format(pids=str(pids), method=method) + STUCK_TEST.format(method=method)
+    pytester.makepyfile(test_hung=source)
+    result = pytester.runpytest_subprocess(
+        "--timeout=2", "--timeout-method=thread", *FAST, timeout=60
+    )
+    # The first test goes on once its children are ended, and fails at teardown; in the last
+    # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
+    # never reported, but the children's stacks were, and the children were ended.
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*+ mpcheck: before pytest-timeout ends pytest +*",
+            f"mpcheck: test_hung.py::test_join_of_a_hung_child[[]{method}[]]: pytest-timeout "
+            "(2s, thread method): 2 child processes of the test still running; their stacks, "
+            "then ended",
+            "",
+            "hung process * 'stuck': hung, state sleeping, age *s",
+            "*",
+            '        File "*test_hung.py", line *, in hang',
+            "          time.sleep(60)",
+            "",
+            "hung process * 'plain': hung, state sleeping, age *s",
+            "*",
+            # The test went on (its join returned), failed at teardown (E); the next one passed.
+            ".E.",
+            "*+ mpcheck: before pytest-timeout ends pytest +*",
+            f"mpcheck: test_hung.py::test_the_test_itself_is_stuck[[]{method}[]]: *",
+            "*",
+            '        File "*test_hung.py", line *, in hang',
+            "*+ Timeout +*",
+        ]
+    )
+    assert len(_pids(pids)) == 3
+    _assert_all_gone(_pids(pids))
+
+
+def test_a_hung_child_waiting_for_a_lock(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_lock="""
+        def take(lock):
+            lock.acquire()
+
+        def test_lock(mp_spawn, mp_context):
+            lock = mp_context.Lock()
+            lock.acquire()
+            mp_spawn(take, (lock,), name="waiter").join()
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-join-timeout=1", *FAST, timeout=60)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "hung process * 'waiter': hung, *",
+            "*",
+            "    waiting in: a lock or condition (futex wait) [[]kernel: *[]]",
+            "    stack (most recent call last):",
+            "*",
+            '        File "*test_lock.py", line 2, in take',
+            "          lock.acquire()",
+        ]
+    )
