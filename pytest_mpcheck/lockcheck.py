@@ -834,7 +834,9 @@ def finish_test(
             stacklevel=1,
         )
         return
-    _tally(config).add(nodeid, stats)
+    tally = _tally(config)
+    tally.add(nodeid, stats)
+    tally.add_findings(nodeid, found)
     if found:
         _fail(format_findings(nodeid, found))
 
@@ -861,6 +863,21 @@ class ContentionTally:
     """The most contended locks of the run, for the terminal summary."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    """Every lock finding of the run, for the JSON report."""
+
+    def add_findings(self, nodeid: str, found: Iterable[LockFinding]) -> None:
+        """Note the lock findings of one test."""
+        for finding in found:
+            self.findings.append(
+                {
+                    "nodeid": nodeid,
+                    "kind": finding.kind,
+                    "lock": finding.lock,
+                    "processes": [{"pid": p.pid, "name": p.name} for p in finding.processes],
+                    "message": finding.message,
+                }
+            )
 
     def add(self, nodeid: str, stats: dict[str, LockStats]) -> None:
         """Note the figures of one test's locks."""
@@ -912,14 +929,24 @@ def session_finish(config: pytest.Config) -> None:
     workeroutput = getattr(config, "workeroutput", None)
     tally = config.stash.get(contention_key, None)
     if workeroutput is not None and tally is not None:
-        workeroutput["mpcheck_locks"] = tally.rows
+        workeroutput["mpcheck_locks"] = {"rows": tally.rows, "findings": tally.findings}
 
 
 def add_worker(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
     """The controller adds the lock figures of a pytest-xdist worker."""
-    rows = workeroutput.get("mpcheck_locks")
-    if rows:
-        _tally(config).extend(rows)
+    section = workeroutput.get("mpcheck_locks")
+    if section:
+        tally = _tally(config)
+        tally.extend(section.get("rows", []))
+        tally.findings.extend(section.get("findings", []))
+
+
+def json_section(config: pytest.Config) -> dict[str, Any]:
+    """The locks' part of the JSON report (``--mp-report``): figures and findings."""
+    tally = config.stash.get(contention_key, None)
+    if tally is None:
+        return {}
+    return {"locks": {"contention": tally.rows, "findings": tally.findings}}
 
 
 def summary_lines(config: pytest.Config) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import report
+from pytest_mpcheck import lockcheck, report
 from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
@@ -174,12 +174,9 @@ class MpCheckSession:
             workeroutput["mpcheck_findings"] = [f.to_json() for f in self.findings]
             return
         if self.settings.report_path:
-            report.write_json(
-                self.settings.report_path,
-                self.tally,
-                self.findings,
-                {"worker_findings": self.worker_findings} if self.worker_findings else None,
-            )
+            extra = {"worker_findings": self.worker_findings} if self.worker_findings else {}
+            extra.update(lockcheck.json_section(self.config))
+            report.write_json(self.settings.report_path, self.tally, self.findings, extra)
 
     def add_worker(self, workeroutput: dict[str, Any]) -> None:
         """Add the figures of a pytest-xdist worker to the controller's."""
