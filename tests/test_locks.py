@@ -110,6 +110,24 @@ def test_inversion(mp_locks, mp_spawn):
     mp_spawn(nested, args=(b, a), name="ba").join()
 
 
+def hold_then_take(first, second, mine, theirs):
+    with first:
+        mine.set()
+        theirs.wait(20)
+        # The other process holds `second` and waits for `first`: a deadlock, cut short here.
+        if second.acquire(timeout=0.3):  # deadlock-wait
+            second.release()
+
+
+def test_deadlock_cut_short(mp_locks, mp_spawn, mp_context):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    a_held, b_held = mp_context.Event(), mp_context.Event()
+    first = mp_spawn(hold_then_take, args=(a, b, a_held, b_held), name="holds-a")
+    second = mp_spawn(hold_then_take, args=(b, a, b_held, a_held), name="holds-b")
+    first.join()
+    second.join()
+
+
 def test_inversion_asserted_on_demand(mp_locks, mp_spawn):
     a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
     mp_spawn(nested, args=(a, b), name="ab").join()
@@ -193,8 +211,9 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_problems=PROBLEMS)
     result = pytester.runpytest_subprocess(METHODS, timeout=120)
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    result.assert_outcomes(passed=23, failed=6, errors=18)
+    result.assert_outcomes(passed=26, failed=6, errors=21)
     inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
+    deadlock = site(PROBLEMS, "deadlock-wait")
     first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
     victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
     foreign, test_acquires = site(PROBLEMS, "foreign-release"), site(PROBLEMS, "test-acquires")
@@ -226,6 +245,10 @@ def test_problems_found(pytester: pytest.Pytester) -> None:
                 f"    ab (pid *) took 'b' at {inner} while holding 'a' (taken at {outer})",
                 f"    ba (pid *) took 'a' at {inner} while holding 'b' (taken at {outer})",
                 "  How to fix: take these locks in one global order everywhere.*",
+                f"*ERROR at teardown of test_deadlock_cut_short[[]{method}[]]*",
+                "lock-order inversion: locks 'a', 'b' are taken in opposite orders*",
+                f"    holds-a (pid *) took 'b' at {deadlock} while holding 'a' (taken at *)",
+                f"    holds-b (pid *) took 'a' at {deadlock} while holding 'b' (taken at *)",
             ]
         )
     for method in ("spawn", "forkserver"):
