@@ -811,14 +811,22 @@ def finish_test(
 ) -> None:
     """Teardown of ``mp_locks``: note the figures, and fail the test for what was found.
 
-    Processes that wrote records and are still running get ``settle`` seconds to end (a child
-    being joined by a fixture torn down later); one still running after that is left to the
-    process watch, and only what it recorded so far is checked.
+    Running processes that hold or wait for a lock get ``settle`` seconds to end (a child that a
+    fixture torn down later joins); one still running after that is left to the process watch
+    and the fixtures, and only what it recorded so far is checked. Processes that hold nothing,
+    such as the idle workers of a pool, are not waited for.
     """
     __tracebackhide__ = True
     me = os.getpid()
     deadline = time.monotonic() + settle
-    running = [pid for pid in writers(checker.directory) if pid != me and not _ended(pid)]
+    try:
+        records = checker.records()
+        busy = {p.pid for (_token, p) in records._open} | {
+            p.pid for waiting in records._waiting.values() for p in waiting
+        }
+    except Exception:
+        busy = set(writers(checker.directory))
+    running = [pid for pid in busy if pid != me and not _ended(pid)]
     while running and time.monotonic() < deadline:
         time.sleep(0.005)
         running = [pid for pid in running if not _ended(pid)]

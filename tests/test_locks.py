@@ -441,6 +441,24 @@ def test_threads_of_children_and_a_growing_record(mp_locks, mp_spawn):
     mp_locks.check()
 
 
+def pool_init(lock):
+    global POOL_LOCK
+    POOL_LOCK = lock  # the lock passed to each worker, kept for its tasks
+
+
+def pool_task(n):
+    with POOL_LOCK:
+        return n * n
+
+
+def test_pool_with_a_checked_lock(mp_locks, mp_pool):
+    lock = mp_locks.Lock("pool")
+    pool = mp_pool(2, initializer=pool_init, initargs=(lock,))
+    assert pool.map(pool_task, range(6)) == [n * n for n in range(6)]
+    mp_locks.assert_acquisitions("pool", 6)
+    mp_locks.assert_exclusive("pool")
+
+
 @pytest.mark.mp_start_methods("spawn")
 def test_uncontended_and_bad_input(mp_locks, mp_output):
     lock = mp_locks.Lock("calm")
@@ -479,7 +497,7 @@ def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
     """Correct uses of locks pass with no finding, under each start method."""
     pytester.makepyfile(test_clean=CLEAN.replace("SITE", _clean_site()))
     result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
-    result.assert_outcomes(passed=19)
+    result.assert_outcomes(passed=22)
     result.stdout.no_fnmatch_line("*lock problem*")
     # The terminal summary names the most contended locks of the session.
     result.stdout.fnmatch_lines(
