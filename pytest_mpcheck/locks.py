@@ -416,9 +416,20 @@ def _codes_of(value: Any) -> list[Any]:
     return _codes_of(call) if call is not None else []
 
 
+def _global_reads(code: Any) -> set[str]:
+    """The global names that ``code`` reads (not attribute names, which share ``co_names``)."""
+    import dis
+
+    return {
+        str(instruction.argval)
+        for instruction in dis.get_instructions(code)
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
+
+
 def _reachable_names(target: Any, module: Any) -> set[str]:
-    """The global (and attribute) names that ``target`` reads, and the functions of ``module`` it
-    calls by name read, transitively: the module-level objects the child can reach."""
+    """The global names that ``target`` reads, and those of the functions and classes of
+    ``module`` that it reads, transitively: the module-level objects the child can reach."""
     names: set[str] = set()
     pending = _codes_of(target)
     seen: set[int] = set()
@@ -427,7 +438,7 @@ def _reachable_names(target: Any, module: Any) -> set[str]:
         if id(code) in seen:
             continue
         seen.add(id(code))
-        for name in code.co_names:
+        for name in _global_reads(code):
             if name in names:
                 continue
             names.add(name)
