@@ -449,7 +449,7 @@ class Records:
 
     def _order(self) -> None:
         # edges[(a, b)]: b was taken while a was held; one example per process, as lockdep keeps.
-        edges: dict[tuple[str, str], dict[ProcessName, tuple[str | None, str | None]]] = {}
+        edges: dict[tuple[str, str], dict[ProcessName, tuple[str | None, str | None, str]]] = {}
         for record in self.processes:
             held: dict[str, tuple[int, str | None]] = {}
             waiting: set[str] = set()
@@ -462,7 +462,8 @@ class Records:
                         for other, (_count, site) in held.items():
                             if other != name:
                                 examples = edges.setdefault((other, name), {})
-                                examples.setdefault(record.process, (site, event.site))
+                                verb = "waited for" if event.kind == REQUESTED else "took"
+                                examples.setdefault(record.process, (site, event.site, verb))
                     if event.kind == REQUESTED:
                         waiting.add(name)
                         continue
@@ -483,16 +484,16 @@ class Records:
             lines = [
                 "locks "
                 + ", ".join(repr(n) for n in cycle)
-                + " are taken in opposite orders (a deadlock waiting to happen, even though "
-                "this run did not deadlock)"
+                + " are taken in opposite orders (a deadlock waiting to happen, whether or not "
+                "this run deadlocked)"
             ]
             involved: list[ProcessName] = []
             for index, first in enumerate(cycle):
                 second = cycle[(index + 1) % len(cycle)]
-                for process, (held_site, taken_site) in edges[(first, second)].items():
+                for process, (held_site, taken_site, verb) in edges[(first, second)].items():
                     involved.append(process)
                     lines.append(
-                        f"    {process} took {second!r} at {taken_site or 'an unknown site'} "
+                        f"    {process} {verb} {second!r} at {taken_site or 'an unknown site'} "
                         f"while holding {first!r} (taken at {held_site or 'an unknown site'})"
                     )
             self._add(ORDER_INVERSION, cycle[0], "\n".join(lines), dict.fromkeys(involved))
