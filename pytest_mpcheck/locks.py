@@ -70,6 +70,7 @@ _INITIAL_SIZE = 1 << 20  # 65536 records; the file grows by doubling, and is spa
 FILE_SUFFIX = ".mplocks"
 TEXT_SUFFIX = ".mplocks-text"
 
+_MP_DIR = os.path.dirname(multiprocessing.__file__) + os.sep
 _pack = RECORD.pack_into
 _mono = time.monotonic_ns
 _getframe = sys._getframe
@@ -157,8 +158,14 @@ class _Writer:
                 os.write(self.text_fd, TEXT_HEADER.pack(kind, lock, len(data)) + data)
 
     def site(self, frame: Any, key: tuple[int, int]) -> int:
-        """Number a new acquisition site (``file:line`` of ``frame``) and record its text."""
+        """Number a new acquisition site (``file:line`` of ``frame``) and record its text.
+
+        When the caller is ``multiprocessing`` itself (a ``Condition`` that takes its lock back
+        after a wait), the site is the first frame outside it, which the user can act on.
+        """
         number = next(self.site_numbers)
+        while frame.f_back is not None and frame.f_code.co_filename.startswith(_MP_DIR):
+            frame = frame.f_back
         code = frame.f_code
         self.text(TEXT_SITE, 0, f"{number}\0{code.co_filename}:{frame.f_lineno}\0{code.co_name}")
         self.sites[key] = number

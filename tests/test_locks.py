@@ -361,7 +361,7 @@ def test_shared_lock(mp_locks, mp_spawn, mp_output):
     stats = mp_locks.stats("out")
     assert stats.acquisitions == 3
     assert sorted(stats.by_process) == sorted(f"{c.name} (pid {c.pid})" for c in children)
-    assert list(stats.by_site) == ["SITE"]
+    assert list(stats.by_site) == ["PRINT_SITE"]
     assert [len(lines) for lines in mp_output.by_process().values()] == [5, 5, 5]
 
 
@@ -397,8 +397,10 @@ def test_trylock_in_reverse_and_a_condition(mp_locks, mp_spawn, mp_context):
     mp_locks.assert_ordered()
     condition = mp_context.Condition(mp_locks.RLock("c"))
     with condition:
-        assert not condition.wait(0.01)  # releases the lock while it waits, then takes it again
+        assert not condition.wait(0.01)  # condition-wait: releases the lock, then takes it again
     mp_locks.assert_acquisitions("c", 2)
+    # The acquisition inside Condition.wait is named by the line in the test that called it.
+    assert list(mp_locks.stats("c").by_site) == ["WITH_SITE", "WAIT_SITE"]
 
 
 def test_contention(mp_locks, mp_spawn):
@@ -497,7 +499,9 @@ def test_uncontended_and_bad_input(mp_locks, mp_output):
 
 def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
     """Correct uses of locks pass with no finding, under each start method."""
-    pytester.makepyfile(test_clean=CLEAN.replace("SITE", _clean_site()))
+    source = CLEAN.replace("WITH_SITE", _clean_site("    with condition:"))
+    source = source.replace("WAIT_SITE", _clean_site("# condition-wait"))
+    pytester.makepyfile(test_clean=source.replace("PRINT_SITE", _clean_site("# print-block")))
     result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
     result.assert_outcomes(passed=22)
     result.stdout.no_fnmatch_line("*lock problem*")
@@ -512,8 +516,9 @@ def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
     )
 
 
-def _clean_site() -> str:
-    numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if text.endswith("# print-block")]
+def _clean_site(marker: str) -> str:
+    numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if marker in text]
+    assert len(numbers) == 1, marker
     return f"test_clean.py:{numbers[0]}"
 
 
