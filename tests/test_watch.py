@@ -69,9 +69,10 @@ def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_zombie="""
         import subprocess, time
+        kept = []  # a Popen object that is garbage collected polls its child in __del__
 
         def test_never_waited():
-            subprocess.Popen(["true"])
+            kept.append(subprocess.Popen(["true"]))
             time.sleep(0.3)
         """
     )
@@ -82,7 +83,7 @@ def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
             "mpcheck: test_zombie.py::test_never_waited left 1 process behind (1 unreaped)",
             "unreaped process * 'true': exited but never joined or waited for (zombie), "
             "state zombie, age *",
-            "    started at: test_zombie.py:4 by subprocess.Popen",
+            "    started at: test_zombie.py:5 by subprocess.Popen",
             "    ended by:   reaped by mpcheck",
         ]
     )
