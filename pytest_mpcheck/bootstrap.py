@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from pytest_mpcheck import output
 
@@ -65,12 +65,79 @@ class ChildSpec:
     checks: tuple[str, ...] = ()
 
 
-def stack_path(workdir: str, pid: int) -> str:
-    """The file a prepared child writes its stacks to; it exists once the child is ready."""
-    return os.path.join(workdir, f"stack-{pid}.txt")
+#: The file, in a test's work directory, that prepared children write their stacks to. The parent
+#: creates it (creating a file costs more than opening one) and asks one child at a time.
+STACKS_NAME = "stacks.log"
+#: The file children append their results to (see :func:`write_result`).
+RESULTS_NAME = "results.bin"
+_RESULT_MAGIC = b"MPR1"
+#: Results larger than this go to a file of their own: one write of a regular file is appended
+#: whole, but a signal could cut a long one short, and another child's record would follow.
+_RESULT_INLINE = 60_000
 
 
-_stack_file: BinaryIO | None = None
+def stack_path(workdir: str) -> str:
+    """The file prepared children write their stacks to."""
+    return os.path.join(workdir, STACKS_NAME)
+
+
+def create_files(workdir: str) -> None:
+    """Create the shared files of a test's work directory (parent side)."""
+    for name in (STACKS_NAME, RESULTS_NAME, output.LOG_NAME):
+        os.close(os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def write_result(workdir: str, token: str, data: bytes) -> None:
+    """Append a child's pickled result, as one record, to the results file (child side)."""
+    if len(data) > _RESULT_INLINE:
+        path = os.path.join(workdir, f"result-{token}.pickle")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+        data, inline = b"", b"F"
+    else:
+        inline = b"I"
+    record = _RESULT_MAGIC + token.encode("ascii") + inline + len(data).to_bytes(8, "big") + data
+    fd = os.open(os.path.join(workdir, RESULTS_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+
+
+def read_results(workdir: str, offset: int) -> tuple[dict[str, bytes], int]:
+    """The complete records of the results file from ``offset``, and where the next one starts."""
+    try:
+        with open(os.path.join(workdir, RESULTS_NAME), "rb") as results:
+            results.seek(offset)
+            data = results.read()
+    except OSError:
+        return {}, offset
+    found: dict[str, bytes] = {}
+    position = 0
+    header = len(_RESULT_MAGIC) + 32 + 1 + 8
+    while len(data) - position >= header and data.startswith(_RESULT_MAGIC, position):
+        token = data[position + 4 : position + 36].decode("ascii")
+        inline = data[position + 36 : position + 37] == b"I"
+        size = int.from_bytes(data[position + 37 : position + header], "big")
+        if len(data) - position - header < size:
+            break  # still being written
+        body = data[position + header : position + header + size]
+        if not inline:
+            try:
+                with open(os.path.join(workdir, f"result-{token}.pickle"), "rb") as own:
+                    body = own.read()
+            except OSError:
+                body = b""
+        found[token] = body
+        position += header + size
+    return found, offset + position
+
+
+_stack_fd: int | None = None
 
 
 #: Attribute of a process object: whether the main thread of pytest started it (see below).
@@ -88,16 +155,35 @@ def mark_starter(process: object) -> None:
     setattr(process, MAIN_THREAD_ATTRIBUTE, threading.current_thread() is threading.main_thread())
 
 
+_prctl_function: Any = None
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, looked up once: a forked child inherits it ready (dlopen is slow)."""
+    global _prctl_function
+    if _prctl_function is None and sys.platform.startswith("linux"):
+        try:
+            # The symbols of the running program include libc's; find_library would run ldconfig.
+            _prctl_function = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl_function = False
+    return _prctl_function or None
+
+
+def warm_up() -> None:
+    """Do in the parent, once, what every forked child would otherwise do for itself."""
+    _prctl()
+
+
 def _set_death_signal(session_pid: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     if not getattr(multiprocessing.current_process(), MAIN_THREAD_ATTRIBUTE, True):
         return
-    try:
-        # The symbols of the running program include libc's; find_library would run ldconfig.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None:
         return
+    prctl(_PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
     # The parent may have died before the prctl: then the signal never comes. The parent is the
     # pytest process (fork, spawn) or the forkserver, whose parent is the pytest process.
     parent = os.getppid()
@@ -138,12 +224,10 @@ def _parent_of(pid: int) -> int | None:
 
 
 def _prepare_stack_dump(workdir: str) -> None:
-    global _stack_file
-    final = stack_path(workdir, os.getpid())
-    partial = final + ".new"
-    _stack_file = open(partial, "wb", buffering=0)  # noqa: SIM115 (kept open for the signal)
-    faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
-    os.replace(partial, final)  # the parent signals only once the file exists under its name
+    global _stack_fd
+    # The parent asks only once the kernel shows the signal caught (see stacks.is_prepared).
+    _stack_fd = os.open(stack_path(workdir), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    faulthandler.register(STACK_SIGNAL, file=_stack_fd, all_threads=True, chain=False)
 
 
 def prepare_child(spec: ChildSpec) -> None:

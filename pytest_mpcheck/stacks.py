@@ -165,53 +165,51 @@ def _same(pid: int, created: float | None) -> bool:
     return created is not None and procfs.is_same_process(pid, created)
 
 
-def request_dumps(workdir: str, pids: Iterable[int]) -> dict[int, tuple[int, float]]:
-    """Ask the prepared children among ``pids`` for their stacks; ``{pid: (size, asked at)}``."""
-    asked: dict[int, tuple[int, float]] = {}
+def is_prepared(pid: int) -> bool:
+    """Whether ``pid`` catches the stack signal: prepared, so the signal will not kill it."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (STACK_SIGNAL - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def dump_prepared(workdir: str, pids: Iterable[int], timeout: float) -> dict[int, str]:
+    """The stacks of the prepared children among ``pids``, asked one at a time.
+
+    They share one file: each dump is what the file grew by after the signal, once it stopped
+    growing (faulthandler writes a dump in many small writes).
+    """
+    path = stack_path(workdir)
+    deadline = time.monotonic() + timeout
+    found: dict[int, str] = {}
     for pid in pids:
-        path = stack_path(workdir, pid)
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            continue  # not prepared (yet): the signal could kill it
-        created = procfs.create_time(pid)
-        if not _same(pid, created):
+        if time.monotonic() >= deadline or not is_prepared(pid):
             continue
         try:
+            before = os.stat(path).st_size
+            if not _same(pid, procfs.create_time(pid)):
+                continue
             os.kill(pid, STACK_SIGNAL)
         except OSError:
             continue
-        asked[pid] = (size, time.monotonic())
-    return asked
-
-
-def collect_dumps(
-    workdir: str, asked: dict[int, tuple[int, float]], timeout: float
-) -> dict[int, str]:
-    """Read what the children asked by :func:`request_dumps` wrote, waiting up to ``timeout``."""
-    found: dict[int, str] = {}
-    last_size: dict[int, int] = {}
-    deadline = time.monotonic() + timeout
-    pending = dict(asked)
-    while pending:
-        for pid, (before, _) in list(pending.items()):
-            path = stack_path(workdir, pid)
+        last = before
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
             try:
                 size = os.stat(path).st_size
             except OSError:
-                del pending[pid]
-                continue
-            # faulthandler writes a dump in many small writes: wait until it stops growing.
-            if size > before and last_size.get(pid) == size:
+                break
+            if size > before and size == last:
                 with open(path, "rb") as dump:
                     dump.seek(before)
-                    found[pid] = _from_faulthandler(dump.read().decode("utf-8", "replace"))
-                del pending[pid]
-            else:
-                last_size[pid] = size
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
+                    text = dump.read(size - before).decode("utf-8", "replace")
+                found[pid] = _from_faulthandler(text)
+                break
+            last = size
     return found
 
 
@@ -289,8 +287,7 @@ def stacks_of(
     deadline = time.monotonic() + timeout
     dumps: dict[int, str] = {}
     if workdir is not None:
-        asked = request_dumps(workdir, pids)
-        dumps = collect_dumps(workdir, asked, min(1.0, timeout))
+        dumps = dump_prepared(workdir, pids, min(1.0 * max(1, len(pids)), timeout))
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
