@@ -60,6 +60,9 @@ _WCHAN_WORDS = (
     ("sigtimedwait", "waiting for a signal"),
 )
 
+# Calls in the source line of the innermost frame, when they are C functions that block.
+_CALL_WORDS = (("sleep(", "sleeping (time.sleep)"),)
+
 # Python frames (file ending, function) and what the process waits in when they are innermost.
 _FRAME_WORDS = (
     ("multiprocessing/synchronize.py", "", "a multiprocessing lock, semaphore or condition"),
@@ -260,17 +263,25 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     if stack:
         # The first thread block is the main thread; its last frame is the innermost.
         innermost = None
+        source = ""
         for line in stack.splitlines()[1:]:
             if line.startswith("Thread"):
                 break
             frame = _TRACEBACK_FRAME.match(line)
             if frame:
-                innermost = (frame.group(1), frame.group(2))
+                innermost, source = (frame.group(1), frame.group(2)), ""
+            elif innermost is not None:
+                source = line.strip()
         if innermost is not None:
             filename, func = innermost
             for ending, function, words in _FRAME_WORDS:
                 if filename.endswith(ending) and (not function or function == func):
                     return words
+        # A C function called from the innermost frame: its source line names it (the kernel
+        # function behind time.sleep differs between Python versions).
+        for call, words in _CALL_WORDS:
+            if call in source:
+                return f"{words} [kernel: {wchan}]" if wchan else words
     if wchan:
         for fragment, words in _WCHAN_WORDS:
             if fragment in wchan:
