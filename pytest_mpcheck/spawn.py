@@ -213,6 +213,17 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
                 "join() timed out: the child hung or is too slow",
             )
 
+    def terminate(self) -> None:
+        """Send SIGTERM, as ``multiprocessing.Process.terminate``; the test ends it on purpose,
+        so the exit code that follows does not fail the test."""
+        self._mp_seen = True
+        super().terminate()
+
+    def kill(self) -> None:
+        """Send SIGKILL, as ``multiprocessing.Process.kill``; as :meth:`terminate`, on purpose."""
+        self._mp_seen = True
+        super().kill()
+
     def mark_reported(self) -> None:
         """The plugin reported this child (as hung) and ends it: its exit code is no failure."""
         self._mp_seen = True

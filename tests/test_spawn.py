@@ -114,6 +114,12 @@ def test_start_false_and_daemon(mp_spawn):
     assert p.result == 4
 
 
+def test_ended_on_purpose(mp_spawn):
+    p = mp_spawn(hang)
+    p.terminate()
+    p.join()
+
+
 def test_fails_on_error(mp_spawn):
     mp_spawn(boom, (3,), name="thrower").join()
 
@@ -164,8 +170,8 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--mp-start-methods=fork,spawn,forkserver", *FAST, timeout=120
     )
-    # Per method: 13 tests; the last 5 fail (in the call or at teardown).
-    result.assert_outcomes(passed=3 * 12, failed=3, errors=3 * 4)
+    # Per method: 14 tests; the last 5 fail (in the call or at teardown).
+    result.assert_outcomes(passed=3 * 13, failed=3, errors=3 * 4)
     for method in METHODS:
         m = f"[[]{method}[]]"
         result.stdout.fnmatch_lines(
