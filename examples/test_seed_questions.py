@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import multiprocessing.context
+import multiprocessing.synchronize
 import signal
 import time
+from collections.abc import Callable
 
 from pytest_mpcheck.spawn import Spawner
 
@@ -18,8 +20,9 @@ def forever() -> None:
         time.sleep(0.01)
 
 
-def ignores_sigterm() -> None:
+def ignores_sigterm(ready: multiprocessing.synchronize.Event) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
     forever()
 
 
@@ -33,6 +36,13 @@ def hangs_on(lock: multiprocessing.synchronize.Lock) -> None:
     lock.acquire()  # hung: the lock is never released while it waits
 
 
+def wait_until(condition: Callable[[], object], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.01)
+
+
 def test_end_a_process_from_the_main_program(mp_spawn: Spawner) -> None:
     prc = mp_spawn(forever)
     # terminate() sends SIGTERM; join() then waits for the end and reaps the process.
@@ -44,9 +54,12 @@ def test_end_a_process_from_the_main_program(mp_spawn: Spawner) -> None:
     assert prc.exitcode == -signal.SIGTERM
 
 
-def test_kill_when_terminate_is_ignored(mp_spawn: Spawner) -> None:
-    prc = mp_spawn(ignores_sigterm, check=False)
-    time.sleep(0.3)  # let it install its handler
+def test_kill_when_terminate_is_ignored(
+    mp_spawn: Spawner, mp_context: multiprocessing.context.BaseContext
+) -> None:
+    ready = mp_context.Event()
+    prc = mp_spawn(ignores_sigterm, args=(ready,))
+    assert ready.wait(30)  # it ignores SIGTERM from now on
     prc.terminate()
     prc.join(timeout=0.5)
     assert prc.is_alive()  # SIGTERM was ignored
@@ -62,13 +75,14 @@ def test_is_alive_cannot_tell_hung_from_working(
     lock.acquire()
     busy = mp_spawn(working, name="working")
     stuck = mp_spawn(hangs_on, args=(lock,), name="hung")
-    time.sleep(0.3)
+    wait_until(lambda: "lock" in (stuck.waiting_in() or ""))
 
     # The answer to the question: no. Both are alive; is_alive() says nothing more.
     assert busy.is_alive()
     assert stuck.is_alive()
 
     # What the plugin tells instead: where each one is, and what it waits in.
+    wait_until(lambda: "in working" in (busy.stack() or ""))
     busy_stack, stuck_stack = busy.stack(), stuck.stack()
     assert busy_stack is not None
     assert "in working" in busy_stack

@@ -135,8 +135,9 @@ def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
     pids = pytester.path / "pids"
     source = HUNG.format(pids=str(pids), method=method) + STUCK_TEST.format(method=method)
     pytester.makepyfile(test_hung=source)
+    # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
     result = pytester.runpytest_subprocess(
-        "--timeout=2", "--timeout-method=thread", *FAST, timeout=60
+        "--timeout=3", "--timeout-method=thread", *FAST, timeout=60
     )
     # The first test goes on once its children are ended, and fails at teardown; in the last
     # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
@@ -146,7 +147,7 @@ def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
         [
             "*+ mpcheck: before pytest-timeout ends pytest +*",
             f"mpcheck: test_hung.py::test_join_of_a_hung_child[[]{method}[]]: pytest-timeout "
-            "(2s, thread method): 2 child processes of the test still running; their stacks, "
+            "(3s, thread method): 2 child processes of the test still running; their stacks, "
             "then ended",
             "",
             "hung process * 'stuck': hung, state sleeping, age *s",
