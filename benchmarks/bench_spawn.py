@@ -21,7 +21,7 @@ import pytest
 
 from pytest_mpcheck.spawn import Spawner
 
-ROUNDS = {"fork": 40, "forkserver": 40, "spawn": 12}
+ROUNDS = {"fork": 150, "forkserver": 40, "spawn": 12}
 
 
 def noop() -> None:

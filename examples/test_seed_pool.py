@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_mpcheck.pools import PoolFactory
+from pytest_mpcheck import PoolFactory
 
 
 def square(n: int) -> int:

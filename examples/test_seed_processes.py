@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from pytest_mpcheck import OutputLog, TrackedProcess
-from pytest_mpcheck.spawn import Spawner
+from pytest_mpcheck import OutputLog, Spawner, TrackedProcess
 
 
 def even(n: int) -> None:

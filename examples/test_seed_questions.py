@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from pytest_mpcheck.spawn import Spawner
+from pytest_mpcheck import Spawner
 
 
 def forever() -> None:

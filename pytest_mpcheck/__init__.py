@@ -18,11 +18,13 @@ from pytest_mpcheck.lockcheck import (
 )
 from pytest_mpcheck.locks import CheckedLock
 from pytest_mpcheck.output import OutputLine, OutputLog
-from pytest_mpcheck.spawn import ChildError, ProcessFailed, RemoteTraceback, TrackedProcess
+from pytest_mpcheck.pools import ExecutorFactory, PoolFactory, TrackedExecutor, TrackedPool
+from pytest_mpcheck.spawn import ChildError, ProcessFailed, RemoteTraceback, Spawner, TrackedProcess
 
 __all__ = [
     "CheckedLock",
     "ChildError",
+    "ExecutorFactory",
     "Finding",
     "Hold",
     "LockChecker",
@@ -33,9 +35,13 @@ __all__ = [
     "MpCheckWarning",
     "OutputLine",
     "OutputLog",
+    "PoolFactory",
     "ProcessFailed",
     "ProcessInfo",
     "ProcessName",
     "RemoteTraceback",
+    "Spawner",
+    "TrackedExecutor",
+    "TrackedPool",
     "TrackedProcess",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.process
 import pickle
+import select
 import signal
 import time
 import traceback
@@ -80,6 +81,9 @@ def _describe_error(error: BaseException) -> str:
 
 
 def _write_outcome(workdir: str, token: str, outcome: _Outcome) -> None:
+    if outcome == _RETURNED_NONE:
+        bootstrap.write_result(workdir, token, _RETURNED_NONE_DATA)
+        return
     try:
         data = pickle.dumps(outcome.as_tuple())
     except Exception as problem:
@@ -94,6 +98,11 @@ def _write_outcome(workdir: str, token: str, outcome: _Outcome) -> None:
             outcome.error = None  # the exception cannot travel; its text and traceback can
         data = pickle.dumps(outcome.as_tuple())
     bootstrap.write_result(workdir, token, data)
+
+
+# The most common outcome, pickled once in the parent: a forked child need not run pickle.
+_RETURNED_NONE = _Outcome(ok=True)
+_RETURNED_NONE_DATA = pickle.dumps(_RETURNED_NONE.as_tuple())
 
 
 class TrackedProcess(multiprocessing.process.BaseProcess):
@@ -202,7 +211,9 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
         if timeout is not None or test is None:
             super().join(timeout)
             return
-        super().join(test.join_timeout)
+        if self._ended_within(test.join_timeout):
+            super().join()  # it has ended: this only reaps it
+            return
         if self._running():
             from pytest_mpcheck.hangs import Suspect
 
@@ -227,6 +238,23 @@ class TrackedProcess(multiprocessing.process.BaseProcess):
     def mark_reported(self) -> None:
         """The plugin reported this child (as hung) and ends it: its exit code is no failure."""
         self._mp_seen = True
+
+    def _ended_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the child to end (its sentinel becomes readable).
+
+        A bare ``poll`` on the sentinel: ``join(timeout)`` builds a selector for each call, which
+        costs a tenth of a fork's start+join.
+        """
+        sentinel = self.sentinel
+        poller = select.poll()
+        poller.register(sentinel, select.POLLIN | select.POLLHUP)
+        deadline = time.monotonic() + seconds
+        while True:
+            # poll() is retried after a signal (PEP 475); the bound is in milliseconds.
+            if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def _running(self) -> bool:
         popen = self._popen  # type: ignore[attr-defined]
