@@ -158,7 +158,7 @@ def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
             "hung process * 'plain': hung, state sleeping, age *s",
             "*",
             # Too little time left for py-spy (or none installed): what the kernel knows.
-            "    no Python stack: not started by an mp_* fixture, and * py-spy*; "
+            "    no Python stack: not started by an mp_* fixture, and *py-spy*; "
             "kernel state: sleeping, waiting in *",
             # The test went on (its join returned), failed at teardown (E); the next one passed.
             ".E.",
