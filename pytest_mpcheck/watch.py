@@ -66,8 +66,18 @@ class ProcessWatch:
         return Baseline(frozenset(self._snapshot()))
 
     def _is_helper(self, pid: int) -> bool:
-        """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore)."""
-        return self.settings.is_ignored(procfs.cmdline(pid))
+        """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore).
+
+        A forkserver's children carry its command line: a match whose parent matches too is a
+        child of a helper, and the test's.
+        """
+        if not self.settings.is_ignored(procfs.cmdline(pid)):
+            return False
+        described = procfs.describe(pid)
+        parent = described[5] if described else 0
+        return parent in (0, self.session_pid) or not self.settings.is_ignored(
+            procfs.cmdline(parent)
+        )
 
     def _new_processes(self, baseline: Baseline) -> dict[int, int]:
         """New descendants that the current test owns, as ``{pid: parent}``."""

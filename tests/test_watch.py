@@ -372,3 +372,23 @@ def test_teardown_error_is_kept_and_findings_are_added(pytester: pytest.Pytester
             "mpcheck: test_both.py::test_leaks left 1 process behind (1 leaked)",
         ]
     )
+
+
+def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
+    # A forkserver child carries the forkserver's command line; it is no helper.
+    pytester.makepyfile(
+        test_fs="""
+        import multiprocessing, time
+
+        def forever():
+            time.sleep(60)
+
+        def test_never_joined():
+            multiprocessing.get_context("forkserver").Process(target=forever).start()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
+    )
