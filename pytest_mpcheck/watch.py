@@ -65,26 +65,23 @@ class ProcessWatch:
             return Baseline(self._last_tree)
         return Baseline(frozenset(self._snapshot()))
 
-    def _is_helper(self, pid: int) -> bool:
+    def _is_helper(self, pid: int, tree: dict[int, int]) -> bool:
         """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore).
 
-        A forkserver's children carry its command line: a match whose parent matches too is a
-        child of a helper, and the test's.
+        A forkserver's children carry its command line: a match whose parent (from ``tree``, the
+        look just taken) matches too is a child of a helper, and the test's.
         """
         if not self.settings.is_ignored(procfs.cmdline(pid)):
             return False
-        described = procfs.describe(pid)
-        parent = described[5] if described else 0
-        return parent in (0, self.session_pid) or not self.settings.is_ignored(
-            procfs.cmdline(parent)
-        )
+        parent = tree.get(pid, self.session_pid)
+        return parent == self.session_pid or not self.settings.is_ignored(procfs.cmdline(parent))
 
     def _new_processes(self, baseline: Baseline) -> dict[int, int]:
         """New descendants that the current test owns, as ``{pid: parent}``."""
         tree = self._snapshot()
         owned: dict[int, int] = {}
         for pid, parent in tree.items():
-            if pid in baseline.pids or self._is_helper(pid):
+            if pid in baseline.pids or self._is_helper(pid, tree):
                 continue
             record = self.recorder.records.get(pid)
             if record is not None and record.scope is not None:
@@ -99,7 +96,7 @@ class ProcessWatch:
         while parent != self.session_pid and parent in tree:
             record = self.recorder.records.get(parent)
             older = parent in baseline.pids or (record is not None and record.scope is not None)
-            if older and not self._is_helper(parent):
+            if older and not self._is_helper(parent, tree):
                 return True
             parent = tree[parent]
         return False
@@ -206,7 +203,7 @@ class ProcessWatch:
             return {
                 pid: parent
                 for pid, parent in tree.items()
-                if pid not in baseline.pids and not self._is_helper(pid)
+                if pid not in baseline.pids and not self._is_helper(pid, tree)
             }
 
         leftovers = self._settle(remaining)
