@@ -107,8 +107,13 @@ def _has_ended(leftover: Leftover, session_pid: int) -> bool:
     except psutil.Error:
         return True
     if parent == session_pid:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(leftover.pid, os.WNOHANG)
+        if leftover.handle is not None:
+            # It died between the handle's poll above and now: let the handle reap it, or its
+            # Process/Popen would wait for ever for a status we took (ECHILD reads as running).
+            _reap_through_handle(leftover.handle)
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(leftover.pid, os.WNOHANG)
     # A zombie of another parent is dead; its parent (or we, once it is orphaned) reaps it.
     return True
 
