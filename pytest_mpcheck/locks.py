@@ -18,6 +18,10 @@ second file, one ``os.write`` per record, before the first event that uses it.
 
 Timestamps are taken after a lock was acquired and before it is released, so that under real mutual
 exclusion the next holder's acquisition always sorts after the previous holder's release.
+
+The hot path (an uncontended ``acquire()`` or ``release()``) is in C when the optional extension
+``pytest_mpcheck._lockrec`` was built (:data:`ACCELERATED`), else in Python (:class:`_PyLockCore`);
+both write the same records. Setting ``PYTEST_MPCHECK_PURE_PYTHON=1`` selects the Python one.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pytest_mpcheck import _lockrec
     from pytest_mpcheck.lockcheck import Hold
 
 #: Record kinds.
@@ -76,21 +83,42 @@ _mono = time.monotonic_ns
 _getframe = sys._getframe
 
 
+def _accelerator() -> ModuleType | None:
+    """The C hot path, unless it was not built or ``PYTEST_MPCHECK_PURE_PYTHON`` is set."""
+    if os.environ.get("PYTEST_MPCHECK_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from pytest_mpcheck import _lockrec
+    except ImportError:  # installed where no C compiler was found: the extension is optional
+        return None
+    if _lockrec.FORMAT != (RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY):
+        return None  # built from an older source: its records would not read back
+    return _lockrec
+
+
+_accel = _accelerator()
+ACCELERATED = _accel is not None
+"""Whether checked locks use the C hot path (``pytest_mpcheck._lockrec``) in this process."""
+
+
 class _Writer:
     """This process's record files for one record directory.
 
     Events go to a memory-mapped file, one 16-byte slot each; the slot is taken with ``next()``
-    on an ``itertools.count``, which is atomic under the GIL, so threads of one process never
-    write the same slot. Text (the process's name, what a lock or site number stands for) is rare
-    and goes to a second file, one ``os.write`` per record, before the first event that uses it.
+    on an ``itertools.count`` (or on the C ``Records``, which counts the same way), which is
+    atomic under the GIL, so threads of one process never write the same slot. Text (the
+    process's name, what a lock or site number stands for) is rare and goes to a second file,
+    one ``os.write`` per record, before the first event that uses it.
     """
 
     __slots__ = (
         "buf",
+        "codes",
         "fd",
         "grow_lock",
         "lock_numbers",
         "offsets",
+        "rec",
         "site_numbers",
         "sites",
         "size",
@@ -109,9 +137,16 @@ class _Writer:
             # lock must go on working; what it records now is of no use to anyone.
             self.fd = self.text_fd = -1
             self.buf = mmap.mmap(-1, self.size)
-        self.offsets = itertools.count(0, RECORD_SIZE)
+        # The C hot path writes through its own export of the map, and takes slots from it.
+        self.rec: _lockrec.Records | None = _accel.Records(self.buf) if _accel else None
+        self.offsets: Iterator[int] = (
+            self.rec if self.rec is not None else itertools.count(0, RECORD_SIZE)
+        )
         self.grow_lock = threading.Lock()
         self.sites: dict[tuple[int, int], int] = {}
+        # The code objects of the keys of `sites`, kept alive: a freed one's id could be reused
+        # by another code object, which would then get its site number.
+        self.codes: list[Any] = []
         self.site_numbers = itertools.count(1)
         self.lock_numbers = itertools.count(1)
         name = multiprocessing.current_process().name
@@ -148,6 +183,8 @@ class _Writer:
             except OSError:  # no file (see __init__), or no room: keep the lock working
                 self.fd = -1
                 self.buf = mmap.mmap(-1, size)
+            if self.rec is not None:
+                self.rec.attach(self.buf)  # and lets go of the old map
             self.size = size
 
     def text(self, kind: int, lock: int, text: str) -> None:
@@ -164,6 +201,7 @@ class _Writer:
         after a wait), the site is the first frame outside it, which the user can act on.
         """
         number = next(self.site_numbers)
+        self.codes.append(frame.f_code)
         while frame.f_back is not None and frame.f_code.co_filename.startswith(_MP_DIR):
             frame = frame.f_back
         code = frame.f_code
@@ -171,8 +209,16 @@ class _Writer:
         self.sites[key] = number
         return number
 
+    def locate(self, frame: Any) -> int:
+        """The site number of ``frame``'s current instruction (the C hot path's cache miss)."""
+        key = (id(frame.f_code), frame.f_lasti)
+        site = self.sites.get(key)
+        return site if site is not None else self.site(frame, key)
+
     def close(self) -> None:
         """Unmap and close the files."""
+        if self.rec is not None:
+            self.rec.release()  # an mmap that still has a buffer export cannot be closed
         self.buf.close()
         for fd in (self.fd, self.text_fd):
             if fd >= 0:
@@ -221,7 +267,108 @@ def close_records(directory: str) -> None:
     writer.close()
 
 
-class CheckedLock:
+class _PyLockCore:
+    """The hot path of :class:`CheckedLock` in Python: ``_lockrec.LockCore`` does the same in C.
+
+    The base of :class:`CheckedLock` when the C extension is not built or
+    ``PYTEST_MPCHECK_PURE_PYTHON`` is set. The rare paths (attaching to the record file, a
+    contended wait, a release by a process that does not hold the lock) are ``CheckedLock``'s,
+    for both bases.
+    """
+
+    __slots__ = ("_held", "_idx", "_lock", "_try", "_w")
+
+    _held: int
+    _idx: int
+    _lock: Any
+    _try: Any
+    _w: _Writer | None
+
+    if TYPE_CHECKING:
+
+        def _attach(self) -> _Writer: ...
+        def _wait(self, w: _Writer, site: int, timeout: float | None) -> bool: ...
+        def _release_not_held(self, w: _Writer, depth: int) -> None: ...
+        def _record(self, w: _Writer, site: int, kind: int, flags: int) -> None: ...
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock, as ``multiprocessing.Lock.acquire`` does, and record it."""
+        w = self._w
+        if w is None:
+            w = self._attach()
+        frame = _getframe(1)
+        key = (id(frame.f_code), frame.f_lasti)
+        site = w.sites.get(key)
+        if site is None:
+            site = w.site(frame, key)
+        if self._try(False):
+            off = next(w.offsets)
+            try:
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
+            except struct.error:  # the file is full
+                w.grow(off)
+                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
+            self._held += 1
+            return True
+        if not block:
+            return False
+        return self._wait(w, site, timeout)
+
+    def release(self) -> None:
+        """Release the lock, as ``multiprocessing.Lock.release`` does, and record it."""
+        w = self._w
+        if w is None:
+            w = self._attach()
+        if not self._held:
+            return self._release_not_held(w, 2)
+        self._held -= 1
+        off = next(w.offsets)
+        try:
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        except struct.error:  # the file is full
+            w.grow(off)
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        try:
+            self._lock.release()
+        except BaseException:
+            # The semaphore was free already (released behind this lock): the hold is over.
+            self._record(w, 0, RELEASE_FAILED, 0)
+            raise
+        return None
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info: object) -> None:
+        # The body of release(), inlined on purpose: one Python call less on the hot path of
+        # `with lock:` (keep the two in step).
+        w = self._w
+        if w is None:
+            w = self._attach()
+        if not self._held:
+            return self._release_not_held(w, 2)
+        self._held -= 1
+        off = next(w.offsets)
+        try:
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        except struct.error:  # the file is full
+            w.grow(off)
+            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        try:
+            self._lock.release()
+        except BaseException:
+            # The semaphore was free already (released behind this lock): the hold is over.
+            self._record(w, 0, RELEASE_FAILED, 0)
+            raise
+        return None
+
+
+if TYPE_CHECKING:
+    _LockCore = _PyLockCore
+else:
+    _LockCore = _accel.LockCore if _accel else _PyLockCore
+
+
+class CheckedLock(_LockCore):
     """A ``multiprocessing`` lock that records each request, acquisition and release.
 
     Made by ``mp_locks.Lock(name)`` or ``mp_locks.RLock(name)``; used exactly like the lock it
@@ -229,18 +376,8 @@ class CheckedLock:
     as an argument (``Process(args=...)``, ``Pool(initargs=...)``) under any start method.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_held",
-        "_idx",
-        "_lock",
-        "_try",
-        "_w",
-        "directory",
-        "kind",
-        "name",
-        "token",
-    )
+    # The hot path's state (_held, _idx, _lock, _try, _w) is in the base, C or Python.
+    __slots__ = ("__weakref__", "directory", "kind", "name", "token")
 
     def __init__(
         self,
@@ -262,7 +399,7 @@ class CheckedLock:
         """Made once with the semaphore and carried to children: two tokens, two semaphores."""
         self._lock = lock
         self._try = lock.acquire
-        self._w: _Writer | None = None
+        self._w = None
         self._idx = 0
         self._held = 0
         _all_locks.add(self)
@@ -294,30 +431,7 @@ class CheckedLock:
         # multiprocessing's Condition asks its lock's semaphore who owns it and how often.
         return self._lock._semlock
 
-    # -- the lock -------------------------------------------------------------------------------
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Acquire the lock, as ``multiprocessing.Lock.acquire`` does, and record it."""
-        w = self._w
-        if w is None:
-            w = self._attach()
-        frame = _getframe(1)
-        key = (id(frame.f_code), frame.f_lasti)
-        site = w.sites.get(key)
-        if site is None:
-            site = w.site(frame, key)
-        if self._try(False):
-            off = next(w.offsets)
-            try:
-                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
-            except struct.error:  # the file is full
-                w.grow(off)
-                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
-            self._held += 1
-            return True
-        if not block:
-            return False
-        return self._wait(w, site, timeout)
+    # -- the slow paths of the lock, for the hot path in C or in Python --------------------------
 
     def _wait(self, w: _Writer, site: int, timeout: float | None) -> bool:
         self._record(w, site, REQUESTED, 0)
@@ -327,30 +441,9 @@ class CheckedLock:
             self._held += 1
         return acquired
 
-    def release(self) -> None:
-        """Release the lock, as ``multiprocessing.Lock.release`` does, and record it."""
-        w = self._w
-        if w is None:
-            w = self._attach()
-        if not self._held:
-            return self._release_not_held(w, 2)
-        self._held -= 1
-        off = next(w.offsets)
-        try:
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        except struct.error:  # the file is full
-            w.grow(off)
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        try:
-            self._lock.release()
-        except BaseException:
-            # The semaphore was free already (released behind this lock): the hold is over.
-            self._record(w, 0, RELEASE_FAILED, 0)
-            raise
-        return None
-
     def _release_not_held(self, w: _Writer, depth: int) -> None:
         # Rare, so the site is worth its price: it names the code that released another's lock.
+        # `depth` is the caller of release(): 2 from Python, 1 from C (which has no frame).
         frame = _getframe(depth)
         key = (id(frame.f_code), frame.f_lasti)
         site = w.sites.get(key)
@@ -368,31 +461,6 @@ class CheckedLock:
         if off + RECORD_SIZE > w.size:
             w.grow(off)
         _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
-
-    __enter__ = acquire
-
-    def __exit__(self, *exc_info: object) -> None:
-        # The body of release(), inlined on purpose: one Python call less on the hot path of
-        # `with lock:` (keep the two in step).
-        w = self._w
-        if w is None:
-            w = self._attach()
-        if not self._held:
-            return self._release_not_held(w, 2)
-        self._held -= 1
-        off = next(w.offsets)
-        try:
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        except struct.error:  # the file is full
-            w.grow(off)
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        try:
-            self._lock.release()
-        except BaseException:
-            # The semaphore was free already (released behind this lock): the hold is over.
-            self._record(w, 0, RELEASE_FAILED, 0)
-            raise
-        return None
 
     # -- what the checker knows -----------------------------------------------------------------
 

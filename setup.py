@@ -1,0 +1,13 @@
+"""The optional C hot path of the checked locks; everything else is in ``pyproject.toml``.
+
+``optional=True``: where it cannot be compiled (no C compiler), the package installs all the same
+and ``pytest_mpcheck.locks`` uses its pure-Python hot path.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("pytest_mpcheck._lockrec", ["pytest_mpcheck/_lockrec.c"], optional=True),
+    ],
+)
