@@ -6,8 +6,13 @@ fast: one run of problems that must be found, one run of correct uses that must 
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 from typing import Any
 
 import pytest
@@ -15,6 +20,54 @@ import pytest
 from pytest_mpcheck import CheckedLock, LockChecker
 
 METHODS = "--mp-start-methods=fork,spawn,forkserver"
+PURE_PYTHON = "PYTEST_MPCHECK_PURE_PYTHON"
+
+
+def _no_compiler() -> bool:
+    """Whether the optional C extension could not have been built here: no C compiler."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(compiler) is None
+
+
+def _skip_without_extension() -> None:
+    if importlib.util.find_spec("pytest_mpcheck._lockrec") is None and _no_compiler():
+        pytest.skip(
+            "no C compiler, so the optional extension pytest_mpcheck._lockrec was not built"
+        )
+
+
+@pytest.fixture(params=["C", "Python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make the inner runs use the C hot path or the pure-Python one; the base class to expect.
+
+    The variable reaches the inner pytest process, and through it every child it starts.
+    """
+    if request.param == "C":
+        _skip_without_extension()
+        monkeypatch.delenv(PURE_PYTHON, raising=False)
+        return "LockCore"
+    monkeypatch.setenv(PURE_PYTHON, "1")
+    return "_PyLockCore"
+
+
+# Added to each inner run: proves which hot path the test process and its children used.
+IMPLEMENTATION = """\
+from pytest_mpcheck import CheckedLock
+
+
+def check_base(lock, base):
+    assert type(lock).__mro__[1].__name__ == base
+    with lock:
+        pass
+
+
+def test_implementation(mp_locks, mp_spawn):
+    assert CheckedLock.__mro__[1].__name__ == "BASE"
+    child = mp_spawn(check_base, args=(mp_locks.Lock("implementation"), "BASE"), name="base")
+    child.join()
+    assert child.exitcode == 0
+    mp_locks.assert_acquisitions("implementation", 1)
+"""
 
 
 def site(source: str, marker: str) -> str:
@@ -206,12 +259,17 @@ def test_atomic_unprotected(mp_locks, mp_spawn, mp_output):
 """
 
 
-def test_problems_found(pytester: pytest.Pytester) -> None:
-    """Every finding, under each start method where it applies, with the lines a user reads."""
-    pytester.makepyfile(test_problems=PROBLEMS)
+def test_problems_found(pytester: pytest.Pytester, implementation: str) -> None:
+    """Every finding, under each start method where it applies, with the lines a user reads;
+    the same with the C hot path of the locks and with the pure-Python one."""
+    pytester.makepyfile(
+        test_problems=PROBLEMS,
+        test_implementation=IMPLEMENTATION.replace("BASE", implementation),
+    )
     result = pytester.runpytest_subprocess(METHODS, timeout=120)
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    result.assert_outcomes(passed=26, failed=6, errors=21)
+    # (The 3 passes of test_implementation included.)
+    result.assert_outcomes(passed=29, failed=6, errors=21)
     inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
     deadlock = site(PROBLEMS, "deadlock-wait")
     first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
@@ -497,13 +555,17 @@ def test_uncontended_and_bad_input(mp_locks, mp_output):
 """
 
 
-def test_clean_uses_pass(pytester: pytest.Pytester) -> None:
-    """Correct uses of locks pass with no finding, under each start method."""
+def test_clean_uses_pass(pytester: pytest.Pytester, implementation: str) -> None:
+    """Correct uses of locks pass with no finding, under each start method, with the C hot path
+    of the locks and with the pure-Python one."""
     source = CLEAN.replace("WITH_SITE", _clean_site("    with condition:"))
     source = source.replace("WAIT_SITE", _clean_site("# condition-wait"))
-    pytester.makepyfile(test_clean=source.replace("PRINT_SITE", _clean_site("# print-block")))
+    pytester.makepyfile(
+        test_clean=source.replace("PRINT_SITE", _clean_site("# print-block")),
+        test_implementation=IMPLEMENTATION.replace("BASE", implementation),
+    )
     result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
-    result.assert_outcomes(passed=22)
+    result.assert_outcomes(passed=25)
     result.stdout.no_fnmatch_line("*lock problem*")
     # The terminal summary names the most contended locks of the session (which ones depends on
     # the timing of the threads and pool workers; test_locks_xdist.py checks the exact lines).
@@ -541,3 +603,27 @@ def test_lock_outlives_its_record(method: str) -> None:
     child.join(30)
     assert child.exitcode == 0
     _use_lock(lock)  # and in this process, whose record was closed
+
+
+def _active_implementation(pure_python: str | None) -> list[str]:
+    """``ACCELERATED`` and the base of ``CheckedLock`` in a new interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != PURE_PYTHON}
+    if pure_python is not None:
+        env[PURE_PYTHON] = pure_python
+    code = (
+        "from pytest_mpcheck import CheckedLock, locks; base = CheckedLock.__mro__[1]; "
+        "print(locks.ACCELERATED, base.__module__, base.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_accelerator_is_active() -> None:
+    """The dev install built the C hot path and uses it, unless told to use the Python one."""
+    _skip_without_extension()
+    assert _active_implementation(None) == ["True", "pytest_mpcheck._lockrec", "LockCore"]
+    assert _active_implementation("0") == ["True", "pytest_mpcheck._lockrec", "LockCore"]
+    assert _active_implementation("1") == ["False", "pytest_mpcheck.locks", "_PyLockCore"]
