@@ -4,6 +4,9 @@
    ``multiprocessing.Lock``, in one run, as a ratio (target at most 6, aim 3).
 2. Contended: three processes take one checked lock in turn; the contention figures that the
    checker reports, and the time per pair.
+
+The first line says which hot path the checked lock uses: the C extension, or pure Python (not
+built, or ``PYTEST_MPCHECK_PURE_PYTHON=1``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from pytest_mpcheck import locks
 from pytest_mpcheck.lockcheck import LockChecker
 
 PAIRS = 200_000
@@ -141,7 +145,8 @@ def contended(method: str) -> None:
 
 def main() -> None:
     """Run both benchmarks."""
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    hot_path = "C (_lockrec)" if locks.ACCELERATED else "pure Python"
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, lock hot path: {hot_path}")
     uncontended("spawn")
     contended("fork")
     contended("spawn")
