@@ -2,24 +2,64 @@
 
 Every test is watched for child processes it leaves behind; fixtures spawn tracked processes,
 pools and executors; instrumented locks check mutual exclusion across processes.
+
+The public names below are imported on first use: pytest loads this package in every run, and a
+suite that uses no fixture should not pay for the lock checker, the pools and the spawner (nor
+should each child that a spawn start method starts).
 """
 
 from __future__ import annotations
 
-from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
-from pytest_mpcheck.findings import Finding, ProcessInfo
-from pytest_mpcheck.lockcheck import (
-    Hold,
-    LockChecker,
-    LockCounts,
-    LockFinding,
-    LockStats,
-    ProcessName,
-)
-from pytest_mpcheck.locks import CheckedLock
-from pytest_mpcheck.output import OutputLine, OutputLog
-from pytest_mpcheck.pools import ExecutorFactory, PoolFactory, TrackedExecutor, TrackedPool
-from pytest_mpcheck.spawn import ChildError, ProcessFailed, RemoteTraceback, Spawner, TrackedProcess
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
+    from pytest_mpcheck.findings import Finding, ProcessInfo
+    from pytest_mpcheck.lockcheck import (
+        Hold,
+        LockChecker,
+        LockCounts,
+        LockFinding,
+        LockStats,
+        ProcessName,
+    )
+    from pytest_mpcheck.locks import CheckedLock
+    from pytest_mpcheck.output import OutputLine, OutputLog
+    from pytest_mpcheck.pools import ExecutorFactory, PoolFactory, TrackedExecutor, TrackedPool
+    from pytest_mpcheck.spawn import (
+        ChildError,
+        ProcessFailed,
+        RemoteTraceback,
+        Spawner,
+        TrackedProcess,
+    )
+
+#: Where each public name lives.
+_EXPORTS = {
+    "CheckedLock": "locks",
+    "ChildError": "spawn",
+    "ExecutorFactory": "pools",
+    "Finding": "findings",
+    "Hold": "lockcheck",
+    "LockChecker": "lockcheck",
+    "LockCounts": "lockcheck",
+    "LockFinding": "lockcheck",
+    "LockStats": "lockcheck",
+    "MpCheckInternalWarning": "errors",
+    "MpCheckWarning": "errors",
+    "OutputLine": "output",
+    "OutputLog": "output",
+    "PoolFactory": "pools",
+    "ProcessFailed": "spawn",
+    "ProcessInfo": "findings",
+    "ProcessName": "lockcheck",
+    "RemoteTraceback": "spawn",
+    "Spawner": "spawn",
+    "TrackedExecutor": "pools",
+    "TrackedPool": "pools",
+    "TrackedProcess": "spawn",
+}
 
 __all__ = [
     "CheckedLock",
@@ -45,3 +85,16 @@ __all__ = [
     "TrackedPool",
     "TrackedProcess",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_mpcheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pytest_mpcheck.{module}"), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

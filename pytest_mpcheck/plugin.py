@@ -1,22 +1,34 @@
 """The pytest plugin: wires pytest's hooks, options, markers and fixtures to the modules.
 
 Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it).
+
+The fixtures' modules (spawner, pools, lock checker, output) are imported when a fixture is first
+used: every pytest run loads this plugin, and a suite that uses none of them should not pay for
+them.
 """
 
 from __future__ import annotations
 
-import multiprocessing.context
+import multiprocessing
+import sys
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import bootstrap, lockcheck, settings, startmethods, timeouts
-from pytest_mpcheck.output import OutputLog
-from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
+from pytest_mpcheck import settings, startmethods, timeouts
 from pytest_mpcheck.session import MpCheckSession, session_key
-from pytest_mpcheck.spawn import Spawner
-from pytest_mpcheck.testrun import MpTest
+
+if TYPE_CHECKING:
+    import multiprocessing.context
+
+    from pytest_mpcheck.lockcheck import LockChecker
+    from pytest_mpcheck.output import OutputLog
+    from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
+    from pytest_mpcheck.spawn import Spawner
+    from pytest_mpcheck.testrun import MpTest
+
+_LOCKCHECK = "pytest_mpcheck.lockcheck"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,8 +48,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[session_key] = state
     state.start()
     config.add_cleanup(state.stop)
-    # Children of mp_spawn look for module-level locks that their import made again.
-    bootstrap.register_child_check(lockcheck.MODULE_LOCK_CHECK)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -55,7 +65,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(specname="pytest_runtest_setup", tryfirst=True)
 def pytest_runtest_setup_markers(item: pytest.Item) -> None:
-    # Not in the wrapper above: a failure there would skip the setup of other plugins.
+    # Not in the wrapper above: a failure there would skip the setup of the other plugins, whose
+    # teardown then fails on what their setup did not leave (pytest's own among them).
     state = item.config.stash.get(session_key, None)
     if state is not None:
         state.check_markers(item)
@@ -68,6 +79,9 @@ def pytest_runtest_teardown(
     state = item.config.stash.get(session_key, None)
     try:
         result = yield
+        # After every teardown: a test that went on after its children were ended for
+        # pytest-timeout's thread method fails here.
+        timeouts.check_teardown(item)
     except BaseException:
         if state is not None:
             state.end_test(item, teardown_failed=True)
@@ -75,12 +89,6 @@ def pytest_runtest_teardown(
     if state is not None:
         state.end_test(item, teardown_failed=False)
     return result
-
-
-@pytest.hookimpl(specname="pytest_runtest_teardown", trylast=True)
-def pytest_runtest_teardown_timeout(item: pytest.Item) -> None:
-    # A test that went on after its children were ended for pytest-timeout's thread method.
-    timeouts.check_teardown(item)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -122,6 +130,11 @@ def mp_context(mp_start_method: str) -> multiprocessing.context.BaseContext:
 @pytest.fixture
 def mp_test(request: pytest.FixtureRequest, mp_start_method: str) -> Iterator[MpTest]:
     """What the ``mp_*`` fixtures of one test share (start method, join timeout, work directory)."""
+    from pytest_mpcheck import bootstrap, lockcheck
+    from pytest_mpcheck.testrun import MpTest
+
+    # Children of mp_spawn look for module-level locks that their import made again.
+    bootstrap.register_child_check(lockcheck.MODULE_LOCK_CHECK)
     test = MpTest(request.node, mp_start_method)
     yield test
     test.cleanup()
@@ -147,6 +160,8 @@ def mp_spawn(mp_test: MpTest) -> Iterator[Spawner]:
     with its stack and is ended; with ``check=True`` a child that raised or exited non-zero fails
     the test with its traceback, unless the test read its ``error`` or ``exitcode``.
     """
+    from pytest_mpcheck.spawn import Spawner
+
     spawner = Spawner(mp_test)
     yield spawner
     spawner.finish()
@@ -160,6 +175,8 @@ def mp_pool(mp_test: MpTest) -> Iterator[PoolFactory]:
     each pool is closed and joined within the join timeout: one that does not finish fails the test
     with its busy workers' stacks and is terminated; a task error nobody fetched fails the test.
     """
+    from pytest_mpcheck.pools import PoolFactory
+
     factory = PoolFactory(mp_test)
     yield factory
     factory.finish()
@@ -172,13 +189,15 @@ def mp_executor(mp_test: MpTest) -> Iterator[ExecutorFactory]:
     ``mp_executor(max_workers=None, initializer=None, initargs=(), max_tasks_per_child=None)``.
     At teardown each executor is shut down within the join timeout, as ``mp_pool`` is.
     """
+    from pytest_mpcheck.pools import ExecutorFactory
+
     factory = ExecutorFactory(mp_test)
     yield factory
     factory.finish()
 
 
 @pytest.fixture
-def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[lockcheck.LockChecker]:
+def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockChecker]:
     """The lock checker: checked ``multiprocessing`` locks of this test's start method.
 
     ``mp_locks.Lock(name)`` and ``mp_locks.RLock(name)`` are real locks to pass to children; each
@@ -188,6 +207,8 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[lockch
     contention figures; ``assert_exclusive(name)``, ``assert_no_contention(name)``,
     ``assert_contended(name)``, ``assert_ordered()``, ``assert_released()`` and ``check()`` assert.
     """
+    from pytest_mpcheck import lockcheck
+
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
     yield checker
     lockcheck.finish_test(request.config, request.node.nodeid, checker, mp_test.settle)
@@ -219,6 +240,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     if state is not None and workeroutput:
         state.add_worker(workeroutput)
     if workeroutput:
+        from pytest_mpcheck import lockcheck
+
         lockcheck.add_worker(node.config, workeroutput)
 
 
@@ -229,7 +252,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is not None:
         state.sweep()
         state.finish()
-    lockcheck.session_finish(session.config)
+    lockcheck = sys.modules.get(_LOCKCHECK)  # never imported: no lock was checked
+    if lockcheck is not None:
+        lockcheck.session_finish(session.config)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -238,5 +263,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     for line in state.summary_lines():
         terminalreporter.write_line(line)
-    for line in lockcheck.summary_lines(terminalreporter.config):
-        terminalreporter.write_line(line)
+    lockcheck = sys.modules.get(_LOCKCHECK)
+    if lockcheck is not None:
+        for line in lockcheck.summary_lines(terminalreporter.config):
+            terminalreporter.write_line(line)

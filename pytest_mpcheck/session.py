@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import lockcheck, report
+from pytest_mpcheck import report
 from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
@@ -79,8 +79,11 @@ class MpCheckSession:
 
     def check_markers(self, item: pytest.Item) -> None:
         """Fail the test's setup if one of its markers has bad arguments."""
-        item.stash[mode_key] = marker_mode(item, self.settings.mode)
-        marker_join_timeout(item, self.settings.join_timeout)
+        names = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not two
+        if "mp_check" in names:
+            item.stash[mode_key] = marker_mode(item, self.settings.mode)
+        if "mp_join_timeout" in names:
+            marker_join_timeout(item, self.settings.join_timeout)
 
     def end_test(self, item: pytest.Item, teardown_failed: bool) -> None:
         """After the teardown: fail or warn the test for what it left behind.
@@ -175,7 +178,9 @@ class MpCheckSession:
             return
         if self.settings.report_path:
             extra = {"worker_findings": self.worker_findings} if self.worker_findings else {}
-            extra.update(lockcheck.json_section(self.config))
+            lockcheck = sys.modules.get("pytest_mpcheck.lockcheck")  # not imported: no locks
+            if lockcheck is not None:
+                extra.update(lockcheck.json_section(self.config))
             report.write_json(self.settings.report_path, self.tally, self.findings, extra)
 
     def add_worker(self, workeroutput: dict[str, Any]) -> None:

@@ -20,8 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from pytest_mpcheck import procfs
 
 #: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
@@ -95,6 +93,8 @@ def _reap_through_handle(handle: Any) -> bool:
 
 def _has_ended(leftover: Leftover, session_pid: int) -> bool:
     """Whether the process is gone, reaping it when it is our own zombie."""
+    import psutil  # imported on first use: it takes 10 ms, and most runs never need it
+
     if leftover.handle is not None and _reap_through_handle(leftover.handle):
         return True
     state = procfs.state(leftover.pid)
@@ -120,6 +120,8 @@ def _has_ended(leftover: Leftover, session_pid: int) -> bool:
 
 def _signal(leftover: Leftover, signum: int, session_pid: int) -> str | None:
     """Send ``signum`` if the pid is still ours; a reason when it was not sent."""
+    import psutil  # imported on first use: it takes 10 ms, and most runs never need it
+
     if leftover.pid not in procfs.descendants(session_pid):
         return "not signalled: no longer a descendant of this pytest process"
     try:

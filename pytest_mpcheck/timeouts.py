@@ -26,12 +26,16 @@ import contextlib
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import hangs, procfs
+from pytest_mpcheck import procfs
 from pytest_mpcheck.session import MpCheckSession, baseline_key, session_key
+
+if TYPE_CHECKING:
+    # The stack reader and the report come in only when a timeout expires (see _end_children).
+    from pytest_mpcheck import hangs
 
 #: What to undo when pytest-timeout cancels its timer.
 _undo_key = pytest.StashKey[Callable[[], None]]()
@@ -45,6 +49,8 @@ def lead_time(timeout: float) -> float:
 
 
 def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Suspect]:
+    from pytest_mpcheck import hangs
+
     baseline = item.stash.get(baseline_key, None)
     before = baseline.pids if baseline is not None else frozenset()
     suspects = []
@@ -69,6 +75,8 @@ def _end_children(
     session: MpCheckSession, item: pytest.Item, timeout: float, method: str, budget: float
 ) -> str | None:
     """Stacks, end, record; the report text, or ``None`` when the test has no live child."""
+    from pytest_mpcheck import hangs
+
     suspects = _test_children(session, item)
     if not suspects:
         return None
