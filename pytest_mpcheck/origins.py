@@ -49,10 +49,6 @@ class StartRecord:
     thread: str | None = None
 
 
-def _same_time(first: float | None, second: float | None) -> bool:
-    return first is not None and second is not None and abs(first - second) < 0.01
-
-
 class OriginRecorder:
     """Notes every process the pytest process starts; see the module docstring."""
 
@@ -66,11 +62,13 @@ class OriginRecorder:
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
         self.starting = 0
+        """How many process-creating calls are running now (they nest)."""
         self.generation = 0
         """Goes up with every process noted: tells the watch that its last look is stale."""
-        """How many process-creating calls are running now (they nest)."""
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
+        self._noted_in_call: set[int] = set()
+        """The pids noted since the outermost process-creating call began (they nest)."""
 
     # -- who is running -------------------------------------------------------------------------
 
@@ -91,25 +89,30 @@ class OriginRecorder:
     # -- recording ------------------------------------------------------------------------------
 
     def note(self, pid: int, started_by: str, handle: object | None = None) -> None:
-        """Record that ``pid`` was just started by ``started_by``."""
+        """Record that ``pid`` was just started by ``started_by``.
+
+        This runs right after a fork, while every page the parent writes is copied for the child:
+        it keeps to the minimum. The create time, which guards against pid reuse, is read later
+        (:meth:`fill_create_times`): the child is ours, so its pid is not handed to anyone else
+        before it is reaped.
+        """
         if os.getpid() != self._pid or pid <= 0:
             return  # a forked child inherited the wrappers; only the pytest process records
         self.generation += 1
-        record = self.records.get(pid)
-        created = procfs.create_time(pid)
-        if record is not None and not _same_time(record.create_time, created):
-            record = None  # the pid was reused since it was recorded
+        record = self.records.get(pid) if pid in self._noted_in_call else None
         if record is None:
+            # A pid noted by an earlier call belonged to a process that was reaped since.
             record = StartRecord(
                 pid=pid,
                 started_by=started_by,
                 site=self._call_site(),
                 owner=self._owner,
                 scope=self._scope,
-                create_time=created,
+                create_time=None,
                 thread=threading.current_thread().name,
             )
             self.records[pid] = record
+            self._noted_in_call.add(pid)
             if not self._owner.startswith("<"):  # counts what tests and fixtures start
                 self.started += 1
         else:
@@ -120,6 +123,12 @@ class OriginRecorder:
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
+
+    def fill_create_times(self, alive: frozenset[int]) -> None:
+        """Read the create time of the recorded processes in ``alive`` that have none yet."""
+        for pid, record in self.records.items():
+            if record.create_time is None and pid in alive:
+                record.create_time = procfs.create_time(pid)
 
     def forget(self, pids: set[int]) -> None:
         """Drop the records of processes that are gone."""
@@ -165,6 +174,8 @@ class OriginRecorder:
             self._run_deferred()
 
     def _run_deferred(self) -> None:
+        if not self.starting:
+            self._noted_in_call.clear()
         if not self.starting and self.deferred is not None and os.getpid() == self._pid:
             deferred, self.deferred = self.deferred, None
             deferred()

@@ -180,6 +180,7 @@ class ProcessWatch:
 
         def alive() -> dict[int, int]:
             tree = procfs.descendants(self.session_pid)
+            self.recorder.fill_create_times(frozenset(tree))
             return {
                 pid: tree[pid]
                 for pid, record in records.items()
@@ -216,3 +217,6 @@ class ProcessWatch:
         if alive is None:
             alive = frozenset(procfs.descendants(self.session_pid))
         self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
+        # Those still running outlive the test (a wider-scoped fixture's): from now on their pids
+        # are checked against their create time.
+        self.recorder.fill_create_times(alive)
