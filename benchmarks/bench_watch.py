@@ -6,13 +6,17 @@ Two suites are generated in a temporary directory:
 - ``processes``: 200 tests that each start and join a ``multiprocessing.Process`` (fork).
 
 Each is run ``--rounds`` times with the plugin and with ``-p no:mpcheck``, alternating so that
-both see the same machine, and the ratio of the medians of the wall times is printed.
+both see the same machine, and the ratio of the medians of the wall times is printed; then the
+same for the CPU time (user + system) of pytest and its children, which a busy machine disturbs
+far less than the wall time.
 Usage: ``python benchmarks/bench_watch.py [--rounds N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,16 +48,25 @@ def test_start_join(n):
 """
 
 
-def _run(directory: Path, plugin_on: bool) -> float:
+def _run(directory: Path, plugin_on: bool) -> tuple[float, float]:
+    """One run of the suite in ``directory``: its wall time and CPU time, in seconds."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
     if not plugin_on:
         command += ["-p", "no:mpcheck"]
+    # Bytecode is cached, as on a user's machine: with PYTHONDONTWRITEBYTECODE every run would
+    # compile (and pytest would assert-rewrite) the plugin's modules again, which no user pays.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, cwd=directory, env=env, capture_output=True, text=True, check=False
+    )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"the benchmark suite failed:\n{done.stdout}\n{done.stderr}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -67,16 +80,18 @@ def main() -> None:
             (directory / "pytest.ini").write_text("[pytest]\n")
             (directory / f"test_{name}.py").write_text(source)
             _run(directory, True)  # warm the file cache and the bytecode
-            on: list[float] = []
-            off: list[float] = []
+            on: list[tuple[float, float]] = []
+            off: list[tuple[float, float]] = []
             for _ in range(rounds):
                 on.append(_run(directory, True))
                 off.append(_run(directory, False))
-            median_on, median_off = statistics.median(on), statistics.median(off)
-            print(
-                f"{name:>9}: plugin on {median_on:.3f}s, off {median_off:.3f}s, "
-                f"ratio {median_on / median_off:.3f} (median of {rounds})"
-            )
+            for index, what in ((0, "wall"), (1, "cpu")):
+                median_on = statistics.median(run[index] for run in on)
+                median_off = statistics.median(run[index] for run in off)
+                print(
+                    f"{name:>9} {what:>4}: plugin on {median_on:.3f}s, off {median_off:.3f}s, "
+                    f"ratio {median_on / median_off:.3f} (median of {rounds})"
+                )
 
 
 if __name__ == "__main__":
