@@ -10,6 +10,7 @@ helpers) belong to that process's owner. Leftovers are then ended (see :mod:`ter
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,19 @@ from pytest_mpcheck.terminate import Leftover, end_processes
 
 #: ``(process) -> True`` when another plugin vetoes the finding.
 VetoFn = Callable[[ProcessInfo], bool]
+
+#: Seconds to read the stacks of the live leaked processes of one test, all together.
+_STACK_TIMEOUT = 3.0
+#: The command line of this process: its forks (multiprocessing's fork method) carry it too.
+_OWN_CMDLINE = procfs.cmdline(os.getpid())
+
+
+def _runs_python(cmdline: str) -> bool:
+    """Whether a command line is a Python interpreter's (or a fork of this pytest process)."""
+    if cmdline == _OWN_CMDLINE:
+        return True
+    program = os.path.basename(cmdline.split(" ", 1)[0])
+    return program.startswith(("python", "pypy")) or cmdline.startswith(sys.executable)
 
 
 @dataclass
@@ -147,14 +161,45 @@ class ProcessWatch:
             if info is None or veto(info):
                 continue
             findings.append(Finding(UNREAPED if info.is_zombie else LEAKED, info, nodeid))
+        if end:
+            self._add_stacks(findings)
+        for finding in findings:
+            pid = finding.process.pid
             record = self.recorder.records.get(pid)
             handle = record.handle() if record is not None and record.handle else None
-            leftovers.append(Leftover(pid, info.create_time, handle))
+            leftovers.append(Leftover(pid, finding.process.create_time, handle))
         if end and leftovers:
             outcome = end_processes(leftovers, self.session_pid, self.settings.kill_grace)
             for finding in findings:
                 finding.ended_by = outcome.get(finding.process.pid)
         return findings
+
+    def _add_stacks(self, findings: list[Finding]) -> None:
+        """Put the current Python stack of each live leaked Python process into its finding.
+
+        Read with py-spy where it is installed (a leaked process was not started by the fixtures,
+        which alone can be asked for their stack by a signal), within a bounded time, before the
+        process is ended: it shows what the child was still doing. Other programs have no Python
+        stack; a zombie has none left.
+        """
+        python = [
+            finding
+            for finding in findings
+            if finding.kind == LEAKED and _runs_python(finding.process.cmdline)
+        ]
+        if not python:
+            return
+        from pytest_mpcheck import stacks  # only when something leaked: py-spy, reports
+
+        read = stacks.stacks_of(
+            None, [finding.process.pid for finding in python], timeout=_STACK_TIMEOUT
+        )
+        for finding in python:
+            stack = read.get(finding.process.pid)
+            if stack is None:
+                continue
+            finding.process.stack = stack.text
+            finding.details.extend(stacks.describe_wait(stack, finding.process.pid))
 
     def finish_test(
         self, baseline: Baseline, nodeid: str, veto: VetoFn, end: bool = True

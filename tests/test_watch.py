@@ -392,3 +392,60 @@ def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
     )
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_leaked_python_child_is_reported_with_its_stack(
+    pytester: pytest.Pytester, method: str
+) -> None:
+    # What the child was still doing when its test ended is what tells a person why it never
+    # finished; a program that is not Python (sleep) has no Python stack to show.
+    pytester.makepyfile(
+        test_stack=f"""
+        import multiprocessing, subprocess, time
+
+        def wait_for_ever():
+            time.sleep(60)
+
+        def test_leaks_a_python_child_and_a_program():
+            context = multiprocessing.get_context({method!r})
+            context.Process(target=wait_for_ever, name="sleeper").start()
+            subprocess.Popen(["sleep", "60"])
+            time.sleep(1.0)  # the spawned child reaches its sleep
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=90)
+    result.assert_outcomes(passed=1, errors=1)
+    from pytest_mpcheck import stacks
+
+    if stacks.pyspy_path() is not None:
+        result.stdout.fnmatch_lines(
+            [
+                "leaked process * 'sleeper': still running, *",
+                "    started at: test_stack.py:8 by multiprocessing.Process.start",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    waiting in: sleeping (time.sleep)*",
+                "    stack (most recent call last):",
+                "      Thread * 'MainThread'*",
+                '        File "test_stack.py", line 4, in wait_for_ever',
+                "          time.sleep(60)",
+                "",
+                "leaked process * 'sleep': still running, *",
+                "    command:    sleep 60",
+                "    started at: test_stack.py:9 by subprocess.Popen",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "",
+                "How to fix:*",
+            ]
+        )
+        text = result.stdout.str()
+        program = text[text.index("leaked process", text.index("'sleeper'")) : text.index("How to")]
+        assert "'sleep'" in program
+        assert "stack (most recent call last)" not in program
+    else:
+        result.stdout.fnmatch_lines(
+            [
+                "leaked process * 'sleeper': still running, *",
+                "    no Python stack: not started by an mp_* fixture, and py-spy is not installed*",
+            ]
+        )
