@@ -63,6 +63,8 @@ class ChildSpec:
     session_pid: int
     """The pid of the pytest process the child must die with."""
     checks: tuple[str, ...] = ()
+    resource_log: str | None = None
+    """The session's resource log: the child notes its named semaphores and shared memory."""
 
 
 #: The file, in a test's work directory, that prepared children write their stacks to. The parent
@@ -233,6 +235,10 @@ def _prepare_stack_dump(workdir: str) -> None:
 def prepare_child(spec: ChildSpec) -> None:
     """Make this child die with pytest, answer stack requests, and log its output (child side)."""
     _set_death_signal(spec.session_pid)
+    if spec.resource_log is not None:
+        from pytest_mpcheck import resources
+
+        resources.install_in_child(spec.resource_log)
     # Without a stack file the parent falls back to py-spy or /proc.
     with contextlib.suppress(OSError, RuntimeError, ValueError):
         _prepare_stack_dump(spec.workdir)

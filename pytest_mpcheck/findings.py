@@ -63,10 +63,12 @@ class SessionTally:
     unreaped: int = 0
     hung: int = 0
     ended: int = 0
+    resources: int = 0
+    """Named semaphores and shared memory segments left behind (see :mod:`resources`)."""
 
     def add(self, other: dict[str, int]) -> None:
         """Add the figures of another tally, given as :meth:`to_json` made them."""
-        for name in ("started", "leaked", "unreaped", "hung", "ended"):
+        for name in ("started", "leaked", "unreaped", "hung", "ended", "resources"):
             setattr(self, name, getattr(self, name) + int(other.get(name, 0)))
 
     def count(self, finding: Finding) -> None:

@@ -82,6 +82,14 @@ class OriginRecorder:
         finally:
             self._owner, self._scope = previous
 
+    def owner_of(self, pid: int) -> tuple[str, object | None]:
+        """Who ``pid`` belongs to (owner, wider-scoped fixture or ``None``); for the pytest
+        process itself, who is running now."""
+        record = self.records.get(pid) if pid != self._pid else None
+        if record is not None:
+            return record.owner, record.scope
+        return self._owner, self._scope
+
     def set_owner(self, owner: str) -> None:
         """Attribute processes started from now on to ``owner`` (a test's node id)."""
         self._owner, self._scope = owner, None

@@ -10,6 +10,7 @@ from typing import Any
 
 from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
+from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
 
 _OWN_CMDLINE = procfs.cmdline(os.getpid())
 
@@ -79,6 +80,80 @@ def format_findings(nodeid: str, findings: Sequence[Finding]) -> str:
     title = f"mpcheck: {nodeid} left {total} process{'es' if total != 1 else ''} behind ({parts})"
     body = "\n\n".join(format_finding(finding) for finding in findings)
     return f"{title}\n\n{body}\n\n{HOW_TO_FIX}"
+
+
+_RESOURCE_WORDS = {SHARED_MEMORY: "shared memory segment", SEMAPHORE: "named semaphore"}
+
+_RESOURCE_FIXES = {
+    SHARED_MEMORY: (
+        "Call unlink() on a SharedMemory once no process needs it any more (close() only "
+        "detaches one process; the segment lives on until it is unlinked), e.g. in a finally "
+        "block or a fixture's teardown."
+    ),
+    SEMAPHORE: (
+        "A named semaphore (of a lock, event or semaphore made under spawn or forkserver) is "
+        "freed when its object is collected: a child that made one must end normally, not be "
+        "killed or leave through os._exit; or make it in the test and pass it to the child."
+    ),
+}
+
+
+def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:
+    """The lines that name one leaked resource and say what happened to it."""
+    what = _RESOURCE_WORDS.get(finding.kind, finding.kind)
+    who = "the test process" if finding.by_test_process else f"process {finding.pid}"
+    if finding.kind == SHARED_MEMORY:
+        why = "never unlinked"
+    else:
+        why = f"process {finding.pid} ended without freeing it"
+    lines = [
+        f"leaked {what} {finding.name!r}: {why}",
+        f"    made at:    {finding.site} by {who}",
+    ]
+    if finding.owner and not finding.owner.startswith("<") and finding.owner != nodeid:
+        lines.append(f"    owned by:   {finding.owner}")
+    if finding.freed:
+        lines.append("    freed by:   mpcheck (unlinked, and taken off the tracker's list)")
+    elif finding.own_tracker:
+        lines.append(
+            f"    freed by:   the resource tracker process {finding.pid} started for itself, "
+            "as it ended (its warning on stderr names no test)"
+        )
+    else:
+        lines.append("    not freed:  mpcheck could not unlink it")
+    return "\n".join(lines)
+
+
+def format_resource_findings(nodeid: str, findings: Sequence[ResourceFinding]) -> str:
+    """The report of the named resources one test (or its fixtures) left behind."""
+    total = len(findings)
+    title = (
+        f"mpcheck: {nodeid} left {total} named resource{'s' if total != 1 else ''} behind "
+        "(multiprocessing's resource tracker would free it later with a warning naming no test)"
+    )
+    body = "\n\n".join(format_resource(finding, nodeid) for finding in findings)
+    kinds = sorted({finding.kind for finding in findings}, reverse=True)  # shared memory first
+    fixes = " ".join(_RESOURCE_FIXES[kind] for kind in kinds if kind in _RESOURCE_FIXES)
+    return f"{title}\n\n{body}\n\nHow to fix: {fixes}"
+
+
+def format_session_resources(findings: Sequence[ResourceFinding]) -> str:
+    """The named resources still left when the session ended (no test is blamed)."""
+    count = len(findings)
+    title = (
+        f"mpcheck: {count} named resource{'s' if count != 1 else ''} left at the end of the "
+        "session (no test is blamed):"
+    )
+    return title + "\n" + "\n".join(format_resource(finding) for finding in findings)
+
+
+def resource_summary_line(tally: SessionTally) -> str:
+    """The terminal summary's line on named resources, when there were any."""
+    count = tally.resources
+    return (
+        f"mpcheck: {count} named resource{'' if count == 1 else 's'} (shared memory, semaphores) "
+        "left behind by tests"
+    )
 
 
 def format_session_leftovers(findings: Sequence[Finding]) -> str:

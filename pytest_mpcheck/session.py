@@ -14,6 +14,7 @@ from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
 from pytest_mpcheck.reaper import get_subreaper, set_subreaper
+from pytest_mpcheck.resources import ResourceFinding, ResourceWatch
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import Baseline, ProcessWatch
 
@@ -29,6 +30,11 @@ class MpCheckSession:
         self.settings = settings
         self.recorder = OriginRecorder(config.rootpath)
         self.watch = ProcessWatch(settings, self.recorder)
+        self.resources = ResourceWatch(self.recorder.owner_of)
+        self.resource_findings: list[ResourceFinding] = []
+        self._pending_resources: list[ResourceFinding] = []
+        """Of fixture scopes that ended during the current teardown."""
+        self.resources_left_at_end: list[ResourceFinding] = []
         self.tally = SessionTally()
         self.findings: list[Finding] = []
         self.worker_findings: list[dict[str, Any]] = []
@@ -47,10 +53,12 @@ class MpCheckSession:
         self._was_subreaper = get_subreaper()
         self.subreaper = set_subreaper(True)
         self.watch.reaper.install()
+        self.resources.start()
 
     def stop(self) -> None:
         """Undo :meth:`start` (``config.add_cleanup``)."""
         self.watch.reaper.uninstall()
+        self.resources.stop()
         if self._was_subreaper is False:
             set_subreaper(False)
         self.recorder.uninstall()
@@ -93,6 +101,10 @@ class MpCheckSession:
         """
         baseline = item.stash.get(baseline_key, None)
         mode = item.stash.get(mode_key, self.settings.mode)
+        try:
+            self.resources.read_log()  # while the test is still the owner of what it started
+        except Exception:
+            self._internal_error("reading the resource log after " + item.nodeid)
         self.recorder.set_owner("<between tests>")
         self._current = None
         if baseline is None:
@@ -104,13 +116,27 @@ class MpCheckSession:
         except Exception:
             self._internal_error("checking the processes of " + item.nodeid)
             return
-        if mode == "off" or not findings:
+        resource_findings = self._pending_resources
+        self._pending_resources = []
+        if mode != "off":
+            try:
+                resource_findings += self.resources.finish_test(item.nodeid)
+            except Exception:
+                self._internal_error("checking the named resources of " + item.nodeid)
+        if mode == "off" or not (findings or resource_findings):
             return
         for finding in findings:
             self.tally.count(finding)
             self.findings.append(finding)
             self.config.hook.pytest_mpcheck_finding(config=self.config, item=item, finding=finding)
-        message = report.format_findings(item.nodeid, findings)
+        self.tally.resources += len(resource_findings)
+        self.resource_findings.extend(resource_findings)
+        parts = []
+        if findings:
+            parts.append(report.format_findings(item.nodeid, findings))
+        if resource_findings:
+            parts.append(report.format_resource_findings(item.nodeid, resource_findings))
+        message = "\n\n".join(parts)
         if teardown_failed:
             item.add_report_section("teardown", "mpcheck", message)
         elif mode == "fail":
@@ -134,6 +160,10 @@ class MpCheckSession:
             self.watch.finish_scope(scope, item.nodeid, self._veto(item))
         except Exception:
             self._internal_error("checking the processes of a fixture")
+        try:
+            self._pending_resources.extend(self.resources.finish_scope(scope))
+        except Exception:
+            self._internal_error("checking the named resources of a fixture")
 
     def _veto(self, item: pytest.Item) -> Any:
         def veto(process: ProcessInfo) -> bool:
@@ -167,6 +197,13 @@ class MpCheckSession:
         for finding in self.left_at_end:
             self.tally.count(finding)
             self.findings.append(finding)
+        try:
+            self.resources_left_at_end = self.resources.finish_session()
+        except Exception:
+            self._internal_error("freeing the named resources left at the end of the session")
+            return
+        self.tally.resources += len(self.resources_left_at_end)
+        self.resource_findings.extend(self.resources_left_at_end)
 
     def finish(self) -> None:
         """Count what was started and write the JSON report."""
@@ -177,7 +214,11 @@ class MpCheckSession:
             workeroutput["mpcheck_findings"] = [f.to_json() for f in self.findings]
             return
         if self.settings.report_path:
-            extra = {"worker_findings": self.worker_findings} if self.worker_findings else {}
+            extra: dict[str, Any] = {}
+            if self.worker_findings:
+                extra["worker_findings"] = self.worker_findings
+            if self.resource_findings:
+                extra["resource_findings"] = [f.to_json() for f in self.resource_findings]
             lockcheck = sys.modules.get("pytest_mpcheck.lockcheck")  # not imported: no locks
             if lockcheck is not None:
                 extra.update(lockcheck.json_section(self.config))
@@ -193,8 +234,12 @@ class MpCheckSession:
         if self.settings.mode == "off" and not self.tally.started:
             return []
         lines = [report.summary_line(self.tally)]
+        if self.tally.resources:
+            lines.append(report.resource_summary_line(self.tally))
         if self.left_at_end:
             lines.append(report.format_session_leftovers(self.left_at_end))
+        if self.resources_left_at_end:
+            lines.append(report.format_session_resources(self.resources_left_at_end))
         return lines
 
 

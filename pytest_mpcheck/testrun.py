@@ -45,7 +45,10 @@ class MpTest:
         self.workdir = tempfile.mkdtemp(prefix="mpcheck-", dir=_memory_tmp())
         self.output = OutputLog(Path(self.workdir) / LOG_NAME)
         self.spec = bootstrap.ChildSpec(
-            workdir=self.workdir, session_pid=os.getpid(), checks=tuple(bootstrap.CHILD_CHECKS)
+            workdir=self.workdir,
+            session_pid=os.getpid(),
+            checks=tuple(bootstrap.CHILD_CHECKS),
+            resource_log=self.session.resources.log_path if self.session is not None else None,
         )
         bootstrap.create_files(self.workdir)
         self._results: dict[str, bytes] = {}

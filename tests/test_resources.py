@@ -1,0 +1,264 @@
+"""Named resources (shared memory, semaphores) that a test leaves to the resource tracker."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+#: What the resource tracker prints when it frees leftovers as the session ends.
+TRACKER_WARNING = "resource_tracker: There appear to be"
+
+
+def _segments(text: str) -> list[str]:
+    return re.findall(r"leaked shared memory segment '/?([^']+)'", text)
+
+
+def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_shm="""
+        import os
+        from multiprocessing import shared_memory
+
+        def test_forgets_unlink():
+            segment = shared_memory.SharedMemory(create=True, size=4096)
+            open("name", "w").write(segment.name)
+            segment.close()
+
+        def test_freed_before_the_next_test():
+            name = open("name").read()
+            assert not os.path.exists("/dev/shm/" + name)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=2, errors=1)
+    name = (pytester.path / "name").read_text()
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_forgets_unlink*",
+            "mpcheck: test_shm.py::test_forgets_unlink left 1 named resource behind "
+            "(multiprocessing's resource tracker would free it later with a warning naming no "
+            "test)",
+            "",
+            f"leaked shared memory segment '/{name}': never unlinked",
+            "    made at:    test_shm.py:5 by the test process",
+            "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+            "",
+            "How to fix: Call unlink() on a SharedMemory once no process needs it any more*",
+            # (the resource tracker, which the segment started, counts as started)
+            "mpcheck: * started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck",
+            "mpcheck: 1 named resource (shared memory, semaphores) left behind by tests",
+        ]
+    )
+    # Freed and taken off the tracker's list: the tracker has nothing to warn about at exit.
+    assert TRACKER_WARNING not in result.stderr.str()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_clean_shared_memory_and_locks_pass(pytester: pytest.Pytester, method: str) -> None:
+    # A segment the children attach to and the test unlinks, a lock that lives in a global (its
+    # object frees it when collected or at exit), locks made and collected in a child.
+    pytester.makepyfile(
+        test_clean=f"""
+        import multiprocessing
+        from multiprocessing import shared_memory
+
+        CONTEXT = multiprocessing.get_context({method!r})
+        KEPT = CONTEXT.Lock()
+
+        def attach_and_write(name):
+            segment = shared_memory.SharedMemory(name=name)
+            segment.buf[0] = 7
+            segment.close()
+
+        def make_locks():
+            for _ in range(3):
+                with CONTEXT.Lock():
+                    pass
+
+        def test_segment_shared_then_unlinked():
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            try:
+                p = CONTEXT.Process(target=attach_and_write, args=(segment.name,))
+                p.start()
+                p.join()
+                assert segment.buf[0] == 7
+            finally:
+                segment.close()
+                segment.unlink()
+
+        def test_locks_in_a_child_and_in_a_global():
+            global KEPT
+            KEPT = CONTEXT.Lock()
+            p = CONTEXT.Process(target=make_locks)
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "-W", "error", timeout=90)
+    result.assert_outcomes(passed=2)
+    assert "named resource" not in result.stdout.str()
+    assert TRACKER_WARNING not in result.stderr.str()
+
+
+def test_semaphore_of_a_child_that_left_through_os_exit(pytester: pytest.Pytester) -> None:
+    # The child's lock object is never collected: its finalizer never runs, and the semaphore's
+    # name stays. A plain forked child, whose parent ran no resource tracker, started one of its
+    # own, which frees it as the child ends; a spawned child uses the session's tracker, and the
+    # plugin frees it.
+    pytester.makepyfile(
+        test_sem="""
+        import multiprocessing, os
+
+        def make_lock_and_leave():
+            lock = multiprocessing.get_context("spawn").Lock()
+            os._exit(0)
+
+        def test_forked_child_leaves_its_lock():
+            p = multiprocessing.get_context("fork").Process(target=make_lock_and_leave)
+            p.start()
+            p.join()
+            open("forked", "w").write(str(p.pid))
+
+        def test_spawned_child_leaves_its_lock(mp_spawn):
+            child = mp_spawn(make_lock_and_leave, check=False)
+            child.join()
+            open("spawned", "w").write(str(child.pid))
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-start-methods=spawn", timeout=60)
+    result.assert_outcomes(passed=2, errors=2)
+    forked = (pytester.path / "forked").read_text()
+    spawned = (pytester.path / "spawned").read_text()
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_sem.py::test_forked_child_leaves_its_lock left 1 named resource *",
+            "",
+            f"leaked named semaphore '/mp-*': process {forked} ended without freeing it",
+            f"    made at:    test_sem.py:4 by process {forked}",
+            f"    freed by:   the resource tracker process {forked} started for itself, as it "
+            "ended (its warning on stderr names no test)",
+            "",
+            "How to fix: A named semaphore (of a lock, event or semaphore made under spawn*",
+            "mpcheck: test_sem.py::test_spawned_child_leaves_its_lock[[]spawn[]] left 1 named *",
+            "",
+            f"leaked named semaphore '/mp-*': process {spawned} ended without freeing it",
+            f"    made at:    test_sem.py:4 by process {spawned}",
+            "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+        ]
+    )
+    assert "Call unlink()" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_segment_made_in_a_fixture_child(pytester: pytest.Pytester, method: str) -> None:
+    # Children that mp_spawn starts note their registrations under every start method.
+    pytester.makepyfile(
+        test_child="""
+        from multiprocessing import shared_memory
+
+        def make_segment():
+            segment = shared_memory.SharedMemory(create=True, size=64)
+            segment.close()
+            return segment.name
+
+        def test_child_forgets_unlink(mp_spawn):
+            child = mp_spawn(make_segment, name="maker")
+            child.join()
+            open("name", "w").write(child.result)
+            open("pid", "w").write(str(child.pid))
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, f"--mp-start-methods={method}", timeout=90)
+    result.assert_outcomes(passed=1, errors=1)
+    name = (pytester.path / "name").read_text()
+    pid = (pytester.path / "pid").read_text()
+    result.stdout.fnmatch_lines(
+        [
+            f"leaked shared memory segment '/{name}': never unlinked",
+            f"    made at:    test_child.py:4 by process {pid}",
+            # A forked child of a pytest process with no tracker running starts its own.
+            "    freed by:   the resource tracker process*"
+            if method == "fork"
+            else "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+        ]
+    )
+    if method != "fork":  # (the child's own tracker warns when it likes)
+        assert TRACKER_WARNING not in result.stderr.str()
+
+
+def test_module_fixture_owns_its_segment(pytester: pytest.Pytester) -> None:
+    # A segment a module-scoped fixture makes is checked when the fixture ends, not blamed on
+    # the first test that used it; one it unlinks at teardown is no leak.
+    pytester.makepyfile(
+        test_scope="""
+        import pytest
+        from multiprocessing import shared_memory
+
+        @pytest.fixture(scope="module")
+        def tidy():
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            yield segment
+            segment.close()
+            segment.unlink()
+
+        @pytest.fixture(scope="module")
+        def careless():
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            yield segment
+            segment.close()
+
+        def test_first(tidy, careless):
+            pass
+
+        def test_second(tidy, careless):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_second*",
+            "mpcheck: test_scope.py::test_second left 1 named resource behind *",
+            "leaked shared memory segment '*': never unlinked",
+            "    made at:    test_scope.py:13 by the test process",
+            "    owned by:   module-scoped fixture 'careless'",
+        ]
+    )
+    assert len(_segments(result.stdout.str())) == 1
+
+
+def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_modes="""
+        import pytest
+        from multiprocessing import shared_memory
+
+        def leave_one():
+            shared_memory.SharedMemory(create=True, size=16).close()
+
+        @pytest.mark.mp_check("warn")
+        def test_warned():
+            leave_one()
+
+        @pytest.mark.mp_check("off")
+        def test_unchecked():
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            open("name", "w").write(segment.name)
+            segment.close()
+
+        def test_cleanup():
+            shared_memory.SharedMemory(name=open("name").read()).unlink()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MpCheckWarning: mpcheck: test_modes.py::test_warned left 1 named resource behind*",
+        ]
+    )
+    assert len(_segments(result.stdout.str())) == 1
