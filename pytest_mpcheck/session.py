@@ -35,6 +35,7 @@ class MpCheckSession:
         self._pending_resources: list[ResourceFinding] = []
         """Of fixture scopes that ended during the current teardown."""
         self.resources_left_at_end: list[ResourceFinding] = []
+        self._log_generation = -1
         self.tally = SessionTally()
         self.findings: list[Finding] = []
         self.worker_findings: list[dict[str, Any]] = []
@@ -101,10 +102,13 @@ class MpCheckSession:
         """
         baseline = item.stash.get(baseline_key, None)
         mode = item.stash.get(mode_key, self.settings.mode)
-        try:
-            self.resources.read_log()  # while the test is still the owner of what it started
-        except Exception:
-            self._internal_error("reading the resource log after " + item.nodeid)
+        if self.recorder.records or self.recorder.generation != self._log_generation:
+            # Only children write the log: none was started, none still runs, none wrote.
+            self._log_generation = self.recorder.generation
+            try:
+                self.resources.read_log()  # while the test still owns what it started
+            except Exception:
+                self._internal_error("reading the resource log after " + item.nodeid)
         self.recorder.set_owner("<between tests>")
         self._current = None
         if baseline is None:
