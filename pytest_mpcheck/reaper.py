@@ -12,8 +12,8 @@ calls are not interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -30,14 +30,20 @@ _PR_GET_CHILD_SUBREAPER = 37
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
+_prctl_function: Any = None
+
+
 def _prctl() -> Any | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    return libc.prctl
+    """libc's ``prctl``, looked up once."""
+    global _prctl_function
+    if _prctl_function is None:
+        _prctl_function = False
+        if sys.platform.startswith("linux"):
+            # The running program's symbols include libc's: ctypes.util.find_library would run
+            # ldconfig and a compiler in subprocesses, at the start of every run.
+            with contextlib.suppress(OSError, AttributeError):
+                _prctl_function = ctypes.CDLL(None, use_errno=True).prctl
+    return _prctl_function or None
 
 
 def get_subreaper() -> bool | None:
