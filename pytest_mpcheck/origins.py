@@ -4,12 +4,13 @@ While the plugin is active, the calls that create processes in the test process
 (``multiprocessing.Process.start``, ``subprocess.Popen``, ``os.fork``, ``os.forkpty``,
 ``os.posix_spawn`` and ``os.posix_spawnp``) are wrapped so that each new pid is noted with the
 ``file:line`` of the user's code that called them, the object that owns the process, and the test or
-fixture that was running. The wrappers only add a dictionary entry after the original call returned;
-they change nothing else.
+fixture that was running. The wrappers prepare the record before the original call and only file it
+under the new pid afterwards; they change nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing.process
 import multiprocessing.util
@@ -68,6 +69,8 @@ class OriginRecorder:
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
         self._noted_in_call: set[int] = set()
+        self._prepared: StartRecord | None = None
+        """The record of the process-creating call being made (see :meth:`_prepare`)."""
         """The pids noted since the outermost process-creating call began (they nest)."""
 
     # -- who is running -------------------------------------------------------------------------
@@ -96,36 +99,58 @@ class OriginRecorder:
 
     # -- recording ------------------------------------------------------------------------------
 
-    def note(self, pid: int, started_by: str, handle: object | None = None) -> None:
-        """Record that ``pid`` was just started by ``started_by``.
+    def _prepare(self, label: str) -> StartRecord | None:
+        """Before a process-creating call: what is known already (where, who, by which call).
 
-        This runs right after a fork, while every page the parent writes is copied for the child:
-        it keeps to the minimum. The create time, which guards against pid reuse, is read later
-        (:meth:`fill_create_times`): the child is ours, so its pid is not handed to anyone else
-        before it is reaped.
+        The pid comes after, and right after a fork every page the parent writes is copied for
+        the child: the frame walk and the record are done before it. A call made inside another
+        (``os.fork`` inside ``Process.start``) shares the outer call's record, which names it.
+        Returns the record that was being prepared before, to put back afterwards.
         """
-        if os.getpid() != self._pid or pid <= 0:
-            return  # a forked child inherited the wrappers; only the pytest process records
-        self.generation += 1
-        record = self.records.get(pid) if pid in self._noted_in_call else None
-        if record is None:
-            # A pid noted by an earlier call belonged to a process that was reaped since.
-            record = StartRecord(
-                pid=pid,
-                started_by=started_by,
+        previous = self._prepared
+        if previous is None and os.getpid() == self._pid:
+            self._prepared = StartRecord(
+                pid=0,
+                started_by=label,
                 site=self._call_site(),
                 owner=self._owner,
                 scope=self._scope,
                 create_time=None,
                 thread=threading.current_thread().name,
             )
+        self.starting += 1
+        return previous
+
+    def _finish(self, previous: StartRecord | None) -> None:
+        """After the call (see :meth:`_prepare`)."""
+        self._prepared = previous
+        self.starting -= 1
+        self._run_deferred()
+
+    def note(self, pid: int, handle: object | None = None) -> None:
+        """Record that ``pid`` was just started by the call being made now.
+
+        This runs right after a fork: it only files the record :meth:`_prepare` made. The create
+        time, which guards against pid reuse, is read later (:meth:`fill_create_times`): the child
+        is ours, so its pid is not handed to anyone else before it is reaped.
+        """
+        record = self._prepared
+        if os.getpid() != self._pid or pid <= 0 or record is None:
+            return  # a forked child inherited the wrappers; only the pytest process records
+        self.generation += 1
+        if pid not in self._noted_in_call:
+            # A pid noted by an earlier call belonged to a process that was reaped since.
+            if record.pid and record.pid != pid:
+                # One call started two processes (Process.start that first started the
+                # forkserver or the resource tracker): each gets its own record.
+                record = dataclasses.replace(record, handle=None, name=None)
+            record.pid = pid
             self.records[pid] = record
             self._noted_in_call.add(pid)
-            if not self._owner.startswith("<"):  # counts what tests and fixtures start
+            if not record.owner.startswith("<"):  # counts what tests and fixtures start
                 self.started += 1
         else:
-            # multiprocessing's fork method calls os.fork inside Process.start: keep the outer name.
-            record.started_by = started_by
+            record = self.records[pid]
         if handle is not None:
             record.handle = weakref.ref(handle)
             name = getattr(handle, "name", None)
@@ -145,7 +170,7 @@ class OriginRecorder:
 
     def _call_site(self) -> str | None:
         """``file:line`` of the first frame of user code that led to the current call."""
-        frame = sys._getframe(2)
+        frame = sys._getframe(1)  # this plugin's frames are passed over below
         library_site = None
         while frame is not None:
             filename = frame.f_code.co_filename
@@ -170,16 +195,15 @@ class OriginRecorder:
         While the call runs, :attr:`starting` is non-zero: a ``SIGCHLD`` that arrives before the
         new pid is noted (a child that exits at once) must not make the orphan reaper take it.
         """
-        self.starting += 1
+        previous = self._prepare(label)
         try:
             result = original(*args, **kwargs)
             pid = result[0] if isinstance(result, tuple) else result
             if isinstance(pid, int) and pid > 0:
-                self.note(pid, label)
+                self.note(pid)
             return result
         finally:
-            self.starting -= 1
-            self._run_deferred()
+            self._finish(previous)
 
     def _run_deferred(self) -> None:
         if not self.starting:
@@ -216,15 +240,14 @@ class OriginRecorder:
 
             @functools.wraps(original)
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-                recorder.starting += 1
+                previous = recorder._prepare(label)
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
-                        recorder.note(self.pid, label, handle=self)
+                        recorder.note(self.pid, handle=self)
                     return result
                 finally:
-                    recorder.starting -= 1
-                    recorder._run_deferred()
+                    recorder._finish(previous)
 
             setattr(cls, attribute, wrapper)
             self._undo.append(functools.partial(setattr, cls, attribute, original))
