@@ -17,7 +17,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 import traceback
 import warnings
@@ -27,7 +26,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck import procfs, scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning
 from pytest_mpcheck.locks import (
     ACQUIRED,
@@ -859,9 +858,7 @@ def _rebuild_checker(method: str, directory: str, t0: int) -> LockChecker:
 
 def _make_directory() -> str:
     # tmpfs when there is one: the pages are never written back to a disk.
-    shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="mpcheck-locks-", dir=base)
+    return scratch.make_directory("locks")
 
 
 # -- the session's most contended locks ---------------------------------------------------------

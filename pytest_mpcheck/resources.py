@@ -31,12 +31,13 @@ import contextlib
 import os
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
+
+from pytest_mpcheck import scratch
 
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
@@ -175,8 +176,7 @@ class ResourceWatch:
     def start(self) -> None:
         """Wrap the tracker and open the session's resource log."""
         global _own_events, _session_pid
-        fd, self.log_path = tempfile.mkstemp(prefix="pytest-mpcheck-resources-", suffix=".log")
-        os.close(fd)
+        self.log_path = scratch.make_file("resources", ".log")
         # Forked children inherit this descriptor (O_APPEND: their lines never mix).
         self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
         _session_pid = os.getpid()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import report
+from pytest_mpcheck import report, scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
@@ -60,6 +60,10 @@ class MpCheckSession:
         """Undo :meth:`start` (``config.add_cleanup``)."""
         self.watch.reaper.uninstall()
         self.resources.stop()
+        try:
+            scratch.sweep()  # what runs that were killed left in /dev/shm
+        except Exception:
+            self._internal_error("removing the files of earlier runs")
         if self._was_subreaper is False:
             set_subreaper(False)
         self.recorder.uninstall()

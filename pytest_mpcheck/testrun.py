@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -17,17 +16,11 @@ from typing import NoReturn
 
 import pytest
 
-from pytest_mpcheck import bootstrap, hangs, timeouts
+from pytest_mpcheck import bootstrap, hangs, scratch, timeouts
 from pytest_mpcheck.findings import Finding
 from pytest_mpcheck.output import LOG_NAME, OutputLog
 from pytest_mpcheck.session import MpCheckSession, session_key
 from pytest_mpcheck.settings import Settings, marker_join_timeout
-
-
-def _memory_tmp() -> str | None:
-    """``/dev/shm`` where there is one: creating files there costs a tenth of a disk's."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 class MpTest:
@@ -42,7 +35,7 @@ class MpTest:
         self.join_timeout = marker_join_timeout(item, settings.join_timeout)
         self.kill_grace = settings.kill_grace
         self.settle = settings.settle
-        self.workdir = tempfile.mkdtemp(prefix="mpcheck-", dir=_memory_tmp())
+        self.workdir = scratch.make_directory("test")
         self.output = OutputLog(Path(self.workdir) / LOG_NAME)
         self.spec = bootstrap.ChildSpec(
             workdir=self.workdir,
