@@ -102,6 +102,8 @@ def _install(log_fd: int) -> None:
 
 def install_in_child(log_path: str) -> None:
     """Log this child's registrations to the session's resource log (a fixture's child)."""
+    if _original_send is not None and _log_fd >= 0:
+        return  # a forked child: the wrapper and the descriptor came with the fork
     with contextlib.suppress(OSError):
         _install(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
 
