@@ -11,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_mpcheck.findings import Finding, ProcessInfo
+    from pytest_mpcheck.lockcheck import LockFinding
 
 
 @pytest.hookspec(firstresult=True)
@@ -35,4 +36,19 @@ def pytest_mpcheck_finding(config: pytest.Config, item: pytest.Item, finding: Fi
     :param config: The pytest config object.
     :param item: The test that the finding fails or warns.
     :param finding: The finding, with the process it concerns and how it was ended.
+    """
+
+
+def pytest_mpcheck_lock_finding(
+    config: pytest.Config, item: pytest.Item, finding: LockFinding
+) -> None:
+    """See each finding of the lock checker (``mp_locks``) after the test that used it.
+
+    Called before the test fails (or warns, under ``@pytest.mark.mp_check("warn")``), also when
+    the test's mode is ``off`` and nothing is reported.
+
+    :param config: The pytest config object.
+    :param item: The test whose locks it concerns.
+    :param finding: Its kind (e.g. ``"two holders at once"``), the lock's name, the message and
+        the processes involved.
     """

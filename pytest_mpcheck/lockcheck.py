@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_mpcheck import procfs, scratch
-from pytest_mpcheck.errors import MpCheckInternalWarning
+from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
 from pytest_mpcheck.locks import (
     ACQUIRED,
     FILE_SUFFIX,
@@ -807,9 +807,13 @@ def writers(directory: str) -> list[int]:
 
 
 def finish_test(
-    config: pytest.Config, nodeid: str, checker: LockChecker, settle: float = 0.3
+    item: pytest.Item, checker: LockChecker, settle: float = 0.3, mode: str = "fail"
 ) -> None:
     """Teardown of ``mp_locks``: note the figures, and fail the test for what was found.
+
+    ``mode`` is the test's (``@pytest.mark.mp_check`` or ``--mp-check``): ``"warn"`` warns
+    instead of failing, ``"off"`` reports nothing. Other plugins see each finding through the
+    ``pytest_mpcheck_lock_finding`` hook whatever the mode.
 
     Running processes that hold or wait for a lock get ``settle`` seconds to end (a child that a
     fixture torn down later joins); one still running after that is left to the process watch
@@ -817,6 +821,7 @@ def finish_test(
     such as the idle workers of a pool, are not waited for.
     """
     __tracebackhide__ = True
+    config, nodeid = item.config, item.nodeid
     me = os.getpid()
     deadline = time.monotonic() + settle
     try:
@@ -845,8 +850,21 @@ def finish_test(
     tally = _tally(config)
     tally.add(nodeid, stats)
     tally.add_findings(nodeid, found)
-    if found:
-        _fail(format_findings(nodeid, found))
+    for finding in found:
+        config.hook.pytest_mpcheck_lock_finding(config=config, item=item, finding=finding)
+    if not found or mode == "off":
+        return
+    message = format_findings(nodeid, found)
+    if mode == "warn":
+        path, lineno, _ = item.reportinfo()
+        warnings.warn_explicit(
+            MpCheckWarning(message),
+            category=MpCheckWarning,
+            filename=str(path),
+            lineno=(lineno or 0) + 1,
+        )
+        return
+    _fail(message)
 
 
 def _rebuild_checker(method: str, directory: str, t0: int) -> LockChecker:

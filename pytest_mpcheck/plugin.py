@@ -211,7 +211,9 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
 
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
     yield checker
-    lockcheck.finish_test(request.config, request.node.nodeid, checker, mp_test.settle)
+    state = request.config.stash.get(session_key, None)
+    mode = state.test_mode(request.node) if state is not None else "fail"
+    lockcheck.finish_test(request.node, checker, mp_test.settle, mode)
 
 
 @pytest.hookimpl(wrapper=True)

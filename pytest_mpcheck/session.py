@@ -98,6 +98,10 @@ class MpCheckSession:
         if "mp_join_timeout" in names:
             marker_join_timeout(item, self.settings.join_timeout)
 
+    def test_mode(self, item: pytest.Item) -> str:
+        """The mode of one test: its ``mp_check`` marker, or the run's ``--mp-check``."""
+        return item.stash.get(mode_key, self.settings.mode)
+
     def end_test(self, item: pytest.Item, teardown_failed: bool) -> None:
         """After the teardown: fail or warn the test for what it left behind.
 

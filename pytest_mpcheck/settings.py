@@ -230,7 +230,8 @@ def resolve_settings(config: pytest.Config) -> Settings:
 
 MARKERS = (
     'mp_check(mode): "warn" or "off" for this test only: what to do when it leaves a process '
-    "behind (the run's --mp-check otherwise)",
+    "or a named resource behind, or the lock checker finds a problem (the run's --mp-check "
+    "otherwise)",
     "mp_start_methods(*methods): start methods to run this test's mp_* fixtures under, "
     'e.g. mp_start_methods("spawn", "forkserver")',
     "mp_join_timeout(seconds): upper bound on every join the mp_* fixtures make in this test",

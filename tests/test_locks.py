@@ -627,3 +627,56 @@ def test_accelerator_is_active() -> None:
     assert _active_implementation(None) == ["True", "pytest_mpcheck._lockrec", "LockCore"]
     assert _active_implementation("0") == ["True", "pytest_mpcheck._lockrec", "LockCore"]
     assert _active_implementation("1") == ["False", "pytest_mpcheck.locks", "_PyLockCore"]
+
+
+def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Pytester) -> None:
+    # The test's mode (marker or --mp-check) applies to what the lock checker finds as it does to
+    # leaked processes; other plugins see every lock finding through their own hook.
+    pytester.makeconftest(
+        """
+        def pytest_mpcheck_lock_finding(config, item, finding):
+            with open("seen", "a") as seen:
+                seen.write(f"{item.name} {finding.kind} {finding.lock}\\n")
+        """
+    )
+    pytester.makepyfile(
+        test_modes="""
+        import pytest
+
+        def release(lock):
+            lock.release()
+
+        def release_anothers(mp_locks, mp_spawn):
+            lock = mp_locks.Lock("r")
+            lock.acquire()
+            mp_spawn(release, args=(lock,), name="releaser").join()
+
+        def test_fails(mp_locks, mp_spawn):
+            release_anothers(mp_locks, mp_spawn)
+
+        @pytest.mark.mp_check("warn")
+        def test_warns(mp_locks, mp_spawn):
+            release_anothers(mp_locks, mp_spawn)
+
+        @pytest.mark.mp_check("off")
+        def test_quiet(mp_locks, mp_spawn):
+            release_anothers(mp_locks, mp_spawn)
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-start-methods=fork", timeout=120)
+    result.assert_outcomes(passed=3, errors=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_fails[[]fork[]]*",
+            "release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
+            "*test_modes.py:14: MpCheckWarning: mpcheck: test_modes.py::test_warns[[]fork[]]: "
+            "1 lock problem",
+            "  release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
+        ]
+    )
+    assert "test_quiet" not in result.stdout.str()
+    seen = (pytester.path / "seen").read_text().splitlines()
+    assert sorted(seen) == [
+        f"{name}[fork] release of a lock not held r"
+        for name in ("test_fails", "test_quiet", "test_warns")
+    ]
