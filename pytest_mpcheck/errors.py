@@ -1,6 +1,8 @@
-"""Warning classes of the plugin, so that ``-W error::...`` can escalate them."""
+"""Warning classes of the plugin, so that ``-W error::...`` can escalate them, and how to warn."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 
@@ -11,3 +13,14 @@ class MpCheckWarning(pytest.PytestWarning):
 
 class MpCheckInternalWarning(pytest.PytestWarning):
     """The plugin itself failed; the run goes on and the user's own outcome is kept."""
+
+
+def warn_at_test(item: pytest.Item, message: str) -> None:
+    """Warn with :class:`MpCheckWarning`, pointing at the test rather than at this plugin."""
+    path, lineno, _ = item.reportinfo()
+    warnings.warn_explicit(
+        MpCheckWarning(message),
+        category=MpCheckWarning,
+        filename=str(path),
+        lineno=(lineno or 0) + 1,
+    )

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_mpcheck import procfs, scratch
-from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
+from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
 from pytest_mpcheck.locks import (
     ACQUIRED,
     FILE_SUFFIX,
@@ -856,13 +856,7 @@ def finish_test(
         return
     message = format_findings(nodeid, found)
     if mode == "warn":
-        path, lineno, _ = item.reportinfo()
-        warnings.warn_explicit(
-            MpCheckWarning(message),
-            category=MpCheckWarning,
-            filename=str(path),
-            lineno=(lineno or 0) + 1,
-        )
+        warn_at_test(item, message)
         return
     _fail(message)
 

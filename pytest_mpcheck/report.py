@@ -152,7 +152,7 @@ def resource_summary_line(tally: SessionTally) -> str:
     count = tally.resources
     return (
         f"mpcheck: {count} named resource{'' if count == 1 else 's'} (shared memory, semaphores) "
-        "left behind by tests"
+        "left behind"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import report, scratch
-from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
+from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
 from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
 from pytest_mpcheck.reaper import get_subreaper, set_subreaper
@@ -154,14 +154,7 @@ class MpCheckSession:
         elif mode == "fail":
             pytest.fail(message, pytrace=False)
         else:
-            # Point the warning at the test, not at this plugin.
-            path, lineno, _ = item.reportinfo()
-            warnings.warn_explicit(
-                MpCheckWarning(message),
-                category=MpCheckWarning,
-                filename=str(path),
-                lineno=(lineno or 0) + 1,
-            )
+            warn_at_test(item, message)
 
     def scope_finished(self, scope: object) -> None:
         """A module-, class-, package- or session-scoped fixture was finalized."""

@@ -48,7 +48,7 @@ def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytest
             "How to fix: Call unlink() on a SharedMemory once no process needs it any more*",
             # (the resource tracker, which the segment started, counts as started)
             "mpcheck: * started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck",
-            "mpcheck: 1 named resource (shared memory, semaphores) left behind by tests",
+            "mpcheck: 1 named resource (shared memory, semaphores) left behind",
         ]
     )
     # Freed and taken off the tracker's list: the tracker has nothing to warn about at exit.
@@ -262,3 +262,32 @@ def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
         ]
     )
     assert len(_segments(result.stdout.str())) == 1
+
+
+def test_segment_made_at_import_is_freed_at_the_end(pytester: pytest.Pytester) -> None:
+    # Made while the module was collected: no test is blamed, the summary names it, and it is
+    # freed before pytest exits.
+    pytester.makepyfile(
+        test_module_level="""
+        from multiprocessing import shared_memory
+
+        SEGMENT = shared_memory.SharedMemory(create=True, size=16)
+        open("name", "w").write(SEGMENT.name)
+
+        def test_uses_it():
+            SEGMENT.buf[0] = 1
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1)
+    name = (pytester.path / "name").read_text()
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: 1 named resource (shared memory, semaphores) left behind",
+            "mpcheck: 1 named resource left at the end of the session (no test is blamed):",
+            f"leaked shared memory segment '/{name}': never unlinked",
+            "    made at:    test_module_level.py:3 by the test process",
+            "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+        ]
+    )
+    assert TRACKER_WARNING not in result.stderr.str()
