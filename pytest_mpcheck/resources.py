@@ -274,6 +274,12 @@ class ResourceWatch:
             return []  # the common case (the log was read as the teardown ended)
         return self._conclude(lambda r: r.owner == nodeid and r.scope is None)
 
+    def forget_test(self, nodeid: str) -> None:
+        """Stop following what a test registered (its mode is ``off``): it is not checked."""
+        for key, registration in list(self.live.items()):
+            if registration.owner == nodeid and registration.scope is None:
+                del self.live[key]
+
     def finish_scope(self, scope: object) -> list[ResourceFinding]:
         """What a wider-scoped fixture registered and left behind, once it is finalized."""
         return self._conclude(lambda r: r.scope is scope)

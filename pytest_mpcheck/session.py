@@ -39,6 +39,7 @@ class MpCheckSession:
         self.tally = SessionTally()
         self.findings: list[Finding] = []
         self.worker_findings: list[dict[str, Any]] = []
+        self.worker_resource_findings: list[dict[str, Any]] = []
         self.subreaper = False
         self._was_subreaper: bool | None = None
         self._current: pytest.Item | None = None
@@ -130,11 +131,13 @@ class MpCheckSession:
             return
         resource_findings = self._pending_resources
         self._pending_resources = []
-        if mode != "off":
-            try:
+        try:
+            if mode == "off":
+                self.resources.forget_test(item.nodeid)
+            else:
                 resource_findings += self.resources.finish_test(item.nodeid)
-            except Exception:
-                self._internal_error("checking the named resources of " + item.nodeid)
+        except Exception:
+            self._internal_error("checking the named resources of " + item.nodeid)
         if mode == "off" or not (findings or resource_findings):
             return
         for finding in findings:
@@ -217,13 +220,18 @@ class MpCheckSession:
         if workeroutput is not None:  # a pytest-xdist worker: the controller adds it up
             workeroutput["mpcheck_tally"] = self.tally.to_json()
             workeroutput["mpcheck_findings"] = [f.to_json() for f in self.findings]
+            workeroutput["mpcheck_resource_findings"] = [
+                f.to_json() for f in self.resource_findings
+            ]
             return
         if self.settings.report_path:
             extra: dict[str, Any] = {}
             if self.worker_findings:
                 extra["worker_findings"] = self.worker_findings
-            if self.resource_findings:
-                extra["resource_findings"] = [f.to_json() for f in self.resource_findings]
+            resource_findings = [f.to_json() for f in self.resource_findings]
+            resource_findings += self.worker_resource_findings
+            if resource_findings:
+                extra["resource_findings"] = resource_findings
             lockcheck = sys.modules.get("pytest_mpcheck.lockcheck")  # not imported: no locks
             if lockcheck is not None:
                 extra.update(lockcheck.json_section(self.config))
@@ -233,6 +241,7 @@ class MpCheckSession:
         """Add the figures of a pytest-xdist worker to the controller's."""
         self.tally.add(workeroutput.get("mpcheck_tally", {}))
         self.worker_findings.extend(workeroutput.get("mpcheck_findings", []))
+        self.worker_resource_findings.extend(workeroutput.get("mpcheck_resource_findings", []))
 
     def summary_lines(self) -> list[str]:
         """Lines for the terminal summary."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -246,22 +247,45 @@ def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.mp_check("off")
         def test_unchecked():
-            segment = shared_memory.SharedMemory(create=True, size=16)
-            open("name", "w").write(segment.name)
-            segment.close()
-
-        def test_cleanup():
-            shared_memory.SharedMemory(name=open("name").read()).unlink()
+            leave_one()  # not followed any more: not even reported when the session ends
         """
     )
     result = pytester.runpytest_subprocess(*FAST, timeout=60)
-    result.assert_outcomes(passed=3, warnings=1)
+    result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(
         [
             "*MpCheckWarning: mpcheck: test_modes.py::test_warned left 1 named resource behind*",
         ]
     )
     assert len(_segments(result.stdout.str())) == 1
+    assert "left at the end of the session" not in result.stdout.str()
+
+
+def test_under_xdist_each_worker_reports_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_workers="""
+        import pytest
+        from multiprocessing import shared_memory
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_leaves_one_every_other(n):
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            segment.close()
+            if n % 2 == 0:
+                segment.unlink()
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "-n", "2", "--mp-report=report.json", timeout=90)
+    result.assert_outcomes(passed=4, errors=2)
+    result.stdout.fnmatch_lines(
+        ["mpcheck: 2 named resources (shared memory, semaphores) left behind"]
+    )
+    document = json.loads((pytester.path / "report.json").read_text())
+    assert document["summary"]["resources"] == 2
+    assert sorted(f["owner"] for f in document["resource_findings"]) == [
+        "test_workers.py::test_leaves_one_every_other[1]",
+        "test_workers.py::test_leaves_one_every_other[3]",
+    ]
 
 
 def test_segment_made_at_import_is_freed_at_the_end(pytester: pytest.Pytester) -> None:
