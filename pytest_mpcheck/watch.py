@@ -232,6 +232,9 @@ class ProcessWatch:
                 if pid in tree
                 and record.create_time is not None
                 and procfs.is_same_process(pid, record.create_time)
+                # multiprocessing's resource tracker or forkserver, started by the fixture's
+                # first use: the session's, not the fixture's
+                and not self._is_helper(pid, tree)
             }
 
         leftovers = self._settle(alive)
