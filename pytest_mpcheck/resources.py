@@ -30,20 +30,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
-from pytest_mpcheck import scratch
-
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
 _KINDS = (SHARED_MEMORY, SEMAPHORE)
 
-_STDLIB = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+# Where the standard library is, without sysconfig: this module is imported in every child of the
+# fixtures, where each millisecond counts.
+_STDLIB = (os.path.dirname(os.__file__) + os.sep,)
 _THIS_PACKAGE = str(Path(__file__).resolve().parent)
 
 #: The session's log, for the children that inherit or install the wrapper (``-1``: none).
@@ -178,6 +177,8 @@ class ResourceWatch:
     def start(self) -> None:
         """Wrap the tracker and open the session's resource log."""
         global _own_events, _session_pid
+        from pytest_mpcheck import scratch  # the pytest process only
+
         self.log_path = scratch.make_file("resources", ".log")
         # Forked children inherit this descriptor (O_APPEND: their lines never mix).
         self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
