@@ -36,6 +36,8 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
+from pytest_mpcheck import procfs
+
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
 _KINDS = (SHARED_MEMORY, SEMAPHORE)
@@ -116,13 +118,9 @@ def _exists(kind: str, name: str) -> bool:
     return os.path.exists(path)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
+def _ended(pid: int) -> bool:
+    """Whether the process is gone, or a zombie."""
+    return procfs.state(pid) in (None, "Z")
 
 
 @dataclass
@@ -238,12 +236,12 @@ class ResourceWatch:
         if registration.own_tracker:
             # Its tracker frees it as the child ends, at a moment that races this look: that the
             # child ended without unregistering it is the leak.
-            return not _process_alive(registration.pid)
+            return _ended(registration.pid)
         if not _exists(registration.kind, registration.name):
             return False  # freed by a process the plugin does not see
         if registration.kind == SEMAPHORE:
             # Only a dead child's semaphore is lost: a live lock object frees its own.
-            return registration.pid != _session_pid and not _process_alive(registration.pid)
+            return registration.pid != _session_pid and _ended(registration.pid)
         return True
 
     def _conclude(self, chosen: Callable[[Registration], bool]) -> list[ResourceFinding]:
