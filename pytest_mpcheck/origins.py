@@ -48,6 +48,8 @@ class StartRecord:
     handle: weakref.ref[Any] | None = None
     """The ``multiprocessing.Process`` or ``subprocess.Popen`` that owns it, while it lives."""
     thread: str | None = None
+    helper: bool = False
+    """multiprocessing's resource tracker or forkserver (a session helper, not the test's)."""
 
 
 class OriginRecorder:
@@ -156,6 +158,14 @@ class OriginRecorder:
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
+
+    def count_as_helper(self, pid: int) -> None:
+        """``pid`` turned out to be a session helper: not a process the test started itself."""
+        record = self.records.get(pid)
+        if record is not None and not record.helper:
+            record.helper = True
+            if not record.owner.startswith("<"):
+                self.started -= 1
 
     def fill_create_times(self, alive: frozenset[int]) -> None:
         """Read the create time of the recorded processes in ``alive`` that have none yet."""

@@ -95,7 +95,11 @@ class ProcessWatch:
         tree = self._snapshot()
         owned: dict[int, int] = {}
         for pid, parent in tree.items():
-            if pid in baseline.pids or self._is_helper(pid, tree):
+            if pid in baseline.pids:
+                continue
+            if self._is_helper(pid, tree):
+                # The summary counts what tests start: not the tracker their first lock started.
+                self.recorder.count_as_helper(pid)
                 continue
             record = self.recorder.records.get(pid)
             if record is not None and record.scope is not None:
