@@ -2,8 +2,9 @@
 
 The article's lock example starts three processes and never joins them: under pytest-mpcheck the
 test fails with a report that names each process and the line that started it, and the processes
-are ended. The fixed version joins them and passes. The buggy code runs in an inner pytest session
-so that this file itself passes; run ``pytest examples -rP`` to see the reports.
+are ended. The fixed version joins them and passes. A shared memory segment that is never
+unlinked is a leak too. The buggy code runs in an inner pytest session so that this file itself
+passes; run ``pytest examples -rP`` to see the reports.
 """
 
 from __future__ import annotations
@@ -107,3 +108,39 @@ def test_the_article_lock_example_fixed() -> None:
     for p in procs:
         p.join()
     assert [p.exitcode for p in procs] == [0, 0, 0]
+
+
+SHARED_MEMORY_NEVER_UNLINKED = """
+from multiprocessing import Process, shared_memory
+
+def fill(name):
+    segment = shared_memory.SharedMemory(name=name)
+    segment.buf[:5] = b"hello"
+    segment.close()
+
+def test_children_fill_a_segment():
+    segment = shared_memory.SharedMemory(create=True, size=64)
+    p = Process(target=fill, args=(segment.name,))
+    p.start()
+    p.join()
+    assert bytes(segment.buf[:5]) == b"hello"
+    segment.close()  # but never segment.unlink(): the segment outlives the test
+"""
+
+
+def test_a_shared_memory_segment_never_unlinked(pytester: pytest.Pytester) -> None:
+    # Without the plugin the resource tracker frees it when the session ends, with a warning that
+    # names no test; with it, the test that made it fails and it is freed at once.
+    pytester.makepyfile(test_segment=SHARED_MEMORY_NEVER_UNLINKED)
+    result = pytester.runpytest_subprocess(timeout=60)
+    print(result.stdout.str())
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_segment.py::test_children_fill_a_segment left 1 named resource behind*",
+            "leaked shared memory segment '/psm_*': never unlinked",
+            "    made at:    test_segment.py:9 by the test process",
+            "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+            "How to fix: Call unlink() on a SharedMemory once no process needs it any more*",
+        ]
+    )
