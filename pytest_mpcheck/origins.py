@@ -17,7 +17,6 @@ import multiprocessing.util
 import os
 import subprocess
 import sys
-import sysconfig
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -26,11 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mpcheck import procfs
-
-_STDLIB = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
-_THIS_PACKAGE = str(Path(__file__).resolve().parent)
-_SITE_PACKAGES = (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])
+from pytest_mpcheck import callsite, procfs
 
 
 @dataclass
@@ -114,7 +109,7 @@ class OriginRecorder:
             self._prepared = StartRecord(
                 pid=0,
                 started_by=label,
-                site=self._call_site(),
+                site=callsite.user_site(sys._getframe(1), self._root_prefix),
                 owner=self._owner,
                 scope=self._scope,
                 create_time=None,
@@ -177,25 +172,6 @@ class OriginRecorder:
         """Drop the records of processes that are gone."""
         for pid in pids:
             self.records.pop(pid, None)
-
-    def _call_site(self) -> str | None:
-        """``file:line`` of the first frame of user code that led to the current call."""
-        frame = sys._getframe(1)  # this plugin's frames are passed over below
-        library_site = None
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            if not (filename.startswith(("<", _THIS_PACKAGE)) or filename.startswith(_STDLIB)):
-                if not filename.startswith(_SITE_PACKAGES):
-                    return f"{self._display(filename)}:{frame.f_lineno}"
-                if library_site is None:
-                    library_site = f"{self._display(filename)}:{frame.f_lineno}"
-            frame = frame.f_back  # type: ignore[assignment]
-        return library_site
-
-    def _display(self, filename: str) -> str:
-        if filename.startswith(self._root_prefix):
-            return filename[len(self._root_prefix) :]
-        return filename
 
     # -- installing the wrappers ----------------------------------------------------------------
 

@@ -33,7 +33,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
-from pathlib import Path
 from typing import Any
 
 from pytest_mpcheck import procfs
@@ -42,10 +41,6 @@ SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
 _KINDS = (SHARED_MEMORY, SEMAPHORE)
 
-# Where the standard library is, without sysconfig: this module is imported in every child of the
-# fixtures, where each millisecond counts.
-_STDLIB = (os.path.dirname(os.__file__) + os.sep,)
-_THIS_PACKAGE = str(Path(__file__).resolve().parent)
 
 #: The session's log, for the children that inherit or install the wrapper (``-1``: none).
 _log_fd = -1
@@ -56,16 +51,10 @@ _original_send: Callable[..., Any] | None = None
 
 
 def _call_site() -> str:
-    """``file:line`` of the first frame outside the standard library and this plugin."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(("<", _THIS_PACKAGE, *_STDLIB)):
-            here = os.getcwd() + os.sep
-            shown = filename[len(here) :] if filename.startswith(here) else filename
-            return f"{shown}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return "unknown place"
+    """``file:line`` of the user's code that made the resource."""
+    from pytest_mpcheck import callsite  # only when a resource is made (sysconfig is not light)
+
+    return callsite.user_site(sys._getframe(2), os.getcwd() + os.sep) or "unknown place"
 
 
 def _clean(text: str) -> str:

@@ -1,0 +1,37 @@
+"""Which line of the user's code led to the current call: the ``file:line`` a report names.
+
+Shared by the start records of processes (:mod:`origins`) and the registrations of named
+resources (:mod:`resources`): the first frame outside Python's own library and this plugin, and,
+where that frame belongs to an installed package, the first frame of the user's own code above it
+if there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from types import FrameType
+
+_PATHS = sysconfig.get_paths()
+_STDLIB = (_PATHS["stdlib"], _PATHS["platstdlib"])
+_SITE_PACKAGES = (_PATHS["purelib"], _PATHS["platlib"])
+_THIS_PACKAGE = os.path.dirname(os.path.realpath(__file__))
+
+
+def user_site(frame: FrameType | None, root_prefix: str) -> str | None:
+    """``file:line`` of the first frame of user code from ``frame`` outwards.
+
+    A file under ``root_prefix`` (the rootdir, with a trailing separator) is shown relative to
+    it. ``None`` when every frame is Python's or this plugin's.
+    """
+    library_site = None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (filename.startswith(("<", _THIS_PACKAGE)) or filename.startswith(_STDLIB)):
+            shown = filename[len(root_prefix) :] if filename.startswith(root_prefix) else filename
+            if not filename.startswith(_SITE_PACKAGES):
+                return f"{shown}:{frame.f_lineno}"
+            if library_site is None:
+                library_site = f"{shown}:{frame.f_lineno}"
+        frame = frame.f_back
+    return library_site
