@@ -7,6 +7,7 @@ common path reads ``/proc/<pid>/task/<tid>/children`` (Linux, ``CONFIG_PROC_CHIL
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -235,3 +236,9 @@ def cmdline(pid: int) -> str:
         return " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
         return ""
+
+
+@functools.cache
+def own_cmdline() -> str:
+    """The command line of this process, read once: its forks carry the same one."""
+    return cmdline(os.getpid())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
 from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
-
-_OWN_CMDLINE = procfs.cmdline(os.getpid())
 
 _STATE_WORDS = {
     LEAKED: "still running",
@@ -50,7 +47,7 @@ def format_finding(finding: Finding) -> str:
         f"age {process.age:.2f}s"
     )
     command = process.cmdline
-    if command == _OWN_CMDLINE:
+    if command == procfs.own_cmdline():
         command = f"(a fork of the pytest process) {command}"
     lines = [head, f"    command:    {command}"]
     if process.started_at or process.started_by:

@@ -27,13 +27,11 @@ VetoFn = Callable[[ProcessInfo], bool]
 
 #: Seconds to read the stacks of the live leaked processes of one test, all together.
 _STACK_TIMEOUT = 3.0
-#: The command line of this process: its forks (multiprocessing's fork method) carry it too.
-_OWN_CMDLINE = procfs.cmdline(os.getpid())
 
 
 def _runs_python(cmdline: str) -> bool:
     """Whether a command line is a Python interpreter's (or a fork of this pytest process)."""
-    if cmdline == _OWN_CMDLINE:
+    if cmdline == procfs.own_cmdline():  # a fork of this process (multiprocessing's fork method)
         return True
     program = os.path.basename(cmdline.split(" ", 1)[0])
     return program.startswith(("python", "pypy")) or cmdline.startswith(sys.executable)
