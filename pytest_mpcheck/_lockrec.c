@@ -477,7 +477,7 @@ core_release_impl(LockCore *self)
     }
     if (self->held <= 0) {
         /* Depth 1: this C method has no frame, so the caller of release() is one up from
-         * _release_not_held (in Python it is two). */
+         * _release_not_held (in Python it is three). */
         return PyObject_CallMethod((PyObject *)self, "_release_not_held", "Oi", self->writer, 1);
     }
     PyObject *result = NULL;

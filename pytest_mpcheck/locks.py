@@ -316,36 +316,19 @@ class _PyLockCore:
 
     def release(self) -> None:
         """Release the lock, as ``multiprocessing.Lock.release`` does, and record it."""
-        w = self._w
-        if w is None:
-            w = self._attach()
-        if not self._held:
-            return self._release_not_held(w, 2)
-        self._held -= 1
-        off = next(w.offsets)
-        try:
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        except struct.error:  # the file is full
-            w.grow(off)
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        try:
-            self._lock.release()
-        except BaseException:
-            # The semaphore was free already (released behind this lock): the hold is over.
-            self._record(w, 0, RELEASE_FAILED, 0)
-            raise
-        return None
+        self._release()
 
     __enter__ = acquire
 
     def __exit__(self, *exc_info: object) -> None:
-        # The body of release(), inlined on purpose: one Python call less on the hot path of
-        # `with lock:` (keep the two in step).
+        self._release()
+
+    def _release(self) -> None:
         w = self._w
         if w is None:
             w = self._attach()
         if not self._held:
-            return self._release_not_held(w, 2)
+            return self._release_not_held(w, 3)  # the caller of release() or __exit__()
         self._held -= 1
         off = next(w.offsets)
         try:
@@ -443,12 +426,8 @@ class CheckedLock(_LockCore):
 
     def _release_not_held(self, w: _Writer, depth: int) -> None:
         # Rare, so the site is worth its price: it names the code that released another's lock.
-        # `depth` is the caller of release(): 2 from Python, 1 from C (which has no frame).
-        frame = _getframe(depth)
-        key = (id(frame.f_code), frame.f_lasti)
-        site = w.sites.get(key)
-        if site is None:
-            site = w.site(frame, key)
+        # `depth` is the caller of release(): 3 from Python, 1 from C (which has no frame).
+        site = w.locate(_getframe(depth))
         self._record(w, site, RELEASED, FOREIGN)
         try:
             self._lock.release()
