@@ -10,14 +10,13 @@ them.
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_mpcheck import settings, startmethods, timeouts
-from pytest_mpcheck.session import MpCheckSession, session_key
+from pytest_mpcheck.session import MpCheckSession, loaded_lockcheck, session_key
 
 if TYPE_CHECKING:
     import multiprocessing.context
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
     from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
     from pytest_mpcheck.spawn import Spawner
     from pytest_mpcheck.testrun import MpTest
-
-_LOCKCHECK = "pytest_mpcheck.lockcheck"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -254,7 +251,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is not None:
         state.sweep()
         state.finish()
-    lockcheck = sys.modules.get(_LOCKCHECK)  # never imported: no lock was checked
+    lockcheck = loaded_lockcheck()
     if lockcheck is not None:
         lockcheck.session_finish(session.config)
 
@@ -265,7 +262,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     for line in state.summary_lines():
         terminalreporter.write_line(line)
-    lockcheck = sys.modules.get(_LOCKCHECK)
+    lockcheck = loaded_lockcheck()
     if lockcheck is not None:
         for line in lockcheck.summary_lines(terminalreporter.config):
             terminalreporter.write_line(line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 import warnings
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -110,7 +111,7 @@ class MpCheckSession:
         that the user's own error stays what pytest shows first.
         """
         baseline = item.stash.get(baseline_key, None)
-        mode = item.stash.get(mode_key, self.settings.mode)
+        mode = self.test_mode(item)
         if self.recorder.records or self.recorder.generation != self._log_generation:
             # Only children write the log: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation
@@ -232,7 +233,7 @@ class MpCheckSession:
             resource_findings += self.worker_resource_findings
             if resource_findings:
                 extra["resource_findings"] = resource_findings
-            lockcheck = sys.modules.get("pytest_mpcheck.lockcheck")  # not imported: no locks
+            lockcheck = loaded_lockcheck()
             if lockcheck is not None:
                 extra.update(lockcheck.json_section(self.config))
             report.write_json(self.settings.report_path, self.tally, self.findings, extra)
@@ -255,6 +256,12 @@ class MpCheckSession:
         if self.resources_left_at_end:
             lines.append(report.format_session_resources(self.resources_left_at_end))
         return lines
+
+
+def loaded_lockcheck() -> ModuleType | None:
+    """The lock checker's module, if a test used it: it is imported only then, and has nothing to
+    report, add up or write otherwise."""
+    return sys.modules.get("pytest_mpcheck.lockcheck")
 
 
 #: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.
