@@ -11,6 +11,9 @@ LEAKED = "leaked"
 UNREAPED = "unreaped"
 HUNG = "hung"
 
+#: The ``ended_by`` values of a process the plugin ended.
+ENDED = ("SIGTERM", "SIGKILL", "reaped", "Pool.terminate()")
+
 
 @dataclass
 class ProcessInfo:
@@ -48,6 +51,8 @@ class Finding:
     ended_by: str | None = None
     """How the plugin ended it: ``"SIGTERM"``, ``"SIGKILL"``, ``"reaped"``, or why it could not."""
     details: list[str] = field(default_factory=list)
+    reported_by: str | None = None
+    """At the end of the session: the test that already reported this process."""
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON report."""
@@ -79,7 +84,7 @@ class SessionTally:
             self.unreaped += 1
         elif finding.kind == HUNG:
             self.hung += 1
-        if finding.ended_by in ("SIGTERM", "SIGKILL", "reaped", "Pool.terminate()"):
+        if finding.ended_by in ENDED:
             self.ended += 1
 
     def to_json(self) -> dict[str, int]:

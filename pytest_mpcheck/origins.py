@@ -10,6 +10,7 @@ under the new pid afterwards; they change nothing else.
 
 from __future__ import annotations
 
+import _posixsubprocess
 import dataclasses
 import functools
 import multiprocessing.process
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mpcheck import callsite, procfs
+
+#: The scope of processes handed to the session: still held by a live object (a pool, an
+#: executor) when their test ended, or started by one that was. Checked when the session ends.
+HANDED_OVER = "<handed over to the session>"
 
 
 @dataclass
@@ -59,16 +64,22 @@ class OriginRecorder:
         self._scope: object | None = None
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
+        self._wrapped_families: set[str] = set()
+        self._count_lock = threading.Lock()
         self.starting = 0
-        """How many process-creating calls are running now (they nest)."""
+        """How many process-creating calls are running now, in all threads (they nest).
+
+        Changed under a lock (two threads may start processes at once); read without one by
+        the orphan reaper, which runs in a signal handler and must never wait.
+        """
         self.generation = 0
         """Goes up with every process noted: tells the watch that its last look is stale."""
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
-        self._noted_in_call: set[int] = set()
-        self._prepared: StartRecord | None = None
-        """The record of the process-creating call being made (see :meth:`_prepare`)."""
-        """The pids noted since the outermost process-creating call began (they nest)."""
+        self._thread = threading.local()
+        """Per thread: ``prepared``, the record of the process-creating call this thread is
+        making (see :meth:`_prepare`), and ``noted``, the pids noted since its outermost call
+        began. Per thread, so that two threads starting processes at once keep their sites."""
 
     # -- who is running -------------------------------------------------------------------------
 
@@ -94,6 +105,11 @@ class OriginRecorder:
         """Attribute processes started from now on to ``owner`` (a test's node id)."""
         self._owner, self._scope = owner, None
 
+    def rebase(self) -> None:
+        """Record from this process: a fork of the pytest process now runs the tests."""
+        self._pid = os.getpid()
+        self.records.clear()
+
     # -- recording ------------------------------------------------------------------------------
 
     def _prepare(self, label: str) -> StartRecord | None:
@@ -104,9 +120,10 @@ class OriginRecorder:
         (``os.fork`` inside ``Process.start``) shares the outer call's record, which names it.
         Returns the record that was being prepared before, to put back afterwards.
         """
-        previous = self._prepared
+        local = self._thread
+        previous: StartRecord | None = getattr(local, "prepared", None)
         if previous is None and os.getpid() == self._pid:
-            self._prepared = StartRecord(
+            local.prepared = StartRecord(
                 pid=0,
                 started_by=label,
                 site=callsite.user_site(sys._getframe(1), self._root_prefix),
@@ -115,13 +132,16 @@ class OriginRecorder:
                 create_time=None,
                 thread=threading.current_thread().name,
             )
-        self.starting += 1
+            local.noted = set()
+        with self._count_lock:
+            self.starting += 1
         return previous
 
     def _finish(self, previous: StartRecord | None) -> None:
         """After the call (see :meth:`_prepare`)."""
-        self._prepared = previous
-        self.starting -= 1
+        self._thread.prepared = previous
+        with self._count_lock:
+            self.starting -= 1
         self._run_deferred()
 
     def note(self, pid: int, handle: object | None = None) -> None:
@@ -131,11 +151,12 @@ class OriginRecorder:
         time, which guards against pid reuse, is read later (:meth:`fill_create_times`): the child
         is ours, so its pid is not handed to anyone else before it is reaped.
         """
-        record = self._prepared
+        record: StartRecord | None = getattr(self._thread, "prepared", None)
         if os.getpid() != self._pid or pid <= 0 or record is None:
             return  # a forked child inherited the wrappers; only the pytest process records
         self.generation += 1
-        if pid not in self._noted_in_call:
+        noted: set[int] = self._thread.noted
+        if pid not in noted or pid not in self.records:
             # A pid noted by an earlier call belonged to a process that was reaped since.
             if record.pid and record.pid != pid:
                 # One call started two processes (Process.start that first started the
@@ -143,7 +164,7 @@ class OriginRecorder:
                 record = dataclasses.replace(record, handle=None, name=None)
             record.pid = pid
             self.records[pid] = record
-            self._noted_in_call.add(pid)
+            noted.add(pid)
             if not record.owner.startswith("<"):  # counts what tests and fixtures start
                 self.started += 1
         else:
@@ -192,8 +213,6 @@ class OriginRecorder:
             self._finish(previous)
 
     def _run_deferred(self) -> None:
-        if not self.starting:
-            self._noted_in_call.clear()
         if not self.starting and self.deferred is not None and os.getpid() == self._pid:
             deferred, self.deferred = self.deferred, None
             deferred()
@@ -214,12 +233,44 @@ class OriginRecorder:
             setattr(module, attribute, wrapper)
             self._undo.append(functools.partial(setattr, module, attribute, original))
 
+        # The one call under subprocess and every spawnv_passfds (multiprocessing's and those
+        # of its forks: multiprocess, billiard, loky), whichever module calls it.
+        wrap_pid_returning(_posixsubprocess, "fork_exec", "_posixsubprocess.fork_exec")
+        wrap_pid_returning(subprocess, "_fork_exec", "_posixsubprocess.fork_exec")  # 3.11+
         wrap_pid_returning(os, "fork", "os.fork")
         wrap_pid_returning(os, "forkpty", "os.forkpty")
         wrap_pid_returning(os, "posix_spawn", "os.posix_spawn")
         wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
         # multiprocessing's spawn and forkserver methods, its resource tracker and forkserver.
         wrap_pid_returning(multiprocessing.util, "spawnv_passfds", "multiprocessing spawn")
+
+        self._wrap_method = wrap_method = self._method_wrapper()
+        self.wrap_process_families()
+        wrap_method(subprocess.Popen, "__init__", "subprocess.Popen")
+
+    #: Modules that define a ``BaseProcess`` of their own: multiprocessing and its forks.
+    PROCESS_FAMILIES = ("multiprocessing", "multiprocess", "billiard")
+
+    def wrap_process_families(self) -> None:
+        """Wrap ``BaseProcess.start`` of each multiprocessing family imported by now.
+
+        Called again before each test: a suite may import ``multiprocess`` or ``billiard`` only
+        when its modules are collected. Three dictionary look-ups when nothing is new.
+        """
+        for family in self.PROCESS_FAMILIES:
+            if family in self._wrapped_families:
+                continue
+            module = sys.modules.get(f"{family}.process")
+            cls = getattr(module, "BaseProcess", None)
+            if cls is None or not hasattr(cls, "start"):
+                continue
+            self._wrapped_families.add(family)
+            if family != "multiprocessing" and getattr(cls.start, "__wrapped__", None):
+                continue  # the same class under another name
+            self._wrap_method(cls, "start", f"{family}.Process.start")
+
+    def _method_wrapper(self) -> Callable[[Any, str, str], None]:
+        recorder = self
 
         def wrap_method(cls: Any, attribute: str, label: str) -> None:
             original = getattr(cls, attribute)
@@ -236,12 +287,12 @@ class OriginRecorder:
                     recorder._finish(previous)
 
             setattr(cls, attribute, wrapper)
-            self._undo.append(functools.partial(setattr, cls, attribute, original))
+            recorder._undo.append(functools.partial(setattr, cls, attribute, original))
 
-        wrap_method(multiprocessing.process.BaseProcess, "start", "multiprocessing.Process.start")
-        wrap_method(subprocess.Popen, "__init__", "subprocess.Popen")
+        return wrap_method
 
     def uninstall(self) -> None:
         """Put the original calls back (in reverse order of wrapping)."""
         while self._undo:
             self._undo.pop()()
+        self._wrapped_families.clear()

@@ -17,13 +17,16 @@ def _read_small(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, 65536)
-        # procfs fills the buffer as far as the content goes: a short read is the end.
-        while len(data) % 65536 == 0 and data:
+        if not data:
+            return data
+        # Some procfs files (a task's ``children`` among them) hand out at most a page per read:
+        # a short read is not the end, only an empty one is. Hundreds of children fill a page.
+        chunks = [data]
+        while True:
             chunk = os.read(fd, 65536)
             if not chunk:
-                break
-            data += chunk
-        return data
+                return b"".join(chunks)
+            chunks.append(chunk)
     finally:
         os.close(fd)
 
@@ -125,8 +128,18 @@ def state(pid: int) -> str | None:
 
 
 def is_zombie(pid: int) -> bool:
-    """Whether ``pid`` exited and waits for its parent to reap it."""
-    return state(pid) == "Z"
+    """Whether ``pid`` exited and waits for its parent to reap it.
+
+    The kernel shows a process whose main thread has exited as ``Z`` while its other threads
+    still run: that process is alive, and cannot be reaped yet. Its ``task`` directory still
+    lists those threads (a link count of three means one entry).
+    """
+    if state(pid) != "Z":
+        return False
+    try:
+        return os.stat(f"/proc/{pid}/task").st_nlink <= 3
+    except OSError:
+        return True  # gone, or no procfs: psutil said zombie
 
 
 def _boot_time() -> float | None:
@@ -202,7 +215,7 @@ def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:
         process = psutil.Process(pid)
         with process.oneshot():
             name = process.name()
-            status = process.status()
+            status: str = process.status()
             created = process.create_time()
             ppid = process.ppid()
             try:
@@ -211,6 +224,8 @@ def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:
                 cmdline = ""
     except psutil.Error:
         return None
+    if status == psutil.STATUS_ZOMBIE and not is_zombie(pid):
+        status = "running (its main thread has exited)"
     lifetime = age(pid)
     if lifetime is None:
         lifetime = max(0.0, time.time() - created)

@@ -72,6 +72,8 @@ class OrphanReaper:
         self._recorder = recorder
         self._pid = os.getpid()
         self._previous: _Handler = None
+        self.enabled = False
+        """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
         self.reaped = 0
 
@@ -117,7 +119,14 @@ class OrphanReaper:
             previous(signum, frame)
 
     def reap_orphans(self) -> int:
-        """Reap the zombie orphans that reparented to this process; how many were reaped."""
+        """Reap the zombie orphans that reparented to this process; how many were reaped.
+
+        A zombie child is an orphan when no process-creating call noted it: every way Python
+        starts a process is recorded (:mod:`origins`), in every thread, and while any thread is
+        inside such a call the reaping waits for it to finish. A process forked by C code that
+        bypasses them all would look like an orphan: that is the subreaper's trade-off
+        (``--mp-subreaper=off`` turns it off).
+        """
         if self._recorder.starting:
             # A child is being started and its pid is not noted yet: it could be taken for an
             # orphan. Reap once the start has finished.

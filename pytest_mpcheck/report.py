@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ def format_finding(finding: Finding) -> str:
         where = process.started_at or "unknown place"
         how = f" by {process.started_by}" if process.started_by else ""
         lines.append(f"    started at: {where}{how}")
+    elif process.ppid == os.getpid():
+        lines.append(
+            "    started by: unknown: an orphan that reparented to pytest (its parent has "
+            "ended), or a child that C code forked"
+        )
     else:
         lines.append(
             f"    started by: a child process (parent pid {process.ppid}), not by the test process"
@@ -69,12 +75,31 @@ def format_finding(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+def _fixture_name(owner: str) -> str:
+    """How a report names a fixture scope; pytest runs unittest's class and module set-ups as
+    fixtures of its own."""
+    for hidden, shown in (
+        ("'_unittest_setUpClass_fixture_", "setUpClass of "),
+        ("'_xunit_setup_module_fixture_", "setUpModule/setup_module of "),
+        ("'_xunit_setup_class_fixture_", "setup_class of "),
+    ):
+        if hidden in owner:
+            return shown + owner.split(hidden, 1)[1].rstrip("'")
+    return owner
+
+
 def format_findings(nodeid: str, findings: Sequence[Finding]) -> str:
     """The whole report for one test."""
     counts = {kind: sum(1 for f in findings if f.kind == kind) for kind in (LEAKED, UNREAPED, HUNG)}
     parts = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
     total = len(findings)
-    title = f"mpcheck: {nodeid} left {total} process{'es' if total != 1 else ''} behind ({parts})"
+    owners = {f.process.owner for f in findings}
+    who = nodeid
+    if len(owners) == 1 and None not in owners and nodeid not in owners:
+        # A wider-scoped fixture's processes, checked as it was finalized in this teardown:
+        # the test itself (perhaps a skipped one) is not to blame.
+        who = f"{_fixture_name(str(owners.pop()))} (finalized at the teardown of {nodeid})"
+    title = f"mpcheck: {who} left {total} process{'es' if total != 1 else ''} behind ({parts})"
     body = "\n\n".join(format_finding(finding) for finding in findings)
     return f"{title}\n\n{body}\n\n{HOW_TO_FIX}"
 
@@ -155,12 +180,29 @@ def resource_summary_line(tally: SessionTally) -> str:
 
 def format_session_leftovers(findings: Sequence[Finding]) -> str:
     """The report of processes still running after the last test and fixture had finished."""
-    count = len(findings)
-    title = (
-        f"mpcheck: {count} process{'es' if count != 1 else ''} still running at the end of the "
-        "session, not started by the test process itself (no test is blamed):"
-    )
-    return title + "\n" + "\n".join(format_finding(finding) for finding in findings)
+    new = [finding for finding in findings if finding.reported_by is None]
+    known = [finding for finding in findings if finding.reported_by is not None]
+    parts = []
+    if new:
+        count = len(new)
+        parts.append(
+            f"mpcheck: {count} process{'es' if count != 1 else ''} still running at the end of "
+            "the session, that no test or fixture was blamed for:\n"
+            + "\n".join(format_finding(finding) for finding in new)
+        )
+    if known:
+        count = len(known)
+        parts.append(
+            f"mpcheck: {count} process{'es' if count != 1 else ''} that tests left behind "
+            f"{'were' if count != 1 else 'was'} still running at the end of the session, "
+            "and ended:\n"
+            + "\n".join(
+                f"    process {f.process.pid} {f.process.name!r} of {f.reported_by}: "
+                + _ENDED_WORDS.get(f.ended_by or "", f.ended_by or "not ended")
+                for f in known
+            )
+        )
+    return "\n".join(parts)
 
 
 def summary_line(tally: SessionTally) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
@@ -12,7 +13,7 @@ import pytest
 
 from pytest_mpcheck import report, scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
-from pytest_mpcheck.findings import Finding, ProcessInfo, SessionTally
+from pytest_mpcheck.findings import ENDED, Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.origins import OriginRecorder
 from pytest_mpcheck.reaper import get_subreaper, set_subreaper
 from pytest_mpcheck.resources import ResourceFinding, ResourceWatch
@@ -53,9 +54,13 @@ class MpCheckSession:
         """Wrap the process-starting calls, become a subreaper, reap orphans as they die."""
         self._session_baseline = self.watch.baseline()
         self.recorder.install()
-        self._was_subreaper = get_subreaper()
-        self.subreaper = set_subreaper(True)
-        self.watch.reaper.install()
+        if self.settings.use_subreaper:
+            self._was_subreaper = get_subreaper()
+            self.subreaper = set_subreaper(True)
+            # Orphans reparent here only to a subreaper: without one there is nothing to reap.
+            self.watch.reaper.enabled = self.subreaper
+            if self.subreaper:
+                self.watch.reaper.install()
         self.resources.start()
 
     def stop(self) -> None:
@@ -72,13 +77,22 @@ class MpCheckSession:
 
     def header(self) -> str:
         """The line for pytest's report header."""
+        if self.subreaper:
+            orphans = "orphans reparent to pytest (subreaper)"
+        elif not self.settings.use_subreaper:
+            why = (
+                "--mp-subreaper=off"
+                if self.settings.subreaper == "off"
+                else f"mode {self.settings.mode} only observes; --mp-subreaper=on finds them"
+            )
+            orphans = f"subreaper off ({why}): orphaned grandchildren reparent to init, unseen"
+        else:
+            orphans = "no subreaper on this platform: orphaned grandchildren cannot be found"
         if self.settings.mode == "off":
-            return "mpcheck: process watch off (--mp-check=off)"
-        orphans = (
-            "orphans reparent to pytest (subreaper)"
-            if self.subreaper
-            else "no subreaper on this platform: orphaned grandchildren cannot be found"
-        )
+            return (
+                "mpcheck: process watch off (--mp-check=off); what still runs at the end of "
+                f"the session is reported and ended; {orphans}"
+            )
         return (
             f"mpcheck: process watch {self.settings.mode}, settle {self.settings.settle:g}s, "
             f"kill grace {self.settings.kill_grace:g}s; {orphans}"
@@ -88,6 +102,12 @@ class MpCheckSession:
 
     def begin_test(self, item: pytest.Item) -> None:
         """Note the descendants alive before the test's setup."""
+        if os.getpid() != self.watch.session_pid:
+            # pytest-forked runs each test in a fork of this process: watch from there.
+            self.watch.rebase()
+            self.recorder.rebase()
+            self._log_generation = -1
+        self.recorder.wrap_process_families()
         self._current = item
         item.stash[baseline_key] = self.watch.baseline()
         self.recorder.set_owner(item.nodeid)
@@ -124,8 +144,9 @@ class MpCheckSession:
         if baseline is None:
             return
         try:
+            # Only mode fail ends anything: warn observes, off ignores (DESIGN s.0).
             findings = self.watch.finish_test(
-                baseline, item.nodeid, self._veto(item), end=mode != "off"
+                baseline, item.nodeid, self._veto(item), end=mode == "fail"
             )
         except Exception:
             self._internal_error("checking the processes of " + item.nodeid)
@@ -141,6 +162,7 @@ class MpCheckSession:
             self._internal_error("checking the named resources of " + item.nodeid)
         if mode == "off" or not (findings or resource_findings):
             return
+        self.watch.mark_reported(findings)
         for finding in findings:
             self.tally.count(finding)
             self.findings.append(finding)
@@ -166,7 +188,8 @@ class MpCheckSession:
         if item is None:
             return
         try:
-            self.watch.finish_scope(scope, item.nodeid, self._veto(item))
+            end = self.test_mode(item) == "fail"
+            self.watch.finish_scope(scope, item.nodeid, self._veto(item), end=end)
         except Exception:
             self._internal_error("checking the processes of a fixture")
         try:
@@ -195,8 +218,12 @@ class MpCheckSession:
     # -- the end of the run ---------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """After the last fixture: end what is still running, so that nothing outlives pytest."""
-        if self.settings.mode == "off" or self._session_baseline is None:
+        """After the last fixture: end what is still running, so that nothing outlives pytest.
+
+        In every mode, off included: a process left running would hold pytest's exit (the
+        interpreter joins its children) or outlive it.
+        """
+        if self._session_baseline is None or os.getpid() != self.watch.session_pid:
             return
         try:
             self.left_at_end = self.watch.finish_session(self._session_baseline)
@@ -204,7 +231,10 @@ class MpCheckSession:
             self._internal_error("ending what was left at the end of the session")
             return
         for finding in self.left_at_end:
-            self.tally.count(finding)
+            if finding.reported_by is None:
+                self.tally.count(finding)
+            elif finding.ended_by in ENDED:
+                self.tally.ended += 1
             self.findings.append(finding)
         try:
             self.resources_left_at_end = self.resources.finish_session()

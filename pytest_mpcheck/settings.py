@@ -23,13 +23,8 @@ DEFAULT_SETTLE = 0.3
 DEFAULT_KILL_GRACE = 1.0
 DEFAULT_JOIN_TIMEOUT = 30.0
 
-# Command lines of helpers that multiprocessing keeps for a whole session, and of pytest-xdist's
-# workers (execnet starts them as ``python -c "import sys;exec(eval(sys.stdin.readline()))"``).
-BUILTIN_IGNORE = (
-    "*from multiprocessing.resource_tracker import main*",
-    "*from multiprocessing.forkserver import main*",
-    "*import sys;exec(eval(sys.stdin.readline()))*",
-)
+SUBREAPER_CHOICES = ("auto", "on", "off")
+DEFAULT_SUBREAPER = "auto"
 
 
 def parse_mode(value: str) -> str:
@@ -40,6 +35,17 @@ def parse_mode(value: str) -> str:
             f"{value!r} is not a valid mp-check mode. Valid modes: {', '.join(MODES)}"
         )
     return mode
+
+
+def parse_subreaper(value: str) -> str:
+    """Check ``--mp-subreaper``."""
+    choice = value.strip().lower()
+    if choice not in SUBREAPER_CHOICES:
+        raise pytest.UsageError(
+            f"{value!r} is not a valid mp-subreaper value. "
+            f"Valid values: {', '.join(SUBREAPER_CHOICES)}"
+        )
+    return choice
 
 
 def _parse_seconds(name: str, value: str | float) -> float:
@@ -113,12 +119,23 @@ class Settings:
     kill_grace: float = DEFAULT_KILL_GRACE
     join_timeout: float = DEFAULT_JOIN_TIMEOUT
     start_methods: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = field(default=BUILTIN_IGNORE)
+    ignore: tuple[str, ...] = field(default=())
+    """The ``mp_ignore`` patterns (the helpers of multiprocessing are known without them)."""
     report_path: str | None = None
+    subreaper: str = DEFAULT_SUBREAPER
 
     def is_ignored(self, cmdline: str) -> bool:
-        """Whether a command line matches a builtin or ``mp_ignore`` pattern."""
+        """Whether a command line matches an ``mp_ignore`` pattern."""
         return any(fnmatch.fnmatchcase(cmdline, pattern) for pattern in self.ignore)
+
+    @property
+    def use_subreaper(self) -> bool:
+        """Whether the pytest process becomes a child subreaper.
+
+        ``auto`` makes it one in mode ``fail`` only: in ``warn`` and ``off`` the plugin only
+        observes, and an orphan then reparents as it would without the plugin.
+        """
+        return self.subreaper == "on" or (self.subreaper == "auto" and self.mode == "fail")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -170,7 +187,16 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         help="Write every finding and the session figures as JSON to PATH",
     )
+    group.addoption(
+        "--mp-subreaper",
+        dest="mp_subreaper",
+        type=parse_subreaper,
+        default=None,
+        help="Make pytest the child subreaper, so orphaned grandchildren are found: "
+        "auto (default: in mode fail only), on or off",
+    )
     parser.addini("mp_check", "Default for --mp-check (fail, warn or off)", default=None)
+    parser.addini("mp_subreaper", "Default for --mp-subreaper (auto, on or off)", default=None)
     parser.addini("mp_start_methods", "Default for --mp-start-methods", default=None)
     parser.addini("mp_join_timeout", "Default for --mp-join-timeout", default=None)
     parser.addini("mp_settle", "Default for --mp-settle", default=None)
@@ -213,6 +239,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
     grace = pick("mp_kill_grace", parse_kill_grace)
     join_timeout = pick("mp_join_timeout", parse_join_timeout)
     methods = pick("mp_start_methods", parse_start_methods)
+    subreaper = pick("mp_subreaper", parse_subreaper)
     report = config.getoption("mp_report") or _ini_text(config, "mp_report")
     user_ignore = tuple(str(p).strip() for p in config.getini("mp_ignore") if str(p).strip())
     return Settings(
@@ -223,8 +250,9 @@ def resolve_settings(config: pytest.Config) -> Settings:
         if isinstance(join_timeout, float)
         else DEFAULT_JOIN_TIMEOUT,
         start_methods=tuple(methods) if isinstance(methods, tuple) else (),
-        ignore=BUILTIN_IGNORE + user_ignore,
+        ignore=user_ignore,
         report_path=str(report) if report else None,
+        subreaper=str(subreaper) if subreaper is not None else DEFAULT_SUBREAPER,
     )
 
 

@@ -100,7 +100,7 @@ def _has_ended(leftover: Leftover, session_pid: int) -> bool:
     state = procfs.state(leftover.pid)
     if state is None or not procfs.is_same_process(leftover.pid, leftover.create_time):
         return True
-    if state != "Z":
+    if not procfs.is_zombie(leftover.pid):
         return False
     try:
         parent = psutil.Process(leftover.pid).ppid()
@@ -160,7 +160,7 @@ def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float)
         if leftover.pid in by_pool and _has_ended(leftover, session_pid):
             outcome[leftover.pid] = POOL_TERMINATED
             continue
-        if procfs.state(leftover.pid) == "Z":
+        if procfs.is_zombie(leftover.pid):
             _has_ended(leftover, session_pid)
             outcome[leftover.pid] = "reaped"
             continue

@@ -55,16 +55,13 @@ def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Sus
     before = baseline.pids if baseline is not None else frozenset()
     suspects = []
     tree = procfs.descendants(session.watch.session_pid)
-    ignored = {pid for pid in tree if session.settings.is_ignored(procfs.cmdline(pid))}
-    for pid, parent in tree.items():
+    for pid in tree:
         if pid in before or procfs.state(pid) in (None, "Z"):
             continue
         record = session.recorder.records.get(pid)
         if record is not None and record.scope is not None:
             continue  # a wider-scoped fixture's process, not this test's
-        # A helper (resource tracker, forkserver); a child of the forkserver has the same command
-        # line as its parent, and is no helper.
-        if pid in ignored and parent not in ignored:
+        if session.watch.is_helper(pid, tree):
             continue
         handle = record.handle() if record is not None and record.handle is not None else None
         suspects.append(hangs.Suspect(pid, handle))

@@ -9,15 +9,19 @@ helpers) belong to that process's owner. Leftovers are then ended (see :mod:`ter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck import helpers, ownership, procfs
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
-from pytest_mpcheck.origins import OriginRecorder
+from pytest_mpcheck.origins import HANDED_OVER, OriginRecorder
+from pytest_mpcheck.ownership import Holder
 from pytest_mpcheck.reaper import OrphanReaper
 from pytest_mpcheck.settings import Settings
 from pytest_mpcheck.terminate import Leftover, end_processes
@@ -56,11 +60,18 @@ class ProcessWatch:
         """Findings of fixture scopes that ended during the current teardown."""
         self._last_tree: frozenset[int] | None = None
         self._last_generation = -1
+        self._helper_pids: set[int] | None = None
+        """The helpers' pids, asked of their modules once per look (see :meth:`is_helper`)."""
+        self.reported: dict[int, tuple[str, float]] = {}
+        """Processes a test or fixture reported: ``{pid: (who, create time)}``."""
+        self._handed_over: list[weakref.ref[Any]] = []
+        """Live objects (a pool, an executor) whose processes were handed to the session."""
 
     # -- snapshots ------------------------------------------------------------------------------
 
     def _snapshot(self) -> dict[int, int]:
         """The descendants now, remembered as the next test's baseline."""
+        self._helper_pids = None
         tree = procfs.descendants(self.session_pid)
         self._last_tree = frozenset(tree)
         self._last_generation = self.recorder.generation
@@ -77,16 +88,39 @@ class ProcessWatch:
             return Baseline(self._last_tree)
         return Baseline(frozenset(self._snapshot()))
 
-    def _is_helper(self, pid: int, tree: dict[int, int]) -> bool:
-        """Whether ``pid`` is a session helper (resource tracker, forkserver, xdist, mp_ignore).
+    def rebase(self) -> None:
+        """Watch from this process: a fork of the pytest process now runs the tests.
+
+        pytest-forked (``--forked``) runs each test in a fork of the pytest process: there, the
+        test's children are this fork's, and the fork itself is no leftover of its own test.
+        """
+        self.session_pid = os.getpid()
+        self._last_tree = None
+        self._helper_pids = None
+
+    def _looks_like_helper(self, pid: int) -> bool:
+        command = procfs.cmdline(pid)
+        if command == procfs.own_cmdline():
+            return False  # a fork of this process (or of this xdist worker): never a helper
+        if self._helper_pids is None:
+            self._helper_pids = helpers.running_helper_pids()
+        return (
+            pid in self._helper_pids
+            or helpers.is_helper_command(command)
+            or self.settings.is_ignored(command)
+        )
+
+    def is_helper(self, pid: int, tree: dict[int, int]) -> bool:
+        """Whether ``pid`` is a session helper (a tracker, a forkserver, an xdist worker, or
+        ``mp_ignore``); see :mod:`helpers`.
 
         A forkserver's children carry its command line: a match whose parent (from ``tree``, the
         look just taken) matches too is a child of a helper, and the test's.
         """
-        if not self.settings.is_ignored(procfs.cmdline(pid)):
+        if not self._looks_like_helper(pid):
             return False
         parent = tree.get(pid, self.session_pid)
-        return parent == self.session_pid or not self.settings.is_ignored(procfs.cmdline(parent))
+        return parent == self.session_pid or not self._looks_like_helper(parent)
 
     def _new_processes(self, baseline: Baseline) -> dict[int, int]:
         """New descendants that the current test owns, as ``{pid: parent}``."""
@@ -95,7 +129,7 @@ class ProcessWatch:
         for pid, parent in tree.items():
             if pid in baseline.pids:
                 continue
-            if self._is_helper(pid, tree):
+            if self.is_helper(pid, tree):
                 # The summary counts what tests start: not the tracker their first lock started.
                 self.recorder.count_as_helper(pid)
                 continue
@@ -112,7 +146,7 @@ class ProcessWatch:
         while parent != self.session_pid and parent in tree:
             record = self.recorder.records.get(parent)
             older = parent in baseline.pids or (record is not None and record.scope is not None)
-            if older and not self._is_helper(parent, tree):
+            if older and not self.is_helper(parent, tree):
                 return True
             parent = tree[parent]
         return False
@@ -152,10 +186,71 @@ class ProcessWatch:
             owner=owner,
         )
 
+    def _holders(self, pids: Iterable[int], collect: bool) -> dict[int, Holder]:
+        """The live objects that still hold the process objects of ``pids`` (by pid)."""
+        handles = []
+        for pid in pids:
+            record = self.recorder.records.get(pid)
+            handle = record.handle() if record is not None and record.handle else None
+            if handle is not None:
+                handles.append(handle)
+        if not handles:
+            return {}
+        found = ownership.live_holders(handles, collect=collect)
+        by_pid = {handle.pid: found[id(handle)] for handle in handles if id(handle) in found}
+        del handles
+        return by_pid
+
+    def _was_handed_over(self, holder: Holder) -> bool:
+        return any(ref() is holder.owner for ref in self._handed_over)
+
+    def _leave_to_older_owners(
+        self, processes: dict[int, int], nodeid: str, collect: bool
+    ) -> tuple[dict[int, int], dict[int, Holder]]:
+        """Give the older owner what an older object started during this test.
+
+        A pool that repopulates its workers, or a reusable executor that a later test asks for
+        more, starts processes during a test that did not create it: they belong with the
+        object's other processes (a fixture's scope, the session), not to this test. Returns
+        what is still this test's, and the holders found.
+        """
+        live = [pid for pid in processes if not procfs.is_zombie(pid)]
+        holders = self._holders(live, collect) if live else {}
+        kept = dict(processes)
+        for pid, holder in holders.items():
+            record = self.recorder.records[pid]
+            older = [
+                self.recorder.records[sibling.pid]
+                for sibling in holder.siblings
+                if isinstance(getattr(sibling, "pid", None), int)
+                and sibling.pid in self.recorder.records
+                and self.recorder.records[sibling.pid].owner != nodeid
+            ]
+            if older:
+                record.owner = older[0].owner
+                record.scope = older[0].scope if older[0].scope is not None else HANDED_OVER
+            elif self._was_handed_over(holder):
+                record.scope = HANDED_OVER
+            else:
+                continue
+            del kept[pid]
+        return kept, holders
+
     def _conclude(
-        self, processes: dict[int, int], owner: str, nodeid: str, veto: VetoFn, end: bool
+        self,
+        processes: dict[int, int],
+        owner: str,
+        nodeid: str,
+        veto: VetoFn,
+        end: bool,
+        holders: dict[int, Holder] | None = None,
     ) -> list[Finding]:
-        """Describe, let plugins veto, end the leftovers and make the findings."""
+        """Describe, let plugins veto, end the leftovers and make the findings.
+
+        With ``end``, what nobody can use any more is ended; a process still held by a live
+        object (``holders``) is reported and handed to the session instead, to be ended when it
+        ends: killing a pool's worker under the tests that still use the pool would break them.
+        """
         findings: list[Finding] = []
         leftovers: list[Leftover] = []
         for pid, parent in sorted(processes.items()):
@@ -168,6 +263,17 @@ class ProcessWatch:
         for finding in findings:
             pid = finding.process.pid
             record = self.recorder.records.get(pid)
+            holder = (holders or {}).get(pid)
+            if holder is not None:
+                finding.details.append(
+                    f"kept running: still held by {holder.describe()}, which later tests may "
+                    "use; handed to the session, and ended when the session ends"
+                )
+                if record is not None:
+                    record.scope = HANDED_OVER
+                with contextlib.suppress(TypeError):
+                    self._handed_over.append(weakref.ref(holder.owner))
+                continue
             handle = record.handle() if record is not None and record.handle else None
             leftovers.append(Leftover(pid, finding.process.create_time, handle))
         if end and leftovers:
@@ -207,10 +313,13 @@ class ProcessWatch:
         self, baseline: Baseline, nodeid: str, veto: VetoFn, end: bool = True
     ) -> list[Finding]:
         """Findings for one test after its teardown, plus those of scopes that ended in it."""
-        if not self.reaper.installed:
+        if not self.reaper.installed and self.reaper.enabled:
             self.reaper.reap_orphans()
         leftovers = self._settle(lambda: self._new_processes(baseline))
-        findings = self._conclude(leftovers, nodeid, nodeid, veto, end)
+        holders: dict[int, Holder] = {}
+        if leftovers:
+            leftovers, holders = self._leave_to_older_owners(leftovers, nodeid, collect=end)
+        findings = self._conclude(leftovers, nodeid, nodeid, veto, end, holders if end else None)
         if leftovers:
             self._last_tree = None  # some were ended: look again before the next test
         findings = self.pending + findings
@@ -218,7 +327,7 @@ class ProcessWatch:
         self._forget_gone()
         return findings
 
-    def finish_scope(self, scope: object, nodeid: str, veto: VetoFn) -> None:
+    def finish_scope(self, scope: object, nodeid: str, veto: VetoFn, end: bool = True) -> None:
         """Check the processes of a wider-scoped fixture once it has been finalized."""
         records = {pid: r for pid, r in self.recorder.records.items() if r.scope is scope}
         if not records:
@@ -236,29 +345,48 @@ class ProcessWatch:
                 and procfs.is_same_process(pid, record.create_time)
                 # multiprocessing's resource tracker or forkserver, started by the fixture's
                 # first use: the session's, not the fixture's
-                and not self._is_helper(pid, tree)
+                and not self.is_helper(pid, tree)
             }
 
         leftovers = self._settle(alive)
-        self.pending.extend(self._conclude(leftovers, label, nodeid, veto, True))
+        holders = self._holders(leftovers, collect=True) if end and leftovers else None
+        self.pending.extend(self._conclude(leftovers, label, nodeid, veto, end, holders))
 
     def finish_session(self, baseline: Baseline) -> list[Finding]:
         """What is still running at the end of the session, that no test or fixture was blamed for.
 
-        Typically a process that a fixture's process started and that outlived it. It is ended.
+        Typically a process that a fixture's process started and that outlived it, or one that
+        a warn-mode test left running, or a pool handed to the session. It is ended, in every
+        mode: nothing outlives pytest or holds its exit.
         """
-        self.reaper.reap_orphans()
+        if self.reaper.enabled:
+            self.reaper.reap_orphans()
 
         def remaining() -> dict[int, int]:
             tree = procfs.descendants(self.session_pid)
             return {
                 pid: parent
                 for pid, parent in tree.items()
-                if pid not in baseline.pids and not self._is_helper(pid, tree)
+                if pid not in baseline.pids and not self.is_helper(pid, tree)
             }
 
         leftovers = self._settle(remaining)
-        return self._conclude(leftovers, "<session end>", "<session end>", lambda _: False, True)
+        findings = self._conclude(
+            leftovers, "<session end>", "<session end>", lambda _: False, True
+        )
+        for finding in findings:
+            who, created = self.reported.get(finding.process.pid, ("", 0.0))
+            if who and abs(created - finding.process.create_time) < 0.01:
+                finding.reported_by = who
+        return findings
+
+    def mark_reported(self, findings: Iterable[Finding]) -> None:
+        """Remember the leftovers that a test's report named and that may still run (warn
+        mode, or handed to the session): the end of the session names them once more only as
+        ended, and does not count them again."""
+        for finding in findings:
+            process = finding.process
+            self.reported[process.pid] = (finding.nodeid, process.create_time)
 
     def _forget_gone(self) -> None:
         if not self.recorder.records:

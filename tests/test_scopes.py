@@ -44,7 +44,8 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_third*",
-            "mpcheck: test_b.py::test_third left 1 process behind (1 leaked)",
+            "mpcheck: session-scoped fixture 'server' (finalized at the teardown of "
+            "test_b.py::test_third) left 1 process behind (1 leaked)",
             "leaked process * 'sleep': still running*",
             "    command:    sleep 70",
             "    started at: conftest.py:5 by subprocess.Popen",
@@ -92,8 +93,8 @@ def test_process_started_by_an_older_process_is_not_blamed(pytester: pytest.Pyte
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "mpcheck: 1 process still running at the end of the session, not started by the "
-            "test process itself (no test is blamed):",
+            "mpcheck: 1 process still running at the end of the session, that no test or "
+            "fixture was blamed for:",
             "leaked process * 'sleep': still running*",
             "    command:    sleep 72",
             "    ended by:   SIGTERM (ended by mpcheck)",

@@ -1,0 +1,143 @@
+"""Who still holds a process object: a pool, an executor, a module's global, or nobody.
+
+A process left running at the end of a test is ended at once only when nobody can use it any
+more. One still held by a live object (a ``Pool`` or executor the suite keeps in a global, a
+reusable executor) would break the later tests that use that object if it were killed under
+them: it is reported and handed to the session instead. The question is asked of the garbage
+collector (who refers to the ``Process`` object), only for leftovers, and in a few passes over
+the heap whatever their number.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import subprocess
+import sys
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Objects that only pass a reference on: the holder is what refers to them.
+_CONTAINERS = (
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    collections.deque,
+    types.CellType,
+    types.MethodType,
+)
+
+#: How many containers deep to look for the holder (a list in an object's ``__dict__``).
+_DEPTH = 3
+
+
+@dataclass
+class Holder:
+    """A live object that still refers to a process object."""
+
+    owner: Any
+    siblings: list[Any] = field(default_factory=list)
+    """Other process objects in the same container (the pool's other workers)."""
+
+    def describe(self) -> str:
+        """How a report names the holder."""
+        owner = self.owner
+        if isinstance(owner, types.ModuleType):
+            return f"a global of module {owner.__name__}"
+        kind = type(owner)
+        return f"a live {kind.__module__}.{kind.__qualname__}"
+
+
+def _bookkeeping() -> list[Any]:
+    """Where the standard library keeps every process, held or not: not an owner."""
+    kept: list[Any] = [getattr(subprocess, "_active", None)]
+    for family in ("multiprocessing", "multiprocess", "billiard"):
+        module = sys.modules.get(f"{family}.process")
+        kept.append(getattr(module, "_children", None))
+    return [item for item in kept if item is not None]
+
+
+def _is_process(obj: Any) -> bool:
+    return hasattr(obj, "pid") and (hasattr(obj, "exitcode") or hasattr(obj, "returncode"))
+
+
+def _members(container: Any) -> Iterable[Any]:
+    if isinstance(container, dict):
+        return container.values()
+    if isinstance(container, (list, tuple, set, frozenset, collections.deque)):
+        return container
+    return ()
+
+
+def live_holders(handles: list[Any], collect: bool = True) -> dict[int, Holder]:
+    """For each process object still held by a live object, that holder (by ``id(handle)``).
+
+    Frames (a failed test's traceback keeps its locals) and the standard library's lists of
+    all processes are not holders. Unreachable cycles are collected first, so that a pool only
+    kept alive by its own cycles is not taken for one someone still uses (unless ``collect`` is
+    false: in warn mode the plugin changes nothing, not even when finalizers run). The caller
+    must hold the handles only in ``handles`` and in local variables while it asks.
+    """
+    if not handles:
+        return {}
+    if collect:
+        gc.collect()
+    by_id = {id(handle): handle for handle in handles}
+    skip = {id(item) for item in _bookkeeping()} | {id(handles), id(by_id)}
+    # Each object reached so far, and the ids of the handles it leads back to.
+    frontier: dict[int, Any] = dict(by_id)
+    leads_of: dict[int, list[int]] = {key: [key] for key in by_id}
+    container_of: dict[int, Any] = {}
+    found: dict[int, Holder] = {}
+    for _ in range(_DEPTH):
+        targets = list(frontier.values())
+        referrers = gc.get_referrers(*targets)
+        skip |= {id(referrers), id(targets), id(frontier)}
+        reached: dict[int, Any] = {}
+        reached_leads: dict[int, list[int]] = {}
+        for referrer in referrers:
+            key = id(referrer)
+            if key in skip or key in frontier or isinstance(referrer, _NOT_HOLDERS):
+                continue
+            referents = {id(r) for r in gc.get_referents(referrer)}
+            leads = [h for target in referents & frontier.keys() for h in leads_of[target]]
+            if not leads:
+                continue
+            if isinstance(referrer, _CONTAINERS):
+                reached[key] = referrer
+                reached_leads.setdefault(key, []).extend(leads)
+                for handle_id in leads:
+                    if any(member is by_id[handle_id] for member in _members(referrer)):
+                        container_of.setdefault(handle_id, referrer)
+                continue
+            if type(referrer).__module__.startswith(_FRAMEWORK):
+                continue  # pytest's cache of a fixture's value, an item's arguments
+            for handle_id in leads:
+                if handle_id in found:
+                    continue
+                handle = by_id[handle_id]
+                siblings = [
+                    other
+                    for other in _members(container_of.get(handle_id))
+                    if other is not handle and _is_process(other)
+                ]
+                found[handle_id] = Holder(referrer, siblings)
+        leads_of = {
+            key: [h for h in reached_leads[key] if h not in found]
+            for key in reached
+            if any(h not in found for h in reached_leads[key])
+        }
+        frontier = {key: reached[key] for key in leads_of}
+        if not frontier:
+            break
+    return found
+
+
+#: Modules whose objects keep a test's values only until its teardown is over.
+_FRAMEWORK = ("_pytest.", "pluggy.")
+
+_NOT_HOLDERS = (types.FrameType, types.GeneratorType, types.CoroutineType)
