@@ -76,6 +76,10 @@ class OriginRecorder:
         """Goes up with every process noted: tells the watch that its last look is stale."""
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
+        self._thread_owners: weakref.WeakKeyDictionary[threading.Thread, tuple[str, object]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Who was running when each thread was started (see :meth:`_prepare`)."""
         self._thread = threading.local()
         """Per thread: ``prepared``, the record of the process-creating call this thread is
         making (see :meth:`_prepare`), and ``noted``, the pids noted since its outermost call
@@ -123,14 +127,21 @@ class OriginRecorder:
         local = self._thread
         previous: StartRecord | None = getattr(local, "prepared", None)
         if previous is None and os.getpid() == self._pid:
+            thread = threading.current_thread()
+            owner, scope = self._owner, self._scope
+            started_by = self._thread_owners.get(thread)
+            if started_by is not None and started_by[0] != owner:
+                # A thread older than this test (a pool's worker handler) starts for the one
+                # that started it: a fixture's scope, or the session once that test is over.
+                owner, scope = started_by[0], started_by[1] or HANDED_OVER
             local.prepared = StartRecord(
                 pid=0,
                 started_by=label,
                 site=callsite.user_site(sys._getframe(1), self._root_prefix),
-                owner=self._owner,
-                scope=self._scope,
+                owner=owner,
+                scope=scope,
                 create_time=None,
-                thread=threading.current_thread().name,
+                thread=thread.name,
             )
             local.noted = set()
         with self._count_lock:
@@ -243,6 +254,19 @@ class OriginRecorder:
         wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
         # multiprocessing's spawn and forkserver methods, its resource tracker and forkserver.
         wrap_pid_returning(multiprocessing.util, "spawnv_passfds", "multiprocessing spawn")
+
+        original_thread_start = threading.Thread.start
+
+        @functools.wraps(original_thread_start)
+        def start_thread(thread: threading.Thread) -> None:
+            if os.getpid() == recorder._pid:
+                recorder._thread_owners[thread] = (recorder._owner, recorder._scope)
+            original_thread_start(thread)
+
+        threading.Thread.start = start_thread  # type: ignore[method-assign,assignment]
+        self._undo.append(
+            functools.partial(setattr, threading.Thread, "start", original_thread_start)
+        )
 
         self._wrap_method = wrap_method = self._method_wrapper()
         self.wrap_process_families()

@@ -1,0 +1,335 @@
+"""First, do no harm (DESIGN s.0): the plugin fails the tests that leak and changes nothing else.
+
+Each principle is tried on real processes in an inner pytest session, the way a user meets it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs")
+
+
+def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pytester) -> None:
+    # Principle 1: in warn mode nothing is signalled or reaped while the run goes on; what is
+    # still running at the end of the session is ended then, and said once.
+    pytester.makepyfile(
+        test_warn="""
+        import multiprocessing, os, subprocess, time
+        from pathlib import Path
+
+        def test_leaves_a_sleeper_and_a_zombie():
+            p = subprocess.Popen(["sleep", "60"])
+            Path("sleeper").write_text(str(p.pid))
+            z = multiprocessing.get_context("fork").Process(target=int)
+            z.start()
+            Path("zombie").write_text(str(z.pid))
+            time.sleep(0.2)
+
+        def test_a_later_test_finds_them_as_they_were():
+            os.kill(int(Path("sleeper").read_text()), 0)  # not signalled
+            pid = int(Path("zombie").read_text())
+            # not reaped: the status is still there for whoever waits
+            assert os.waitpid(pid, os.WNOHANG)[0] == pid
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*mpcheck: process watch warn*subreaper off (mode warn only observes*",
+            "*MpCheckWarning: mpcheck: test_warn.py::test_leaves_a_sleeper_and_a_zombie left 2 "
+            "processes behind (1 leaked, 1 unreaped)",
+            "mpcheck: 1 process that tests left behind was still running at the end of the "
+            "session, and ended:",
+            "    process * 'sleep' of test_warn.py::test_leaves_a_sleeper_and_a_zombie: SIGTERM*",
+        ]
+    )
+    sleeper = int((pytester.path / "sleeper").read_text())
+    assert not _alive(sleeper)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@linux_only
+def test_warn_mode_keeps_process_tree_semantics(pytester: pytest.Pytester) -> None:
+    # A test that ends a child and then checks that none of its own children remain: with the
+    # plugin observing, the orphaned grandchild goes where it would without it (not to pytest).
+    pytester.makepyfile(
+        test_tree="""
+        import multiprocessing, os, subprocess, time
+        import psutil
+
+        def spawn_worker(conn):
+            conn.send(subprocess.Popen(["sleep", "30"]).pid)
+            time.sleep(30)
+
+        def test_orphans_leave_the_tree():
+            here, there = multiprocessing.Pipe()
+            p = multiprocessing.get_context("fork").Process(target=spawn_worker, args=(there,))
+            p.start()
+            worker = here.recv()
+            p.kill()
+            p.join()
+            try:
+                assert worker not in [c.pid for c in psutil.Process().children(recursive=True)]
+            finally:
+                os.kill(worker, 9)
+        """
+    )
+    without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:mpcheck")
+    without.assert_outcomes(passed=1)
+    for args in (("--mp-check=warn",), ("--mp-subreaper=off",)):
+        result = pytester.runpytest_subprocess(*FAST, *args, timeout=60)
+        result.assert_outcomes(passed=1)
+    on = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", "--mp-subreaper=on", timeout=60)
+    on.assert_outcomes(failed=1)
+    on.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
+
+
+def test_bad_subreaper_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--mp-subreaper=sometimes", timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*'sometimes' is not a valid mp-subreaper value. Valid values: auto, on, off"]
+    )
+
+
+@linux_only
+def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Pytester) -> None:
+    # Principle 3, as a bounded stress test: two threads start short-lived children while the
+    # orphan reaper runs on every SIGCHLD. Every status must reach its own caller.
+    pytester.makepyfile(
+        test_race="""
+        import subprocess, threading, time
+
+        def test_two_threads():
+            wrong = []
+            deadline = time.monotonic() + 4
+
+            def loop():
+                while time.monotonic() < deadline:
+                    code = subprocess.run(["sh", "-c", "exit 3"]).returncode
+                    if code != 3:
+                        wrong.append(code)
+
+            threads = [threading.Thread(target=loop) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert wrong == []
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-subreaper=on", timeout=60)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
+
+
+@linux_only
+def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
+    # multiprocess, billiard and loky have their own copy of spawnv_passfds, which calls
+    # _posixsubprocess.fork_exec: the child it starts is no orphan, and its status stays.
+    pytester.makepyfile(
+        test_fork_exec="""
+        import multiprocessing.util, os, sys, time, types
+
+        ours = getattr(multiprocessing.util.spawnv_passfds, "__wrapped__",
+                       multiprocessing.util.spawnv_passfds)
+        # the same code with globals of its own: a fork of multiprocessing's function
+        their_spawnv_passfds = types.FunctionType(ours.__code__, dict(vars(multiprocessing.util)))
+
+        def test_status_is_kept():
+            exe = os.fsencode(sys.executable)
+            pid = their_spawnv_passfds(exe, [exe, b"-c", b"import sys; sys.exit(7)"], ())
+            time.sleep(0.5)  # it exits, SIGCHLD comes, the orphan reaper runs
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 7
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1)
+
+
+def test_helpers_of_other_families_are_helpers(pytester: pytest.Pytester) -> None:
+    # Principle 4: a tracker is known by what it runs, whichever family's it is; a fork of the
+    # pytest process is never a helper.
+    pkg = pytester.mkpydir("otherfamily")
+    (pkg / "resource_tracker.py").write_text(
+        "import signal, sys\n"
+        "def main(fd):\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # trackers ignore SIGTERM\n"
+        "    sys.stdin.read()  # until the pytest process ends\n"
+    )
+    pytester.makepyfile(
+        test_family="""
+        import os, subprocess, sys, time
+
+        tracker = None
+
+        def test_first_use_starts_the_tracker():
+            global tracker
+            tracker = subprocess.Popen(
+                [sys.executable, "-c", "from otherfamily.resource_tracker import main; main(3)"],
+                stdin=subprocess.PIPE,
+            )
+
+        def test_the_tracker_is_still_there():
+            assert tracker.poll() is None
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("*leaked process*")
+
+
+def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytester) -> None:
+    # Principle 2 and 5: the test that left the pool running fails; the pool is not killed
+    # under the next tests, and the workers it starts for them are not blamed on them.
+    pytester.makepyfile(
+        test_kept="""
+        import multiprocessing
+
+        POOL = None
+
+        def square(n):
+            return n * n
+
+        def pool():
+            global POOL
+            if POOL is None:
+                POOL = multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1)
+            return POOL
+
+        def test_creates_it():
+            assert len(pool()._pool) == 2
+
+        def test_uses_it_and_it_replaces_workers():
+            assert pool().map(square, range(6)) == [0, 1, 4, 9, 16, 25]
+
+        def test_uses_it_again():
+            assert pool().apply(square, (7,)) == 49
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_creates_it*",
+            "mpcheck: test_kept.py::test_creates_it left 2 processes behind (2 leaked)",
+            "    kept running: still held by a live multiprocessing.pool.Pool*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_uses_it*")
+
+
+def test_unittest_setupclass_owns_its_pool(pytester: pytest.Pytester) -> None:
+    # setUpClass owns what it starts, as a class-scoped fixture does; its pool replacing a
+    # worker during a test is the class's, not that test's.
+    pytester.makepyfile(
+        test_unit="""
+        import multiprocessing, unittest
+
+        def square(n):
+            return n * n
+
+        class TestWithPool(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                cls.pool = multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1)
+
+            @classmethod
+            def tearDownClass(cls):
+                cls.pool.terminate()
+                cls.pool.join()
+
+            def test_apply(self):
+                self.assertEqual(self.pool.apply(square, (3,)), 9)
+
+            def test_map(self):
+                self.assertEqual(self.pool.map(square, range(4)), [0, 1, 4, 9])
+
+        class TestForgets(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                cls.proc = multiprocessing.get_context("fork").Process(
+                    target=__import__("time").sleep, args=(30,))
+                cls.proc.start()
+
+            def test_one(self):
+                pass
+
+            @unittest.skip("not today")
+            def test_skipped(self):
+                pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=3, skipped=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: setUpClass of TestForgets (finalized at the teardown of "
+            "test_unit.py::TestForgets::test_skipped) left 1 process behind (1 leaked)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*TestWithPool*left*")
+
+
+@linux_only
+def test_a_process_whose_main_thread_exited_is_not_a_zombie(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_leader="""
+        import ctypes, os, threading, time
+
+        def test_leaves_one():
+            if os.fork() == 0:
+                threading.Thread(target=time.sleep, args=(60,)).start()
+                ctypes.CDLL(None).pthread_exit(None)  # only the main thread ends
+            time.sleep(0.3)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_leader.py::test_leaves_one left 1 process behind (1 leaked)",
+            "leaked process *: still running, state running (its main thread has exited)*",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+
+
+@linux_only
+def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
+    # procfs hands a task's children out a page at a time: 800 pids do not fit in one read.
+    pytester.makepyfile(
+        test_many="""
+        import os, signal
+
+        def test_forks_800():
+            r, w = os.pipe()
+            for _ in range(800):
+                if os.fork() == 0:
+                    os.close(w)
+                    os.read(r, 1)  # until the pipe closes
+                    os._exit(0)
+            os.close(r)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, timeout=120)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["mpcheck: test_many.py::test_forks_800 left 800 processes behind (800 leaked)"]
+    )
+    result.stdout.fnmatch_lines(["mpcheck: 800 processes started by tests, 800 leaked*"])
