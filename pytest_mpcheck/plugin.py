@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_mpcheck import settings, startmethods, timeouts
-from pytest_mpcheck.session import MpCheckSession, loaded_lockcheck, session_key
+from pytest_mpcheck.session import MpCheckSession, internal_error, loaded_lockcheck, session_key
 
 if TYPE_CHECKING:
     import multiprocessing.context
@@ -49,14 +49,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     state = config.stash.get(session_key, None)
-    return state.header() if state is not None else None
+    try:
+        return state.header() if state is not None else None
+    except Exception:
+        internal_error("writing the report header")
+        return None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     state = item.config.stash.get(session_key, None)
     if state is not None:
-        state.begin_test(item)
+        try:
+            state.begin_test(item)
+        except Exception:
+            internal_error("noting the processes before " + item.nodeid)
     return (yield)
 
 
@@ -236,33 +243,42 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist: add up the figures of a worker that finished."""
     state = node.config.stash.get(session_key, None)
     workeroutput = getattr(node, "workeroutput", None)
-    if state is not None and workeroutput:
-        state.add_worker(workeroutput)
-    if workeroutput:
-        from pytest_mpcheck import lockcheck
+    try:
+        if state is not None and workeroutput:
+            state.add_worker(workeroutput)
+        if workeroutput:
+            from pytest_mpcheck import lockcheck
 
-        lockcheck.add_worker(node.config, workeroutput)
+            lockcheck.add_worker(node.config, workeroutput)
+    except Exception:
+        internal_error("adding up the figures of an xdist worker")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # trylast: after pytest's own implementation has torn down the remaining fixtures.
     state = session.config.stash.get(session_key, None)
-    if state is not None:
-        state.sweep()
-        state.finish()
-    lockcheck = loaded_lockcheck()
-    if lockcheck is not None:
-        lockcheck.session_finish(session.config)
+    try:
+        if state is not None:
+            state.sweep()
+            state.finish()
+        lockcheck = loaded_lockcheck()
+        if lockcheck is not None:
+            lockcheck.session_finish(session.config)
+    except Exception:
+        internal_error("finishing the session")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(session_key, None)
     if state is None:
         return
-    for line in state.summary_lines():
-        terminalreporter.write_line(line)
-    lockcheck = loaded_lockcheck()
-    if lockcheck is not None:
-        for line in lockcheck.summary_lines(terminalreporter.config):
+    try:
+        for line in state.summary_lines():
             terminalreporter.write_line(line)
+        lockcheck = loaded_lockcheck()
+        if lockcheck is not None:
+            for line in lockcheck.summary_lines(terminalreporter.config):
+                terminalreporter.write_line(line)
+    except Exception:
+        internal_error("writing the terminal summary")

@@ -207,13 +207,7 @@ class MpCheckSession:
         return veto
 
     def _internal_error(self, doing: str) -> None:
-        details = "".join(traceback.format_exception(*sys.exc_info()))
-        warnings.warn(
-            MpCheckInternalWarning(
-                f"pytest-mpcheck failed while {doing}; please report this bug:\n{details}"
-            ),
-            stacklevel=1,
-        )
+        internal_error(doing)
 
     # -- the end of the run ---------------------------------------------------------------------
 
@@ -286,6 +280,23 @@ class MpCheckSession:
         if self.resources_left_at_end:
             lines.append(report.format_session_resources(self.resources_left_at_end))
         return lines
+
+
+def internal_error(doing: str) -> None:
+    """Say that the plugin itself failed, without changing the run's outcome.
+
+    A warning that no filter can escalate (``-W error`` or ``filterwarnings = error`` would
+    otherwise turn the plugin's own bug into the user's failure, or an INTERNALERROR).
+    """
+    details = "".join(traceback.format_exception(*sys.exc_info()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MpCheckInternalWarning)
+        warnings.warn(
+            MpCheckInternalWarning(
+                f"pytest-mpcheck failed while {doing}; please report this bug:\n{details}"
+            ),
+            stacklevel=2,
+        )
 
 
 def loaded_lockcheck() -> ModuleType | None:
