@@ -15,12 +15,14 @@ class MpCheckInternalWarning(pytest.PytestWarning):
     """The plugin itself failed; the run goes on and the user's own outcome is kept."""
 
 
-def warn_at_test(item: pytest.Item, message: str) -> None:
-    """Warn with :class:`MpCheckWarning`, pointing at the test rather than at this plugin."""
+def warn_at_test(
+    item: pytest.Item, message: str, category: type[pytest.PytestWarning] = MpCheckWarning
+) -> None:
+    """Warn with ``category``, pointing at the test rather than at this plugin."""
     path, lineno, _ = item.reportinfo()
     warnings.warn_explicit(
-        MpCheckWarning(message),
-        category=MpCheckWarning,
+        category(message),
+        category=category,
         filename=str(path),
         lineno=(lineno or 0) + 1,
     )
