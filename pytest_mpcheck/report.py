@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
 from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
@@ -172,13 +174,37 @@ def summary_line(tally: SessionTally) -> str:
     )
 
 
+class ReportNotWritten(Exception):
+    """The JSON report could not be written; the message is the line the user reads."""
+
+
+#: The line that says the JSON report could not be written (shown in the terminal summary).
+report_problem_key = pytest.StashKey[str]()
+
+
 def write_json(path: str, tally: SessionTally, findings: Sequence[Finding], extra: Any) -> None:
-    """Write the JSON report: the session figures and every finding."""
+    """Write the JSON report: the session figures and every finding.
+
+    The path was checked when the run started; should writing fail all the same (the directory
+    went away or filled up), :class:`ReportNotWritten` says so in one line.
+    """
     document = {
         "summary": tally.to_json(),
         "findings": [finding.to_json() for finding in findings],
         **(extra or {}),
     }
+    text = json.dumps(document, indent=2, default=str) + "\n"
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as error:
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            why = f"{target.parent} is not a directory"  # something took its place
+        else:
+            why = error.strerror or type(error).__name__
+            if error.filename and str(error.filename) != path:
+                why += f" ({error.filename})"
+        raise ReportNotWritten(
+            f"mpcheck: the JSON report (--mp-report) was not written to {path}: {why}"
+        ) from None
