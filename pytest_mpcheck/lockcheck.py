@@ -48,6 +48,7 @@ from pytest_mpcheck.locks import (
     close_records,
     make_lock,
 )
+from pytest_mpcheck.safetext import printable
 
 #: The check that ``mp_spawn`` children run before their target (see :mod:`bootstrap`).
 MODULE_LOCK_CHECK = "pytest_mpcheck.locks:module_lock_check"
@@ -99,7 +100,7 @@ class ProcessName:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.name} (pid {self.pid})"
+        return f"{printable(self.name)} (pid {self.pid})"  # the name is the process's own
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _read_file(path: str) -> _ProcessRecord | None:
             locks[lock] = declared
             record.locks[declared.token] = declared
         elif kind == TEXT_SITE and len(parts) >= 2:
-            sites[int(parts[0])] = _display(parts[1])
+            sites[int(parts[0])] = printable(_display(parts[1]))
     if record is None:
         return None
     off = 0

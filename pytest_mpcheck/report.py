@@ -12,6 +12,7 @@ import pytest
 from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
 from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
+from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
 
 _STATE_WORDS = {
     LEAKED: "still running",
@@ -48,12 +49,14 @@ def format_finding(finding: Finding) -> str:
         f"{_STATE_WORDS.get(finding.kind, finding.kind)}, state {process.status}, "
         f"age {process.age:.2f}s"
     )
-    command = process.cmdline
-    if command == procfs.own_cmdline():
+    # What a process says of itself is escaped (no terminal escapes, no forged log lines) and a
+    # huge command line is cut; the JSON report keeps both whole.
+    command = printable(process.cmdline, COMMAND_LIMIT)
+    if process.cmdline == procfs.own_cmdline():
         command = f"(a fork of the pytest process) {command}"
     lines = [head, f"    command:    {command}"]
     if process.started_at or process.started_by:
-        where = process.started_at or "unknown place"
+        where = printable(process.started_at or "unknown place")
         how = f" by {process.started_by}" if process.started_by else ""
         lines.append(f"    started at: {where}{how}")
     else:
@@ -61,13 +64,13 @@ def format_finding(finding: Finding) -> str:
             f"    started by: a child process (parent pid {process.ppid}), not by the test process"
         )
     if process.owner and process.owner != finding.nodeid:
-        lines.append(f"    owned by:   {process.owner}")
+        lines.append(f"    owned by:   {printable(process.owner)}")
     if finding.ended_by:
         lines.append(f"    ended by:   {_ENDED_WORDS.get(finding.ended_by, finding.ended_by)}")
-    lines.extend(f"    {detail}" for detail in finding.details)
+    lines.extend(f"    {printable(detail)}" for detail in finding.details)
     if process.stack:
         lines.append("    stack (most recent call last):")
-        lines.append(_indent(process.stack, "      "))
+        lines.append(_indent(printable(process.stack, lines=True), "      "))
     return "\n".join(lines)
 
 
@@ -107,7 +110,7 @@ def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:
         why = f"process {finding.pid} ended without freeing it"
     lines = [
         f"leaked {what} {finding.name!r}: {why}",
-        f"    made at:    {finding.site} by {who}",
+        f"    made at:    {printable(finding.site)} by {who}",
     ]
     if finding.owner and not finding.owner.startswith("<") and finding.owner != nodeid:
         lines.append(f"    owned by:   {finding.owner}")
