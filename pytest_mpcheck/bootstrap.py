@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import faulthandler
 import importlib
 import multiprocessing
@@ -90,24 +91,78 @@ def create_files(workdir: str) -> None:
 
 
 def write_result(workdir: str, token: str, data: bytes) -> None:
-    """Append a child's pickled result, as one record, to the results file (child side)."""
-    if len(data) > _RESULT_INLINE:
-        path = os.path.join(workdir, f"result-{token}.pickle")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Append a child's pickled result, as one record, to the results file (child side).
+
+    When the work directory has no room for it (a full ``/dev/shm``), the result goes to a file
+    of its own in the spill directory instead (:func:`read_spilled_result`): the plugin's lack of
+    room must not become the child's error.
+    """
+    try:
+        if len(data) > _RESULT_INLINE:
+            _write_file(os.path.join(workdir, f"result-{token}.pickle"), data)
+            data, inline = b"", b"F"
+        elif _free(workdir) < len(data) + _ROOM_MARGIN:
+            # A write that finds less room than it needs is cut short, not refused: a partial
+            # record would hide the records that follow it.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), workdir)
+        else:
+            inline = b"I"
+        record = (
+            _RESULT_MAGIC + token.encode("ascii") + inline + len(data).to_bytes(8, "big") + data
+        )
+        fd = os.open(
+            os.path.join(workdir, RESULTS_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+        )
         try:
-            while data:
-                data = data[os.write(fd, data) :]
+            os.write(fd, record)
         finally:
             os.close(fd)
-        data, inline = b"", b"F"
-    else:
-        inline = b"I"
-    record = _RESULT_MAGIC + token.encode("ascii") + inline + len(data).to_bytes(8, "big") + data
-    fd = os.open(os.path.join(workdir, RESULTS_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as error:
+        if error.errno not in _NO_ROOM:
+            raise
+        from pytest_mpcheck import scratch
+
+        spill = scratch.spill_directory(workdir, create=True)
+        if spill is None:
+            raise
+        path = os.path.join(spill, f"result-{token}.pickle")
+        _write_file(path + ".part", data)
+        os.rename(path + ".part", path)  # whole, or not there
+
+
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+_ROOM_MARGIN = 1 << 16
+
+
+def _free(directory: str) -> int:
     try:
-        os.write(fd, record)
+        status = os.statvfs(directory)
+    except OSError:
+        return 0
+    return status.f_bavail * status.f_frsize
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+def read_spilled_result(workdir: str, token: str) -> bytes | None:
+    """The result of ``token`` that its child wrote to the spill directory, if it did."""
+    from pytest_mpcheck import scratch
+
+    spill = scratch.spill_directory(workdir)
+    if spill is None:
+        return None
+    try:
+        with open(os.path.join(spill, f"result-{token}.pickle"), "rb") as own:
+            return own.read()
+    except OSError:
+        return None
 
 
 def read_results(workdir: str, offset: int) -> tuple[dict[str, bytes], int]:

@@ -15,12 +15,37 @@ class MpCheckInternalWarning(pytest.PytestWarning):
     """The plugin itself failed; the run goes on and the user's own outcome is kept."""
 
 
-def warn_at_test(item: pytest.Item, message: str) -> None:
-    """Warn with :class:`MpCheckWarning`, pointing at the test rather than at this plugin."""
+def warn_at_test(
+    item: pytest.Item, message: str, category: type[pytest.PytestWarning] = MpCheckWarning
+) -> None:
+    """Warn with ``category``, pointing at the test rather than at this plugin.
+
+    A warning of the plugin observes: it must not change the test's outcome. A blanket
+    ``filterwarnings = error`` (or ``-W error``, or an error filter for any category broader than
+    the plugin's) is common, and would turn it into an error; only a filter that names the
+    plugin's category (``-W error::pytest_mpcheck.MpCheckWarning``) escalates it. The warning is
+    still shown in pytest's warnings summary.
+    """
     path, lineno, _ = item.reportinfo()
-    warnings.warn_explicit(
-        MpCheckWarning(message),
-        category=MpCheckWarning,
-        filename=str(path),
-        lineno=(lineno or 0) + 1,
-    )
+    filename, line = str(path), (lineno or 0) + 1
+    with warnings.catch_warnings():
+        if _blanket_error(category, message, filename, line):
+            warnings.simplefilter("always", category)
+        warnings.warn_explicit(category(message), category=category, filename=filename, lineno=line)
+
+
+def _blanket_error(category: type[Warning], message: str, filename: str, lineno: int) -> bool:
+    """Whether the filter that decides about this warning is an ``error`` filter that does not
+    name the plugin's own categories (``category`` or a subclass of it)."""
+    module = filename[:-3] if filename.endswith(".py") else filename  # as warn_explicit does
+    for action, text, of, module_pattern, line in warnings.filters:
+        if not issubclass(category, of):
+            continue
+        if text is not None and not text.match(message):
+            continue
+        if module_pattern is not None and not module_pattern.match(module):
+            continue
+        if line and line != lineno:
+            continue
+        return action == "error" and not (isinstance(of, type) and issubclass(of, category))
+    return False

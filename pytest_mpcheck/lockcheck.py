@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import time
 import traceback
 import warnings
@@ -33,6 +32,7 @@ from pytest_mpcheck.locks import (
     FILE_SUFFIX,
     FOREIGN,
     GAVE_UP,
+    LOST_SUFFIX,
     RECORD,
     RECORD_SIZE,
     RELEASE_FAILED,
@@ -48,6 +48,7 @@ from pytest_mpcheck.locks import (
     close_records,
     make_lock,
 )
+from pytest_mpcheck.safetext import printable
 
 #: The check that ``mp_spawn`` children run before their target (see :mod:`bootstrap`).
 MODULE_LOCK_CHECK = "pytest_mpcheck.locks:module_lock_check"
@@ -99,7 +100,7 @@ class ProcessName:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.name} (pid {self.pid})"
+        return f"{printable(self.name)} (pid {self.pid})"  # the name is the process's own
 
 
 @dataclass
@@ -137,7 +138,8 @@ def _display(site: str) -> str:
 
 def _read_file(path: str) -> _ProcessRecord | None:
     """One process's record: its text file (names of the process, its locks and sites), then
-    its events, up to the first all-zero slot (the file is sparse and zero-filled)."""
+    its events, up to the first all-zero slot (both files are zero-filled past what was
+    written)."""
     try:
         with open(path[: -len(FILE_SUFFIX)] + TEXT_SUFFIX, "rb") as file:
             text_data = file.read()
@@ -151,6 +153,8 @@ def _read_file(path: str) -> _ProcessRecord | None:
     off = 0
     while off + TEXT_HEADER.size <= len(text_data):
         kind, lock, length = TEXT_HEADER.unpack_from(text_data, off)
+        if kind == 0:
+            break  # the reserved, unwritten rest
         off += TEXT_HEADER.size
         parts = text_data[off : off + length].decode("utf-8", "replace").split("\0")
         off += length
@@ -161,7 +165,7 @@ def _read_file(path: str) -> _ProcessRecord | None:
             locks[lock] = declared
             record.locks[declared.token] = declared
         elif kind == TEXT_SITE and len(parts) >= 2:
-            sites[int(parts[0])] = _display(parts[1])
+            sites[int(parts[0])] = printable(_display(parts[1]))
     if record is None:
         return None
     off = 0
@@ -546,13 +550,38 @@ def _ended(pid: int) -> bool:
     return procfs.state(pid) in (None, "Z")
 
 
+def _files(directory: str, suffix: str) -> dict[str, str]:
+    """The files of a record directory whose names end with ``suffix``, by name, path: the
+    directory's, and those that moved to its spill directory when it had no room (the spill
+    directory's copy of a name is the newer one)."""
+    found: dict[str, str] = {}
+    for place in (directory, scratch.spill_directory(directory)):
+        if place is None:
+            continue
+        try:
+            names = os.listdir(place)
+        except OSError:
+            continue
+        found.update((n, os.path.join(place, n)) for n in names if n.endswith(suffix))
+    return found
+
+
+def lost_records(directory: str) -> list[int]:
+    """The pids of processes that stopped recording for want of room (see locks._Writer)."""
+    return sorted({_pid_of(name) for name in _files(directory, LOST_SUFFIX)} - {-1})
+
+
+def _pid_of(name: str) -> int:
+    try:
+        return int(name.split(".", 1)[0])
+    except ValueError:
+        return -1
+
+
 def read(directory: str, t0: int = 0, own_tokens: dict[str, ProcessName] | None = None) -> Records:
     """Read and replay every process's record in ``directory``."""
-    try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(FILE_SUFFIX))
-    except OSError:
-        names = []
-    processes = [r for n in names if (r := _read_file(os.path.join(directory, n))) is not None]
+    files = _files(directory, FILE_SUFFIX)
+    processes = [r for n in sorted(files) if (r := _read_file(files[n])) is not None]
     return Records(processes, t0, own_tokens)
 
 
@@ -786,24 +815,13 @@ class LockChecker:
         stats = {name: records.stats(name) for name in records.names}
         close_records(self.directory)
         if self._own_directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            scratch.remove_directory(self.directory)
         return [f for f in records.findings if f.message not in self._seen], stats
 
 
 def writers(directory: str) -> list[int]:
     """The pids of the processes that wrote records in ``directory``."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    pids = []
-    for name in names:
-        if name.endswith(FILE_SUFFIX):
-            try:
-                pids.append(int(name.split(".", 1)[0]))
-            except ValueError:
-                continue
-    return pids
+    return [pid for pid in map(_pid_of, _files(directory, FILE_SUFFIX)) if pid != -1]
 
 
 def finish_test(
@@ -835,6 +853,7 @@ def finish_test(
     while running and time.monotonic() < deadline:
         time.sleep(0.005)
         running = [pid for pid in running if not _ended(pid)]
+    lost = lost_records(checker.directory)
     try:
         found, stats = checker.finish()
     except Exception:
@@ -850,6 +869,13 @@ def finish_test(
     tally = _tally(config)
     tally.add(nodeid, stats)
     tally.add_findings(nodeid, found)
+    if lost:
+        # What was read may lack any event after the moment the room ran out: a "held at
+        # exit" could be a release that was never written. The plugin's lack of room is no
+        # finding against the test.
+        if mode != "off":
+            warn_at_test(item, _lost_message(checker.directory, lost), MpCheckInternalWarning)
+        return
     for finding in found:
         config.hook.pytest_mpcheck_lock_finding(config=config, item=item, finding=finding)
     if not found or mode == "off":
@@ -859,6 +885,16 @@ def finish_test(
         warn_at_test(item, message)
         return
     _fail(message)
+
+
+def _lost_message(directory: str, pids: Sequence[int]) -> str:
+    return (
+        f"mpcheck: the lock checker's records are incomplete: process "
+        f"{', '.join(map(str, pids))} found no room for them in {os.path.dirname(directory)} "
+        "nor in the temporary directory, so this test's locks were not checked. Free space "
+        f"there (a full /dev/shm is common in containers), or set {scratch.SCRATCH_ENV} to a "
+        "directory with room."
+    )
 
 
 def _rebuild_checker(method: str, directory: str, t0: int) -> LockChecker:

@@ -14,7 +14,8 @@ Each record is 16 bytes: ``ts`` (``time.monotonic_ns()``, the system-wide monoto
 so an all-zero record marks the end of what was written), ``site`` (a per-process number of an
 acquisition site), ``lock`` (a per-process number of the lock), ``kind`` and ``flags``. Text (the
 process's name, what lock a number stands for, the ``file:line`` of a site) is rare: it goes to a
-second file, one ``os.write`` per record, before the first event that uses it.
+second file, one write per record, before the first event that uses it. The space of both files is
+reserved before it is written (see :class:`_Writer`): a full ``/dev/shm`` must not be a SIGBUS.
 
 Timestamps are taken after a lock was acquired and before it is released, so that under real mutual
 exclusion the next holder's acquisition always sorts after the previous holder's release.
@@ -27,6 +28,7 @@ both write the same records. Setting ``PYTEST_MPCHECK_PURE_PYTHON=1`` selects th
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import mmap
 import multiprocessing
@@ -73,9 +75,13 @@ TRY = 2
 RECORD = struct.Struct("<QIHBB")
 RECORD_SIZE = RECORD.size
 TEXT_HEADER = struct.Struct("<BxHI")
-_INITIAL_SIZE = 1 << 20  # 65536 records; the file grows by doubling, and is sparse until written
+_INITIAL_SIZE = 1 << 16  # 4096 records; the file grows by doubling, its space reserved each time
+_TEXT_SIZE = 1 << 13
 FILE_SUFFIX = ".mplocks"
 TEXT_SUFFIX = ".mplocks-text"
+LOST_SUFFIX = ".mplocks-lost"
+"""A marker: the process of the record file of the same name stopped recording (no room)."""
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _MP_DIR = os.path.dirname(multiprocessing.__file__) + os.sep
 _pack = RECORD.pack_into
@@ -101,6 +107,26 @@ ACCELERATED = _accel is not None
 """Whether checked locks use the C hot path (``pytest_mpcheck._lockrec``) in this process."""
 
 
+def _reserve(fd: int, size: int) -> bool:
+    """Give the file ``size`` bytes, their space reserved; ``False`` when there is no room."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in _NO_ROOM:
+            return False
+    except AttributeError:
+        pass
+    else:
+        return True
+    # A file system that cannot reserve space (or a platform without posix_fallocate): a sparse
+    # file, as before; such a file system is no tmpfs.
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        return False
+    return True
+
+
 class _Writer:
     """This process's record files for one record directory.
 
@@ -108,12 +134,20 @@ class _Writer:
     on an ``itertools.count`` (or on the C ``Records``, which counts the same way), which is
     atomic under the GIL, so threads of one process never write the same slot. Text (the
     process's name, what a lock or site number stands for) is rare and goes to a second file,
-    one ``os.write`` per record, before the first event that uses it.
+    one write per record, before the first event that uses it.
+
+    Both files get their space reserved (``posix_fallocate``) before anything is written to it:
+    a write to a mapped page that a full tmpfs cannot provide is a SIGBUS, which kills the
+    process (pytest itself, for the test's own locks). When the record directory has no room,
+    the files move to its spill directory (:func:`scratch.spill_directory`), which the reader
+    looks at too; when that has no room either, the process's records stop and a marker file
+    (:data:`LOST_SUFFIX`) tells the checker that what it reads of this process is incomplete.
     """
 
     __slots__ = (
         "buf",
         "codes",
+        "directory",
         "fd",
         "grow_lock",
         "lock_numbers",
@@ -122,27 +156,39 @@ class _Writer:
         "site_numbers",
         "sites",
         "size",
+        "stem",
+        "text_end",
         "text_fd",
+        "text_size",
     )
 
     def __init__(self, directory: str) -> None:
         pid = os.getpid()
+        self.directory = directory
         self.size = _INITIAL_SIZE
+        self.text_size = _TEXT_SIZE
+        self.text_end = 0
+        self.rec: _lockrec.Records | None = None
+        self.fd = self.text_fd = -1
+        self.stem = ""
+        self.buf = mmap.mmap(-1, self.size)  # until the file is ready; written to by nobody
+        self.grow_lock = threading.Lock()
         try:
-            self.fd, self.text_fd = self._open(directory, pid)
-            os.ftruncate(self.fd, self.size)
-            self.buf = mmap.mmap(self.fd, self.size)
+            self.fd, self.text_fd, self.stem = self._open(directory, pid)
         except OSError:
             # The test is over and its record directory gone (a child that outlived it): the
             # lock must go on working; what it records now is of no use to anyone.
-            self.fd = self.text_fd = -1
-            self.buf = mmap.mmap(-1, self.size)
+            pass
+        else:
+            if _reserve(self.fd, self.size) and _reserve(self.text_fd, self.text_size):
+                self.buf = mmap.mmap(self.fd, self.size)
+            elif not self._spill(self.size, self.text_size):
+                self._lose()
         # The C hot path writes through its own export of the map, and takes slots from it.
-        self.rec: _lockrec.Records | None = _accel.Records(self.buf) if _accel else None
+        self.rec = _accel.Records(self.buf) if _accel else None
         self.offsets: Iterator[int] = (
             self.rec if self.rec is not None else itertools.count(0, RECORD_SIZE)
         )
-        self.grow_lock = threading.Lock()
         self.sites: dict[tuple[int, int], int] = {}
         # The code objects of the keys of `sites`, kept alive: a freed one's id could be reused
         # by another code object, which would then get its site number.
@@ -153,7 +199,7 @@ class _Writer:
         self.text(TEXT_PROCESS, 0, f"{pid}\0{name}")
 
     @staticmethod
-    def _open(directory: str, pid: int) -> tuple[int, int]:
+    def _open(directory: str, pid: int) -> tuple[int, int, str]:
         serial = 0
         while True:  # a pid can come back within one test: never share a file
             stem = os.path.join(directory, f"{pid}.{serial}")
@@ -163,11 +209,64 @@ class _Writer:
             except FileExistsError:
                 serial += 1
         try:
-            text_fd = os.open(stem + TEXT_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            text_fd = os.open(stem + TEXT_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(stem + FILE_SUFFIX)
             raise
-        return fd, text_fd
+        return fd, text_fd, stem
+
+    def _spill(self, size: int, text_size: int) -> bool:
+        """Move both files to the spill directory, with room for ``size`` and ``text_size``
+        bytes; ``False`` (and nothing changed) when that cannot be done. The caller holds
+        ``grow_lock``, or is ``__init__``."""
+        from pytest_mpcheck import scratch  # only here: a child that never needs it never pays
+
+        spill = scratch.spill_directory(self.directory, create=True) if self.stem else None
+        if spill is None:
+            return False
+        stem = os.path.join(spill, os.path.basename(self.stem))
+        fds: list[int] = []
+        try:
+            for suffix in (FILE_SUFFIX, TEXT_SUFFIX):
+                fds.append(os.open(stem + suffix, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            fd, text_fd = fds
+            if not (_reserve(fd, size) and _reserve(text_fd, text_size)):
+                raise OSError(errno.ENOSPC, "no room in the spill directory either")
+            if self.text_end:
+                os.pwrite(text_fd, os.pread(self.text_fd, self.text_end, 0), 0)
+            buf = mmap.mmap(fd, size)
+            buf[: self.size] = self.buf[: self.size]
+        except OSError:
+            for opened, suffix in zip(fds, (FILE_SUFFIX, TEXT_SUFFIX), strict=False):
+                os.close(opened)
+                with contextlib.suppress(OSError):
+                    os.unlink(stem + suffix)
+            return False
+        # The copies are whole: the originals go (a reader prefers the spill directory's).
+        for old, suffix in ((self.fd, FILE_SUFFIX), (self.text_fd, TEXT_SUFFIX)):
+            with contextlib.suppress(OSError):
+                os.unlink(self.stem + suffix)
+            with contextlib.suppress(OSError):
+                os.close(old)
+        self.fd, self.text_fd, self.stem = fd, text_fd, stem
+        self.buf = buf
+        if self.rec is not None:
+            self.rec.attach(buf)  # and lets go of the old map
+        self.size, self.text_size = size, text_size
+        return True
+
+    def _lose(self) -> None:
+        """No room anywhere: stop recording to the files, and leave a marker saying so."""
+        if self.stem:
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.stem + LOST_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600))
+        for fd in (self.fd, self.text_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.text_fd = -1
 
     def grow(self, off: int) -> None:
         """Make the file big enough for a record at ``off``, and map it again."""
@@ -177,22 +276,43 @@ class _Writer:
                 size *= 2
             if size <= self.size:
                 return
-            try:
-                os.ftruncate(self.fd, size)
-                self.buf = mmap.mmap(self.fd, size)
-            except OSError:  # no file (see __init__), or no room: keep the lock working
-                self.fd = -1
-                self.buf = mmap.mmap(-1, size)
+            buf: mmap.mmap | None = None
+            if self.fd >= 0 and _reserve(self.fd, size):
+                with contextlib.suppress(OSError):
+                    buf = mmap.mmap(self.fd, size)
+            elif self.fd >= 0 and self._spill(size, self.text_size):
+                return
+            if buf is None:  # no file (see __init__), or no room anywhere: keep the lock working
+                if self.fd >= 0:
+                    self._lose()
+                buf = mmap.mmap(-1, size)
+            self.buf = buf
             if self.rec is not None:
                 self.rec.attach(self.buf)  # and lets go of the old map
             self.size = size
 
     def text(self, kind: int, lock: int, text: str) -> None:
-        """Append a text record, whole, with one write."""
+        """Write a text record, whole, into the reserved space of the text file."""
         data = text.encode("utf-8", "replace")[:4000]
-        if self.text_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self.text_fd, TEXT_HEADER.pack(kind, lock, len(data)) + data)
+        record = TEXT_HEADER.pack(kind, lock, len(data)) + data
+        with self.grow_lock:
+            if self.text_fd < 0:
+                return
+            end = self.text_end + len(record)
+            if end > self.text_size:
+                size = self.text_size
+                while size < end:
+                    size *= 2
+                if _reserve(self.text_fd, size):
+                    self.text_size = size
+                elif not self._spill(self.size, size):
+                    self._lose()
+                    return
+            try:
+                os.pwrite(self.text_fd, record, self.text_end)
+            except OSError:
+                return
+            self.text_end = end
 
     def site(self, frame: Any, key: tuple[int, int]) -> int:
         """Number a new acquisition site (``file:line`` of ``frame``) and record its text.

@@ -305,12 +305,15 @@ def join_lines(lines: Iterator[OutputLine] | list[OutputLine]) -> str:
 
 def format_interleaving(lines: list[OutputLine], marks: dict[int, int]) -> str:
     """The lines numbered, with their process; ``>>`` marks a line that resumes a broken block."""
-    width = max((len(f"{line.name} ({line.pid})") for line in lines), default=0)
+    from pytest_mpcheck.safetext import printable  # a failure's path only
+
+    # The children's text is escaped: one line of the report per line written, and no escapes.
+    width = max((len(f"{printable(line.name)} ({line.pid})") for line in lines), default=0)
     out = []
     for index, line in enumerate(lines):
         mark = ">>" if index in marks else "  "
-        who = f"{line.name} ({line.pid})".ljust(width)
+        who = f"{printable(line.name)} ({line.pid})".ljust(width)
         stream = "err" if line.stream == "stderr" else "out"
         note = "   <-- block broken: this process wrote before" if index in marks else ""
-        out.append(f"{mark} {index + 1:4d}  {who}  {stream}| {line.text}{note}")
+        out.append(f"{mark} {index + 1:4d}  {who}  {stream}| {printable(line.text)}{note}")
     return "\n".join(out)

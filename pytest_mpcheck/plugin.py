@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import settings, startmethods, timeouts
+from pytest_mpcheck import report, settings, startmethods, timeouts
 from pytest_mpcheck.session import MpCheckSession, internal_error, loaded_lockcheck, session_key
 
 if TYPE_CHECKING:
@@ -261,7 +261,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         if state is not None:
             state.sweep()
-            state.finish()
+            try:
+                state.finish()
+            except report.ReportNotWritten as problem:
+                # One line in the summary; pytest's own summary and exit status stay as they are.
+                session.config.stash[report.report_problem_key] = str(problem)
         lockcheck = loaded_lockcheck()
         if lockcheck is not None:
             lockcheck.session_finish(session.config)
@@ -273,6 +277,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(session_key, None)
     if state is None:
         return
+    problem = terminalreporter.config.stash.get(report.report_problem_key, None)
+    if problem is not None:
+        terminalreporter.write_line(problem, yellow=True, bold=True)
     try:
         for line in state.summary_lines():
             terminalreporter.write_line(line)

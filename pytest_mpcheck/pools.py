@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import bootstrap, procfs
+from pytest_mpcheck import arguments, bootstrap, procfs
 from pytest_mpcheck.hangs import Suspect, format_hung, join_advice
 
 if TYPE_CHECKING:
@@ -288,6 +288,13 @@ class PoolFactory:
         maxtasksperchild: int | None = None,
     ) -> TrackedPool:
         """A ``multiprocessing.pool.Pool`` of the test's context."""
+        __tracebackhide__ = True
+        arguments.positive_int_or_none("mp_pool", "processes", processes, "one per CPU")
+        arguments.callable_or_none("mp_pool", "initializer", initializer)
+        arguments.iterable("mp_pool", "initargs", initargs)
+        arguments.positive_int_or_none(
+            "mp_pool", "maxtasksperchild", maxtasksperchild, "workers live as long as the pool"
+        )
         pool = TrackedPool(
             processes,
             bootstrap.pool_worker_init,
@@ -336,6 +343,16 @@ class ExecutorFactory:
         max_tasks_per_child: int | None = None,
     ) -> TrackedExecutor:
         """A ``concurrent.futures.ProcessPoolExecutor`` of the test's context."""
+        __tracebackhide__ = True
+        arguments.positive_int_or_none("mp_executor", "max_workers", max_workers, "one per CPU")
+        arguments.callable_or_none("mp_executor", "initializer", initializer)
+        arguments.iterable("mp_executor", "initargs", initargs)
+        arguments.positive_int_or_none(
+            "mp_executor",
+            "max_tasks_per_child",
+            max_tasks_per_child,
+            "workers live as long as the executor",
+        )
         extra: dict[str, Any] = {}
         if max_tasks_per_child is not None:
             if sys.version_info < (3, 11):

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pytest_mpcheck import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
 from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
+from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
 
 _STATE_WORDS = {
     LEAKED: "still running",
@@ -47,12 +50,14 @@ def format_finding(finding: Finding) -> str:
         f"{_STATE_WORDS.get(finding.kind, finding.kind)}, state {process.status}, "
         f"age {process.age:.2f}s"
     )
-    command = process.cmdline
-    if command == procfs.own_cmdline():
+    # What a process says of itself is escaped (no terminal escapes, no forged log lines) and a
+    # huge command line is cut; the JSON report keeps both whole.
+    command = printable(process.cmdline, COMMAND_LIMIT)
+    if process.cmdline == procfs.own_cmdline():
         command = f"(a fork of the pytest process) {command}"
     lines = [head, f"    command:    {command}"]
     if process.started_at or process.started_by:
-        where = process.started_at or "unknown place"
+        where = printable(process.started_at or "unknown place")
         how = f" by {process.started_by}" if process.started_by else ""
         lines.append(f"    started at: {where}{how}")
     elif process.ppid == os.getpid():
@@ -65,13 +70,13 @@ def format_finding(finding: Finding) -> str:
             f"    started by: a child process (parent pid {process.ppid}), not by the test process"
         )
     if process.owner and process.owner != finding.nodeid:
-        lines.append(f"    owned by:   {process.owner}")
+        lines.append(f"    owned by:   {printable(process.owner)}")
     if finding.ended_by:
         lines.append(f"    ended by:   {_ENDED_WORDS.get(finding.ended_by, finding.ended_by)}")
-    lines.extend(f"    {detail}" for detail in finding.details)
+    lines.extend(f"    {printable(detail)}" for detail in finding.details)
     if process.stack:
         lines.append("    stack (most recent call last):")
-        lines.append(_indent(process.stack, "      "))
+        lines.append(_indent(printable(process.stack, lines=True), "      "))
     return "\n".join(lines)
 
 
@@ -130,7 +135,7 @@ def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:
         why = f"process {finding.pid} ended without freeing it"
     lines = [
         f"leaked {what} {finding.name!r}: {why}",
-        f"    made at:    {finding.site} by {who}",
+        f"    made at:    {printable(finding.site)} by {who}",
     ]
     if finding.owner and not finding.owner.startswith("<") and finding.owner != nodeid:
         lines.append(f"    owned by:   {finding.owner}")
@@ -214,13 +219,37 @@ def summary_line(tally: SessionTally) -> str:
     )
 
 
+class ReportNotWritten(Exception):
+    """The JSON report could not be written; the message is the line the user reads."""
+
+
+#: The line that says the JSON report could not be written (shown in the terminal summary).
+report_problem_key = pytest.StashKey[str]()
+
+
 def write_json(path: str, tally: SessionTally, findings: Sequence[Finding], extra: Any) -> None:
-    """Write the JSON report: the session figures and every finding."""
+    """Write the JSON report: the session figures and every finding.
+
+    The path was checked when the run started; should writing fail all the same (the directory
+    went away or filled up), :class:`ReportNotWritten` says so in one line.
+    """
     document = {
         "summary": tally.to_json(),
         "findings": [finding.to_json() for finding in findings],
         **(extra or {}),
     }
+    text = json.dumps(document, indent=2, default=str) + "\n"
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as error:
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            why = f"{target.parent} is not a directory"  # something took its place
+        else:
+            why = error.strerror or type(error).__name__
+            if error.filename and str(error.filename) != path:
+                why += f" ({error.filename})"
+        raise ReportNotWritten(
+            f"mpcheck: the JSON report (--mp-report) was not written to {path}: {why}"
+        ) from None

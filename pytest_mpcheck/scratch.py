@@ -2,15 +2,24 @@
 
 The work directories of the fixtures, the lock checker's records and the session's resource log
 live in ``/dev/shm`` where there is one (tmpfs: the pages are never written back to a disk, and
-creating a file costs a tenth of a disk's), else in the temporary directory. Each name carries the
-pid of the pytest process that made it: a run that could not clean up after itself (SIGKILLed, or
-ended by pytest-timeout's ``os._exit``) leaves them behind, and the next run removes those whose
-process is gone (:func:`sweep`).
+creating a file costs a tenth of a disk's), else in the temporary directory. The environment
+variable ``PYTEST_MPCHECK_SCRATCH_DIR`` names another directory instead of ``/dev/shm``.
+
+A full ``/dev/shm`` is common (a container's is 64 MiB) and must not cost the user anything: a
+directory with less than :data:`MIN_FREE` bytes free is passed over for the temporary directory,
+and a file that runs out of room there later is moved to :func:`spill_directory`, which readers
+look at too. Files that are memory-mapped get their space reserved first (``posix_fallocate``):
+a write to a page of a full tmpfs that was never reserved is a SIGBUS, which would kill pytest.
+
+Each name carries the pid of the pytest process that made it: a run that could not clean up after
+itself (SIGKILLed, or ended by pytest-timeout's ``os._exit``) leaves them behind, and the next run
+removes those whose process is gone (:func:`sweep`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -22,10 +31,32 @@ PREFIX = "mpcheck-"
 _OWNED = re.compile(rf"^{PREFIX}[a-z]+-(\d+)-")
 
 
+#: The environment variable that names the directory to use instead of ``/dev/shm``.
+SCRATCH_ENV = "PYTEST_MPCHECK_SCRATCH_DIR"
+#: A directory with less room than this is passed over for the temporary directory.
+MIN_FREE = 4 << 20
+#: ``errno`` values that mean "no room here" (a full file system, a quota).
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _preferred() -> str:
+    return os.environ.get(SCRATCH_ENV, "").strip() or "/dev/shm"
+
+
+def _free(directory: str) -> int:
+    try:
+        status = os.statvfs(directory)
+    except OSError:
+        return 0
+    return status.f_bavail * status.f_frsize
+
+
 def base() -> str | None:
-    """``/dev/shm`` when it can be used, else ``None`` (the temporary directory)."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+    """``/dev/shm`` (or ``$PYTEST_MPCHECK_SCRATCH_DIR``) when it can be used and has room, else
+    ``None`` (the temporary directory)."""
+    preferred = _preferred()
+    usable = os.path.isdir(preferred) and os.access(preferred, os.W_OK | os.X_OK)
+    return preferred if usable and _free(preferred) >= MIN_FREE else None
 
 
 def make_directory(kind: str) -> str:
@@ -38,6 +69,34 @@ def make_file(kind: str, suffix: str) -> str:
     fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", suffix=suffix, dir=base())
     os.close(fd)
     return path
+
+
+def spill_directory(path: str, create: bool = False) -> str | None:
+    """Where the files of the scratch directory ``path`` go when ``path`` has no room left: a
+    directory of the same name in the temporary directory; ``None`` when ``path`` is there already,
+    or (``create``) the spill directory cannot be made or is not this user's own."""
+    spill = os.path.join(tempfile.gettempdir(), os.path.basename(path.rstrip(os.sep)))
+    if os.path.realpath(spill) == os.path.realpath(path):
+        return None
+    if create:
+        with contextlib.suppress(OSError):
+            os.mkdir(spill, 0o700)
+    try:
+        status = os.lstat(spill)
+    except OSError:
+        return None
+    # The name is seen in /dev/shm by every user: never follow what someone else put in its place.
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        return None
+    return spill
+
+
+def remove_directory(path: str) -> None:
+    """Remove a scratch directory and its spill directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    spill = spill_directory(path)
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -57,7 +116,7 @@ def sweep() -> int:
         return removed  # no way to tell a dead run from a live one here: leave everything
     now = time.time()
     uid = os.getuid()
-    for directory in {base() or tempfile.gettempdir(), tempfile.gettempdir()}:
+    for directory in {"/dev/shm", _preferred(), tempfile.gettempdir()}:
         try:
             names = os.listdir(directory)
         except OSError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import multiprocessing
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,40 @@ def check_start_methods(methods: Sequence[str], where: str) -> tuple[str, ...]:
 def parse_start_methods(value: str) -> tuple[str, ...]:
     """Check ``--mp-start-methods=fork,spawn``."""
     return check_start_methods(re.split(r"[,\s]+", value), "--mp-start-methods")
+
+
+def check_report_path(value: str, where: str = "--mp-report") -> str:
+    """Check a ``--mp-report`` path when the run starts, not when the report is due.
+
+    It must name a file (existing and writable, or to be created in a directory that exists and
+    is writable, or whose missing directories can be created there).
+    """
+    path = os.path.abspath(os.path.expanduser(value))
+    accepted = "Give the path of a JSON file in a directory that pytest can write to"
+    if os.path.isdir(path):
+        raise pytest.UsageError(
+            f"{where}: {value!r} is a directory. {accepted}, such as "
+            f"{os.path.join(value, 'mpcheck.json')!r}"
+        )
+    if os.path.lexists(path):
+        if not os.access(path, os.W_OK):
+            raise pytest.UsageError(f"{where}: {value!r} is not writable. {accepted}")
+        return value
+    parent = os.path.dirname(path)
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise pytest.UsageError(
+            f"{where}: {value!r} cannot be created: {existing!r} is not a directory. {accepted}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        missing = "" if existing == parent else f" (to create {parent!r} in it)"
+        raise pytest.UsageError(
+            f"{where}: {value!r} cannot be created: the directory {existing!r} is not "
+            f"writable{missing}. {accepted}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -240,7 +275,13 @@ def resolve_settings(config: pytest.Config) -> Settings:
     join_timeout = pick("mp_join_timeout", parse_join_timeout)
     methods = pick("mp_start_methods", parse_start_methods)
     subreaper = pick("mp_subreaper", parse_subreaper)
-    report = config.getoption("mp_report") or _ini_text(config, "mp_report")
+    report = config.getoption("mp_report")
+    if report:
+        check_report_path(str(report))
+    else:
+        report = _ini_text(config, "mp_report")
+        if report:
+            check_report_path(report, "ini value mp_report")
     user_ignore = tuple(str(p).strip() for p in config.getini("mp_ignore") if str(p).strip())
     return Settings(
         mode=str(mode) if mode is not None else DEFAULT_MODE,

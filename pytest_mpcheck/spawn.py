@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_mpcheck import bootstrap, output
+from pytest_mpcheck import arguments, bootstrap, output
 
 if TYPE_CHECKING:
     from pytest_mpcheck.testrun import MpTest
@@ -438,6 +438,14 @@ class Spawner:
         With ``check=True`` a child that raised or exited with a code other than 0 fails the test
         at teardown with its traceback, unless the test read its ``error`` or ``exitcode``.
         """
+        __tracebackhide__ = True
+        arguments.callable_or_none("mp_spawn", "target", target)
+        arguments.iterable("mp_spawn", "args", args)
+        arguments.mapping_or_none("mp_spawn", "kwargs", kwargs)
+        arguments.str_or_none("mp_spawn", "name", name)
+        arguments.bool_("mp_spawn", "daemon", daemon, none=True)
+        arguments.bool_("mp_spawn", "start", start)
+        arguments.bool_("mp_spawn", "check", check)
         process = TrackedProcess(
             self._test, target, args, kwargs, name, daemon, check, len(self.processes) + 1
         )

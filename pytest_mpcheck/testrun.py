@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -54,6 +53,10 @@ class MpTest:
         if token not in self._results:
             found, self._results_offset = bootstrap.read_results(self.workdir, self._results_offset)
             self._results.update(found)
+            if token not in found:
+                spilled = bootstrap.read_spilled_result(self.workdir, token)
+                if spilled is not None:
+                    self._results[token] = spilled
         return self._results.get(token)
 
     def end_hung(
@@ -80,4 +83,4 @@ class MpTest:
 
     def cleanup(self) -> None:
         """Remove the work directory."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        scratch.remove_directory(self.workdir)

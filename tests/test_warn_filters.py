@@ -1,0 +1,76 @@
+"""Warn mode observes: a blanket ``filterwarnings = error`` does not turn its warnings into errors.
+
+Only a filter that names the plugin's category (``error::pytest_mpcheck.MpCheckWarning``)
+escalates them, as the README says.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+
+LEAKS = """
+import subprocess
+
+KEPT = []  # no ResourceWarning of subprocess: the test's only fault is the leak
+
+def test_leaks():
+    KEPT.append(subprocess.Popen(["sleep", "60"]))
+"""
+
+
+@pytest.mark.parametrize(
+    "blanket",
+    [
+        pytest.param(("-o", "filterwarnings=error"), id="ini"),
+        pytest.param(("-W", "error"), id="command-line"),
+        pytest.param(("-W", "error::pytest.PytestWarning"), id="pytest-warnings"),
+    ],
+)
+def test_blanket_error_filter_keeps_the_outcome(
+    pytester: pytest.Pytester, blanket: tuple[str, str]
+) -> None:
+    pytester.makepyfile(test_warn=LEAKS)
+    result = pytester.runpytest_subprocess(*FAST, *blanket, "--mp-check=warn", timeout=60)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= warnings summary =*",
+            "test_warn.py:*",
+            "*MpCheckWarning: mpcheck: test_warn.py::test_leaks left 1 process behind (1 leaked)",
+        ]
+    )
+
+
+def test_filter_naming_the_category_escalates(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        filterwarnings =
+            error
+            error::pytest_mpcheck.MpCheckWarning
+        """
+    )
+    pytester.makepyfile(test_warn=LEAKS)
+    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
+
+
+def test_lock_finding_in_warn_mode_under_a_blanket_error_filter(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_locks="""
+        def test_inversion(mp_locks):
+            a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+            with a, b:
+                pass
+            with b, a:
+                pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *FAST, "-W", "error", "--mp-check=warn", "-p", "no:randomly", timeout=60
+    )
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_locks.py::test_inversion*"])
