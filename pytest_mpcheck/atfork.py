@@ -4,26 +4,32 @@ A callback given to ``os.register_at_fork`` can never be removed: one registered
 method of the run's objects) would keep every run of the process alive, however many
 ``pytester.runpytest()`` calls a suite makes, and every fork would call them all. The plugin
 registers one callback per process instead; it calls those that :func:`register` added and
-:func:`unregister` has not taken away yet (each run takes its own away at its cleanup).
+:func:`unregister` has not taken away yet (each run takes its own away at its cleanup), and
+holds them weakly, so that a run that never cleaned up is not kept alive either.
 
 The registry survives a second import of this module: pytester's in-process runs take out of
 ``sys.modules`` the modules that a run imported, so a session that does not load the plugin itself
 imports it afresh for each inner run. It is kept on the ``os`` module, beside the interpreter's own
-list of at-fork callbacks, under a private name; the module has no other import, so the one
-callback registered keeps nothing else of the plugin alive.
+list of at-fork callbacks, under a private name; the module imports nothing of the plugin, so the
+one callback registered keeps nothing else of it alive.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
+import weakref
 from collections.abc import Callable, Hashable
 
 _ATTRIBUTE = "_pytest_mpcheck_after_fork_in_child"
 
+_Callbacks = dict[Hashable, Callable[[], Callable[[], object] | None]]
+"""Weak references to the callbacks, by :func:`_key`."""
 
-def _callbacks() -> dict[Hashable, Callable[[], object]]:
-    callbacks: dict[Hashable, Callable[[], object]] | None = getattr(os, _ATTRIBUTE, None)
+
+def _callbacks() -> _Callbacks:
+    callbacks: _Callbacks | None = getattr(os, _ATTRIBUTE, None)
     if callbacks is None:
         callbacks = {}
         setattr(os, _ATTRIBUTE, callbacks)
@@ -32,7 +38,10 @@ def _callbacks() -> dict[Hashable, Callable[[], object]]:
 
 
 def _after_fork_in_child() -> None:
-    for callback in list(getattr(os, _ATTRIBUTE, {}).values()):
+    for reference in list(getattr(os, _ATTRIBUTE, {}).values()):
+        callback = reference()
+        if callback is None:
+            continue
         try:
             callback()
         except Exception:
@@ -40,19 +49,37 @@ def _after_fork_in_child() -> None:
             traceback.print_exc()
 
 
-def register(key: Hashable, callback: Callable[[], object]) -> None:
-    """Call ``callback`` in each child forked from now on, until ``unregister(key)``.
+def _key(callback: Callable[[], object]) -> Hashable:
+    # By name, not by identity: the function of a module imported again replaces the old one's.
+    owner = getattr(callback, "__self__", None)
+    function = getattr(callback, "__func__", callback)
+    return (id(owner) if owner is not None else None, function.__module__, function.__qualname__)
 
-    A second registration under the same key replaces the first (a module imported again).
+
+def register(callback: Callable[[], object]) -> None:
+    """Call ``callback`` in each child forked from now on, until :func:`unregister`.
+
+    It is held weakly, so that a run that is gone is not kept alive by it: a module's function,
+    or a method of an object that lives as long as the registration should. A function of the
+    same name (the module imported again) replaces it.
     """
-    _callbacks()[key] = callback
+    reference: Callable[[], Callable[[], object] | None]
+    if inspect.ismethod(callback):
+        reference = weakref.WeakMethod(callback)
+    else:
+        reference = weakref.ref(callback)
+    _callbacks()[_key(callback)] = reference
 
 
-def unregister(key: Hashable) -> None:
-    """Stop calling what was registered under ``key``; nothing happens if nothing was."""
-    _callbacks().pop(key, None)
+def unregister(callback: Callable[[], object]) -> None:
+    """Stop calling ``callback``; nothing happens if it was not registered."""
+    _callbacks().pop(_key(callback), None)
 
 
 def registered() -> int:
-    """How many callbacks forked children run now."""
-    return len(_callbacks())
+    """How many callbacks forked children run now (those whose owner is gone are dropped)."""
+    callbacks = _callbacks()
+    for key, reference in list(callbacks.items()):
+        if reference() is None:
+            del callbacks[key]
+    return len(callbacks)

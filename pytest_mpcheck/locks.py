@@ -247,8 +247,9 @@ def _after_fork_in_child() -> None:
         lock._held = 0
 
 
-# By name: a copy of this module imported again (pytester's in-process runs) replaces this one's.
-atfork.register(__name__, _after_fork_in_child)
+# Held weakly and by name: a copy of this module imported again (pytester's in-process runs drop
+# it from sys.modules) replaces this one's, which is not kept alive.
+atfork.register(_after_fork_in_child)
 
 
 def _writer(directory: str) -> _Writer:

@@ -85,12 +85,12 @@ class OrphanReaper:
         except ValueError:  # not the main thread of the main interpreter
             return False
         self.installed = True
-        atfork.register(self, self._restore_in_child)  # until uninstall: os's would keep us
+        atfork.register(self._restore_in_child)  # until uninstall: os's would keep us alive
         return True
 
     def uninstall(self) -> None:
         """Put back the handler that was there before."""
-        atfork.unregister(self)
+        atfork.unregister(self._restore_in_child)
         if not self.installed or os.getpid() != self._pid:
             return
         try:
