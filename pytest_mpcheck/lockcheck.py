@@ -968,7 +968,9 @@ class ContentionTally:
         return lines
 
 
-contention_key = pytest.StashKey[ContentionTally]()
+# Not ``StashKey[ContentionTally]()``: typing caches each subscription, and the entry would keep
+# this copy of the module alive after pytester's in-process run drops it from sys.modules.
+contention_key: pytest.StashKey[ContentionTally] = pytest.StashKey()
 
 
 def _tally(config: pytest.Config) -> ContentionTally:

@@ -44,6 +44,8 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from pytest_mpcheck import atfork
+
 if TYPE_CHECKING:
     from pytest_mpcheck import _lockrec
     from pytest_mpcheck.lockcheck import Hold
@@ -365,7 +367,9 @@ def _after_fork_in_child() -> None:
         lock._held = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# Held weakly and by name: a copy of this module imported again (pytester's in-process runs drop
+# it from sys.modules) replaces this one's, which is not kept alive.
+atfork.register(_after_fork_in_child)
 
 
 def _writer(directory: str) -> _Writer:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck import atfork, procfs
 from pytest_mpcheck.origins import OriginRecorder
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -87,11 +87,12 @@ class OrphanReaper:
         except ValueError:  # not the main thread of the main interpreter
             return False
         self.installed = True
-        os.register_at_fork(after_in_child=self._restore_in_child)
+        atfork.register(self._restore_in_child)  # until uninstall: os's would keep us alive
         return True
 
     def uninstall(self) -> None:
         """Put back the handler that was there before."""
+        atfork.unregister(self._restore_in_child)
         if not self.installed or os.getpid() != self._pid:
             return
         try:

@@ -28,11 +28,13 @@ fixtures run no code of the plugin: their resources are not seen.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
+from types import FrameType
 from typing import Any
 
 from pytest_mpcheck import procfs
@@ -42,60 +44,80 @@ SEMAPHORE = "semaphore"
 _KINDS = (SHARED_MEMORY, SEMAPHORE)
 
 
-#: The session's log, for the children that inherit or install the wrapper (``-1``: none).
-_log_fd = -1
-#: The pytest process's own registrations go here instead of the log: ``(op, kind, name, site)``.
-_own_events: Callable[[str, str, str, str], None] | None = None
-_session_pid = -1
-_original_send: Callable[..., Any] | None = None
+_MARK = "_mpcheck_resource_watch"
+"""An attribute of the wrapper: a forked child that inherited it has nothing to install."""
+
+#: What a note of the wrapper is told: ``(tracker, op, kind, name, caller's frame)``, with ``op``
+#: ``"R"`` (registered) or ``"U"`` (unregistered).
+_Note = Callable[[Any, str, str, str, FrameType], None]
 
 
-def _call_site() -> str:
+def _wrap(note: _Note) -> tuple[Callable[..., Any], Callable[[], None]]:
+    """Wrap ``ResourceTracker._send`` so that ``note`` learns each registration and unregistration
+    once it is sent; the ``_send`` that was there, and the function that puts it back.
+
+    Private, but the one place every registration passes, in 3.10 to 3.13 alike. Each run wraps
+    what it finds, so an in-process run inside a test wraps the outer run's wrapper, and both see
+    what the inner run's tests make (as the outer run's process watch sees the processes they
+    start). Should someone else have wrapped it after us when we undo, theirs stays and ours only
+    passes the call on.
+    """
+    cls = resource_tracker.ResourceTracker
+    original: Callable[..., Any] = getattr(cls, "_send")  # noqa: B009
+    active = True
+
+    def _send(self: Any, cmd: str, name: str, rtype: str) -> Any:
+        result = original(self, cmd, name, rtype)
+        if active and rtype in _KINDS and cmd in ("REGISTER", "UNREGISTER"):
+            with contextlib.suppress(Exception):  # the resource is made whatever befalls us
+                note(self, "R" if cmd == "REGISTER" else "U", rtype, name, sys._getframe(1))
+        return result
+
+    def undo() -> None:
+        nonlocal active
+        active = False
+        if getattr(cls, "_send") is _send:  # noqa: B009
+            setattr(cls, "_send", original)  # noqa: B010
+
+    setattr(_send, _MARK, True)
+    setattr(cls, "_send", _send)  # noqa: B010
+    return original, undo
+
+
+def _call_site(frame: FrameType) -> str:
     """``file:line`` of the user's code that made the resource."""
     from pytest_mpcheck import callsite  # only when a resource is made (sysconfig is not light)
 
-    return callsite.user_site(sys._getframe(2), os.getcwd() + os.sep) or "unknown place"
+    return callsite.user_site(frame, os.getcwd() + os.sep) or "unknown place"
 
 
 def _clean(text: str) -> str:
     return text.replace("\t", " ").replace("\n", " ")
 
 
-def _send(self: Any, cmd: str, name: str, rtype: str) -> Any:
-    """``ResourceTracker._send``, noting each registration and unregistration once it is sent."""
-    assert _original_send is not None
-    result = _original_send(self, cmd, name, rtype)
-    if rtype in _KINDS and cmd in ("REGISTER", "UNREGISTER"):
-        op = "R" if cmd == "REGISTER" else "U"
-        with contextlib.suppress(Exception):  # the resource is made whatever befalls us
-            if os.getpid() == _session_pid and _own_events is not None:
-                _own_events(op, rtype, name, _call_site() if op == "R" else "")
-            elif _log_fd >= 0:
-                # Which tracker took it: a forked child whose parent had none running starts
-                # its own (a spawned child knows only the descriptor of its parent's: None).
-                tracker = getattr(self, "_pid", None) or 0
-                line = "\t".join(
-                    (op, str(os.getpid()), rtype, _clean(name), _clean(_call_site()), str(tracker))
-                )
-                os.write(_log_fd, (line + "\n").encode("utf-8", "replace"))
-    return result
-
-
-def _install(log_fd: int) -> None:
-    global _original_send, _log_fd
-    _log_fd = log_fd
-    if _original_send is None:
-        # Private, but the one place every registration passes, in 3.10 to 3.13 alike.
-        _original_send = getattr(resource_tracker.ResourceTracker, "_send")  # noqa: B009
-        setattr(resource_tracker.ResourceTracker, "_send", _send)  # noqa: B010
+def _write_log_line(
+    log_fd: int, tracker: Any, op: str, kind: str, name: str, frame: FrameType
+) -> None:
+    """Append one child's registration or unregistration to the session's resource log."""
+    # Which tracker took it: a forked child whose parent had none running starts its own (a
+    # spawned child knows only the descriptor of its parent's: None).
+    tracker_pid = getattr(tracker, "_pid", None) or 0
+    site = _call_site(frame) if op == "R" else ""
+    line = "\t".join((op, str(os.getpid()), kind, _clean(name), _clean(site), str(tracker_pid)))
+    # O_APPEND and one write: the lines of several children never mix.
+    os.write(log_fd, (line + "\n").encode("utf-8", "replace"))
 
 
 def install_in_child(log_path: str) -> None:
-    """Log this child's registrations to the session's resource log (a fixture's child)."""
-    if _original_send is not None and _log_fd >= 0:
-        return  # a forked child: the wrapper and the descriptor came with the fork
+    """Log this child's registrations to the session's resource log (a fixture's child).
+
+    Never undone: the child is no pytest run, and ends with its work.
+    """
+    if getattr(getattr(resource_tracker.ResourceTracker, "_send", None), _MARK, False):
+        return  # a forked child: the run's wrapper and its log's descriptor came with the fork
     with contextlib.suppress(OSError):
-        _install(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        _wrap(functools.partial(_write_log_line, log_fd))
 
 
 def _exists(kind: str, name: str) -> bool:
@@ -150,7 +172,7 @@ class ResourceFinding:
 
 
 class ResourceWatch:
-    """Follows the registrations of the session; see the module docstring."""
+    """Follows the registrations of one run; see the module docstring."""
 
     def __init__(self, owner_of: Callable[[int], tuple[str, object | None]]) -> None:
         self._owner_of = owner_of
@@ -160,24 +182,32 @@ class ResourceWatch:
         self.log_path: str | None = None
         self._log_fd = -1
         self._offset = 0
+        self._pid = os.getpid()
+        self._send: Callable[..., Any] | None = None
+        """The tracker's ``_send`` as it was before :meth:`start` wrapped it."""
+        self._unwrap: Callable[[], None] | None = None
 
     def start(self) -> None:
-        """Wrap the tracker and open the session's resource log."""
-        global _own_events, _session_pid
+        """Wrap the tracker and open the run's resource log."""
         from pytest_mpcheck import scratch  # the pytest process only
 
         self.log_path = scratch.make_file("resources", ".log")
         # Forked children inherit this descriptor (O_APPEND: their lines never mix).
         self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
-        _session_pid = os.getpid()
-        _own_events = self._event
-        _install(self._log_fd)
+        self._pid = os.getpid()
+        self._send, self._unwrap = _wrap(self._note)
+
+    def _note(self, tracker: Any, op: str, kind: str, name: str, frame: FrameType) -> None:
+        if os.getpid() == self._pid:
+            self._event(op, kind, name, _call_site(frame) if op == "R" else "")
+        elif self._log_fd >= 0:  # a forked child: the run reads its lines after the test
+            _write_log_line(self._log_fd, tracker, op, kind, name, frame)
 
     def stop(self) -> None:
-        """Stop noting, close and remove the log (the wrapper stays: it is harmless)."""
-        global _own_events, _log_fd
-        _own_events = None
-        _log_fd = -1
+        """Put the tracker's ``_send`` back, close and remove the log."""
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
         if self._log_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._log_fd)
@@ -230,7 +260,7 @@ class ResourceWatch:
             return False  # freed by a process the plugin does not see
         if registration.kind == SEMAPHORE:
             # Only a dead child's semaphore is lost: a live lock object frees its own.
-            return registration.pid != _session_pid and _ended(registration.pid)
+            return registration.pid != self._pid and _ended(registration.pid)
         return True
 
     def _conclude(self, chosen: Callable[[Registration], bool]) -> list[ResourceFinding]:
@@ -247,9 +277,9 @@ class ResourceWatch:
                     pid=registration.pid,
                     site=registration.site,
                     owner=registration.owner,
-                    by_test_process=registration.pid == _session_pid,
+                    by_test_process=registration.pid == self._pid,
                     freed=not registration.own_tracker
-                    and _free(registration.kind, registration.name),
+                    and _free(registration.kind, registration.name, self._send),
                     own_tracker=registration.own_tracker,
                 )
             )
@@ -283,8 +313,12 @@ def _session_tracker() -> int:
     return getattr(tracker, "_pid", None) or 0
 
 
-def _free(kind: str, name: str) -> bool:
-    """Unlink a leaked resource and take it off the tracker's list (it would warn at exit)."""
+def _free(kind: str, name: str, send: Callable[..., Any] | None) -> bool:
+    """Unlink a leaked resource and take it off the tracker's list (it would warn at exit).
+
+    ``send`` is the ``_send`` that the run wrapped: the run does not hear its own unregistration,
+    and an outer run (pytester's in-process runs) does.
+    """
     cleanup: Any = getattr(resource_tracker, "_CLEANUP_FUNCS", {}).get(kind)
     if cleanup is None:
         return False
@@ -292,8 +326,8 @@ def _free(kind: str, name: str) -> bool:
         cleanup(name)
     except OSError:
         return False
-    if _original_send is not None:
+    if send is not None:
         with contextlib.suppress(Exception):
             tracker = getattr(resource_tracker, "_resource_tracker")  # noqa: B009
-            _original_send(tracker, "UNREGISTER", name, kind)
+            send(tracker, "UNREGISTER", name, kind)
     return True

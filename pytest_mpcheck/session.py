@@ -20,7 +20,9 @@ from pytest_mpcheck.resources import ResourceFinding, ResourceWatch
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import Baseline, ProcessWatch
 
-baseline_key = pytest.StashKey[Baseline]()
+# Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
+# of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
+baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
 mode_key = pytest.StashKey[str]()
 
 
@@ -306,4 +308,4 @@ def loaded_lockcheck() -> ModuleType | None:
 
 
 #: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.
-session_key = pytest.StashKey[MpCheckSession]()
+session_key: pytest.StashKey[MpCheckSession] = pytest.StashKey()  # not subscripted: see above
