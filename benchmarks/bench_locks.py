@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
-from pytest_mpcheck import locks
-from pytest_mpcheck.lockcheck import LockChecker
+from pytest_mpcheck.locks import checked as locks
+from pytest_mpcheck.locks.checker import LockChecker
 
 PAIRS = 200_000
 ROUNDS = 5

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mpcheck.spawn import Spawner
+from pytest_mpcheck.fixtures.spawn import Spawner
 
 ROUNDS = {"fork": 150, "forkserver": 40, "spawn": 12}
 

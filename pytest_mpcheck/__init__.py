@@ -16,7 +16,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pytest_mpcheck.errors import MpCheckInternalWarning, MpCheckWarning
     from pytest_mpcheck.findings import Finding, ProcessInfo
-    from pytest_mpcheck.lockcheck import (
+    from pytest_mpcheck.fixtures.output import OutputLine, OutputLog
+    from pytest_mpcheck.fixtures.pools import (
+        ExecutorFactory,
+        PoolFactory,
+        TrackedExecutor,
+        TrackedPool,
+    )
+    from pytest_mpcheck.fixtures.spawn import (
+        ChildError,
+        ProcessFailed,
+        RemoteTraceback,
+        Spawner,
+        TrackedProcess,
+    )
+    from pytest_mpcheck.locks.checked import CheckedLock
+    from pytest_mpcheck.locks.checker import (
         Hold,
         LockChecker,
         LockCounts,
@@ -24,41 +39,31 @@ if TYPE_CHECKING:
         LockStats,
         ProcessName,
     )
-    from pytest_mpcheck.locks import CheckedLock
-    from pytest_mpcheck.output import OutputLine, OutputLog
-    from pytest_mpcheck.pools import ExecutorFactory, PoolFactory, TrackedExecutor, TrackedPool
-    from pytest_mpcheck.spawn import (
-        ChildError,
-        ProcessFailed,
-        RemoteTraceback,
-        Spawner,
-        TrackedProcess,
-    )
 
 #: Where each public name lives.
 _EXPORTS = {
-    "CheckedLock": "locks",
-    "ChildError": "spawn",
-    "ExecutorFactory": "pools",
+    "CheckedLock": "locks.checked",
+    "ChildError": "fixtures.spawn",
+    "ExecutorFactory": "fixtures.pools",
     "Finding": "findings",
-    "Hold": "lockcheck",
-    "LockChecker": "lockcheck",
-    "LockCounts": "lockcheck",
-    "LockFinding": "lockcheck",
-    "LockStats": "lockcheck",
+    "Hold": "locks.checker",
+    "LockChecker": "locks.checker",
+    "LockCounts": "locks.checker",
+    "LockFinding": "locks.checker",
+    "LockStats": "locks.checker",
     "MpCheckInternalWarning": "errors",
     "MpCheckWarning": "errors",
-    "OutputLine": "output",
-    "OutputLog": "output",
-    "PoolFactory": "pools",
-    "ProcessFailed": "spawn",
+    "OutputLine": "fixtures.output",
+    "OutputLog": "fixtures.output",
+    "PoolFactory": "fixtures.pools",
+    "ProcessFailed": "fixtures.spawn",
     "ProcessInfo": "findings",
-    "ProcessName": "lockcheck",
-    "RemoteTraceback": "spawn",
-    "Spawner": "spawn",
-    "TrackedExecutor": "pools",
-    "TrackedPool": "pools",
-    "TrackedProcess": "spawn",
+    "ProcessName": "locks.checker",
+    "RemoteTraceback": "fixtures.spawn",
+    "Spawner": "fixtures.spawn",
+    "TrackedExecutor": "fixtures.pools",
+    "TrackedPool": "fixtures.pools",
+    "TrackedProcess": "fixtures.spawn",
 }
 
 __all__ = [

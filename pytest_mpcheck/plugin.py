@@ -15,17 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import report, settings, startmethods, timeouts
-from pytest_mpcheck.session import MpCheckSession, internal_error, loaded_lockcheck, session_key
+from pytest_mpcheck import report, settings, timeouts
+from pytest_mpcheck.fixtures import startmethods
+from pytest_mpcheck.watch.session import (
+    MpCheckSession,
+    internal_error,
+    loaded_lockcheck,
+    session_key,
+)
 
 if TYPE_CHECKING:
     import multiprocessing.context
 
-    from pytest_mpcheck.lockcheck import LockChecker
-    from pytest_mpcheck.output import OutputLog
-    from pytest_mpcheck.pools import ExecutorFactory, PoolFactory
-    from pytest_mpcheck.spawn import Spawner
-    from pytest_mpcheck.testrun import MpTest
+    from pytest_mpcheck.fixtures.output import OutputLog
+    from pytest_mpcheck.fixtures.pools import ExecutorFactory, PoolFactory
+    from pytest_mpcheck.fixtures.spawn import Spawner
+    from pytest_mpcheck.fixtures.testrun import MpTest
+    from pytest_mpcheck.locks.checker import LockChecker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -134,8 +140,9 @@ def mp_context(mp_start_method: str) -> multiprocessing.context.BaseContext:
 @pytest.fixture
 def mp_test(request: pytest.FixtureRequest, mp_start_method: str) -> Iterator[MpTest]:
     """What the ``mp_*`` fixtures of one test share (start method, join timeout, work directory)."""
-    from pytest_mpcheck import bootstrap, lockcheck
-    from pytest_mpcheck.testrun import MpTest
+    from pytest_mpcheck.fixtures import bootstrap
+    from pytest_mpcheck.fixtures.testrun import MpTest
+    from pytest_mpcheck.locks import checker as lockcheck
 
     # Children of mp_spawn look for module-level locks that their import made again.
     bootstrap.register_child_check(lockcheck.MODULE_LOCK_CHECK)
@@ -164,7 +171,7 @@ def mp_spawn(mp_test: MpTest) -> Iterator[Spawner]:
     with its stack and is ended; with ``check=True`` a child that raised or exited non-zero fails
     the test with its traceback, unless the test read its ``error`` or ``exitcode``.
     """
-    from pytest_mpcheck.spawn import Spawner
+    from pytest_mpcheck.fixtures.spawn import Spawner
 
     spawner = Spawner(mp_test)
     yield spawner
@@ -179,7 +186,7 @@ def mp_pool(mp_test: MpTest) -> Iterator[PoolFactory]:
     each pool is closed and joined within the join timeout: one that does not finish fails the test
     with its busy workers' stacks and is terminated; a task error nobody fetched fails the test.
     """
-    from pytest_mpcheck.pools import PoolFactory
+    from pytest_mpcheck.fixtures.pools import PoolFactory
 
     factory = PoolFactory(mp_test)
     yield factory
@@ -193,7 +200,7 @@ def mp_executor(mp_test: MpTest) -> Iterator[ExecutorFactory]:
     ``mp_executor(max_workers=None, initializer=None, initargs=(), max_tasks_per_child=None)``.
     At teardown each executor is shut down within the join timeout, as ``mp_pool`` is.
     """
-    from pytest_mpcheck.pools import ExecutorFactory
+    from pytest_mpcheck.fixtures.pools import ExecutorFactory
 
     factory = ExecutorFactory(mp_test)
     yield factory
@@ -211,7 +218,7 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
     contention figures; ``assert_exclusive(name)``, ``assert_no_contention(name)``,
     ``assert_contended(name)``, ``assert_ordered()``, ``assert_released()`` and ``check()`` assert.
     """
-    from pytest_mpcheck import lockcheck
+    from pytest_mpcheck.locks import checker as lockcheck
 
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
     yield checker
@@ -247,7 +254,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         if state is not None and workeroutput:
             state.add_worker(workeroutput)
         if workeroutput:
-            from pytest_mpcheck import lockcheck
+            from pytest_mpcheck.locks import checker as lockcheck
 
             lockcheck.add_worker(node.config, workeroutput)
     except Exception:

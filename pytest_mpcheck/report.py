@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck._os import procfs
 from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
-from pytest_mpcheck.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
 from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
+from pytest_mpcheck.watch.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
 
 _STATE_WORDS = {
     LEAKED: "still running",

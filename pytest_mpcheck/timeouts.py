@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import procfs
-from pytest_mpcheck.session import MpCheckSession, baseline_key, session_key
+from pytest_mpcheck._os import procfs
+from pytest_mpcheck.watch.session import MpCheckSession, baseline_key, session_key
 
 if TYPE_CHECKING:
     # The stack reader and the report come in only when a timeout expires (see _end_children).
-    from pytest_mpcheck import hangs
+    from pytest_mpcheck.fixtures import hangs
 
 #: What to undo when pytest-timeout cancels its timer.
 _undo_key = pytest.StashKey[Callable[[], None]]()
@@ -49,7 +49,7 @@ def lead_time(timeout: float) -> float:
 
 
 def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Suspect]:
-    from pytest_mpcheck import hangs
+    from pytest_mpcheck.fixtures import hangs
 
     baseline = item.stash.get(baseline_key, None)
     before = baseline.pids if baseline is not None else frozenset()
@@ -72,7 +72,7 @@ def _end_children(
     session: MpCheckSession, item: pytest.Item, timeout: float, method: str, budget: float
 ) -> str | None:
     """Stacks, end, record; the report text, or ``None`` when the test has no live child."""
-    from pytest_mpcheck import hangs
+    from pytest_mpcheck.fixtures import hangs
 
     suspects = _test_children(session, item)
     if not suspects:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mpcheck import procfs
-from pytest_mpcheck.stacks import pyspy_path
+from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os.stacks import pyspy_path
 
 FAST = ("--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
 

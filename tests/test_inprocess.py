@@ -63,7 +63,7 @@ import weakref
 
 import pytest
 
-from pytest_mpcheck import atfork
+from pytest_mpcheck._os import atfork
 
 RUNS = 10
 INNER = {INNER!r}

@@ -30,9 +30,9 @@ def _no_compiler() -> bool:
 
 
 def _skip_without_extension() -> None:
-    if importlib.util.find_spec("pytest_mpcheck._lockrec") is None and _no_compiler():
+    if importlib.util.find_spec("pytest_mpcheck.locks._lockrec") is None and _no_compiler():
         pytest.skip(
-            "no C compiler, so the optional extension pytest_mpcheck._lockrec was not built"
+            "no C compiler, so the optional extension pytest_mpcheck.locks._lockrec was not built"
         )
 
 
@@ -624,9 +624,9 @@ def _active_implementation(pure_python: str | None) -> list[str]:
 def test_accelerator_is_active() -> None:
     """The dev install built the C hot path and uses it, unless told to use the Python one."""
     _skip_without_extension()
-    assert _active_implementation(None) == ["True", "pytest_mpcheck._lockrec", "LockCore"]
-    assert _active_implementation("0") == ["True", "pytest_mpcheck._lockrec", "LockCore"]
-    assert _active_implementation("1") == ["False", "pytest_mpcheck.locks", "_PyLockCore"]
+    assert _active_implementation(None) == ["True", "pytest_mpcheck.locks._lockrec", "LockCore"]
+    assert _active_implementation("0") == ["True", "pytest_mpcheck.locks._lockrec", "LockCore"]
+    assert _active_implementation("1") == ["False", "pytest_mpcheck.locks.checked", "_PyLockCore"]
 
 
 def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Pytester) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mpcheck.output import LOG_NAME, OutputLine, OutputLog, format_interleaving
+from pytest_mpcheck.fixtures.output import LOG_NAME, OutputLine, OutputLog, format_interleaving
 
 OUTPUT = """
 import os

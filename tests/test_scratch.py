@@ -15,7 +15,7 @@ import pytest
 def test_files_of_dead_runs_are_swept(pytester: pytest.Pytester) -> None:
     # A run that was SIGKILLed (or ended by pytest-timeout's os._exit) cannot remove its work
     # directories: the next run removes those of processes that are gone, once they are stale.
-    from pytest_mpcheck import scratch
+    from pytest_mpcheck._os import scratch
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck._os import procfs
 
 METHODS = ("fork", "spawn", "forkserver")
 FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
@@ -154,7 +154,7 @@ def unlucky(target, args, kwargs):
 """
 
 CONFTEST = """
-from pytest_mpcheck import bootstrap
+from pytest_mpcheck.fixtures import bootstrap
 
 bootstrap.register_child_check("childchecks:unlucky")
 """

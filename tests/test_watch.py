@@ -421,7 +421,7 @@ def test_leaked_python_child_is_reported_with_its_stack(
     )
     result = pytester.runpytest_subprocess(*FAST, timeout=90)
     result.assert_outcomes(passed=1, errors=1)
-    from pytest_mpcheck import stacks
+    from pytest_mpcheck._os import stacks
 
     if stacks.pyspy_path() is not None:
         result.stdout.fnmatch_lines(

@@ -1,4 +1,4 @@
-"""The hot path of :class:`pytest_mpcheck.locks.CheckedLock`, in C (optional)."""
+"""The hot path of :class:`pytest_mpcheck.locks.checked.CheckedLock`, in C (optional)."""
 
 from typing import Any
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck._os import procfs
 
 #: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
 KILL_WAIT = 5.0

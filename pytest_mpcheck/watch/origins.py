@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mpcheck import callsite, procfs
+from pytest_mpcheck._os import callsite, procfs
 
 #: The scope of processes handed to the session: still held by a live object (a pool, an
 #: executor) when their test ended, or started by one that was. Checked when the session ends.

@@ -21,8 +21,9 @@ Timestamps are taken after a lock was acquired and before it is released, so tha
 exclusion the next holder's acquisition always sorts after the previous holder's release.
 
 The hot path (an uncontended ``acquire()`` or ``release()``) is in C when the optional extension
-``pytest_mpcheck._lockrec`` was built (:data:`ACCELERATED`), else in Python (:class:`_PyLockCore`);
-both write the same records. Setting ``PYTEST_MPCHECK_PURE_PYTHON=1`` selects the Python one.
+``pytest_mpcheck.locks._lockrec`` was built (:data:`ACCELERATED`), else in Python
+(:class:`_PyLockCore`); both write the same records. Setting
+``PYTEST_MPCHECK_PURE_PYTHON=1`` selects the Python one.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_mpcheck import atfork
+from pytest_mpcheck._os import atfork
 
 if TYPE_CHECKING:
-    from pytest_mpcheck import _lockrec
-    from pytest_mpcheck.lockcheck import Hold
+    from pytest_mpcheck.locks import _lockrec
+    from pytest_mpcheck.locks.checker import Hold
 
 #: Record kinds.
 ACQUIRED = 1
@@ -96,7 +97,7 @@ def _accelerator() -> ModuleType | None:
     if os.environ.get("PYTEST_MPCHECK_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from pytest_mpcheck import _lockrec
+        from pytest_mpcheck.locks import _lockrec
     except ImportError:  # installed where no C compiler was found: the extension is optional
         return None
     if _lockrec.FORMAT != (RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY):
@@ -106,7 +107,7 @@ def _accelerator() -> ModuleType | None:
 
 _accel = _accelerator()
 ACCELERATED = _accel is not None
-"""Whether checked locks use the C hot path (``pytest_mpcheck._lockrec``) in this process."""
+"""Whether checked locks use the C hot path (``pytest_mpcheck.locks._lockrec``) in this process."""
 
 
 def _reserve(fd: int, size: int) -> bool:
@@ -223,7 +224,7 @@ class _Writer:
         """Move both files to the spill directory, with room for ``size`` and ``text_size``
         bytes; ``False`` (and nothing changed) when that cannot be done. The caller holds
         ``grow_lock``, or is ``__init__``."""
-        from pytest_mpcheck import scratch  # only here: a child that never needs it never pays
+        from pytest_mpcheck._os import scratch  # only here: a child that never needs it never pays
 
         spill = scratch.spill_directory(self.directory, create=True) if self.stem else None
         if spill is None:
@@ -569,7 +570,7 @@ class CheckedLock(_LockCore):
 
     def holds(self) -> list[Hold]:
         """Every hold of this lock so far, in time order."""
-        from pytest_mpcheck import lockcheck
+        from pytest_mpcheck.locks import checker as lockcheck
 
         return lockcheck.read(self.directory).holds(self.name)
 

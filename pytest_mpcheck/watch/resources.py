@@ -9,9 +9,10 @@ shared_memory objects"), long after the test that caused it.
 
 The watch sees these messages where they are sent: it wraps ``ResourceTracker._send`` in the pytest
 process, where its forked children inherit the wrapper, and in the children that the fixtures start
-(:mod:`pytest_mpcheck.bootstrap`). The pytest process keeps its own registrations in memory; a child
-appends one line per message to the session's resource log, which is read after each test. After the
-test, what the test registered and nobody unregistered is a leak when it still exists:
+(:mod:`pytest_mpcheck.fixtures.bootstrap`). The pytest process keeps its own registrations in
+memory; a child appends one line per message to the session's resource log, which is read after
+each test. After the test, what the test registered and nobody unregistered is a leak when it
+still exists:
 
 - a shared memory segment that was never unlinked (``close()`` alone does not free it);
 - a semaphore registered by a child that is gone: its finalizer never ran (the child was killed, or
@@ -37,7 +38,7 @@ from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any
 
-from pytest_mpcheck import procfs
+from pytest_mpcheck._os import procfs
 
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
@@ -86,7 +87,7 @@ def _wrap(note: _Note) -> tuple[Callable[..., Any], Callable[[], None]]:
 
 def _call_site(frame: FrameType) -> str:
     """``file:line`` of the user's code that made the resource."""
-    from pytest_mpcheck import callsite  # only when a resource is made (sysconfig is not light)
+    from pytest_mpcheck._os import callsite  # only when a resource is made (sysconfig is not light)
 
     return callsite.user_site(frame, os.getcwd() + os.sep) or "unknown place"
 
@@ -189,7 +190,7 @@ class ResourceWatch:
 
     def start(self) -> None:
         """Wrap the tracker and open the run's resource log."""
-        from pytest_mpcheck import scratch  # the pytest process only
+        from pytest_mpcheck._os import scratch  # the pytest process only
 
         self.log_path = scratch.make_file("resources", ".log")
         # Forked children inherit this descriptor (O_APPEND: their lines never mix).

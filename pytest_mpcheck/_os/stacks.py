@@ -2,9 +2,9 @@
 
 Three sources, best first:
 
-1. A child the fixtures started was prepared for it (:mod:`pytest_mpcheck.bootstrap`): on a signal,
-   ``faulthandler`` writes the stacks of all its threads to its stack file. Always available, fast,
-   needs no privileges.
+1. A child the fixtures started was prepared for it (:mod:`pytest_mpcheck.fixtures.bootstrap`):
+   on a signal, ``faulthandler`` writes the stacks of all its threads to its stack file.
+   Always available, fast, needs no privileges.
 2. Any other Python descendant: ``py-spy dump`` where py-spy is installed and may attach.
 3. Otherwise what the kernel says: the state and the kernel function it waits in (``wchan``).
 
@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pytest_mpcheck import procfs
-from pytest_mpcheck.bootstrap import STACK_SIGNAL, stack_path
+from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os.stackfile import STACK_SIGNAL, stack_path
 
 _FAULTHANDLER_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
 _FAULTHANDLER_THREAD = re.compile(r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$")

@@ -1,9 +1,9 @@
 """Which line of the user's code led to the current call: the ``file:line`` a report names.
 
-Shared by the start records of processes (:mod:`origins`) and the registrations of named
-resources (:mod:`resources`): the first frame outside Python's own library and this plugin, and,
-where that frame belongs to an installed package, the first frame of the user's own code above it
-if there is one.
+Shared by the start records of processes (:mod:`pytest_mpcheck.watch.origins`) and the
+registrations of named resources (:mod:`pytest_mpcheck.watch.resources`): the first frame outside
+Python's own library and this plugin, and, where that frame belongs to an installed package, the
+first frame of the user's own code above it if there is one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from types import FrameType
 _PATHS = sysconfig.get_paths()
 _STDLIB = (_PATHS["stdlib"], _PATHS["platstdlib"])
 _SITE_PACKAGES = (_PATHS["purelib"], _PATHS["platlib"])
-_THIS_PACKAGE = os.path.dirname(os.path.realpath(__file__))
+#: The plugin's own files (this module is one package below the top): never the user's line.
+_THIS_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 
 
 def user_site(frame: FrameType | None, root_prefix: str) -> str | None:

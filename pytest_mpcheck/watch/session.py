@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck import report, scratch
+from pytest_mpcheck import report
+from pytest_mpcheck._os import scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
 from pytest_mpcheck.findings import ENDED, Finding, ProcessInfo, SessionTally
-from pytest_mpcheck.origins import OriginRecorder
-from pytest_mpcheck.reaper import get_subreaper, set_subreaper
-from pytest_mpcheck.resources import ResourceFinding, ResourceWatch
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
-from pytest_mpcheck.watch import Baseline, ProcessWatch
+from pytest_mpcheck.watch.origins import OriginRecorder
+from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch
+from pytest_mpcheck.watch.reaper import get_subreaper, set_subreaper
+from pytest_mpcheck.watch.resources import ResourceFinding, ResourceWatch
 
 # Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
 # of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
@@ -304,7 +305,7 @@ def internal_error(doing: str) -> None:
 def loaded_lockcheck() -> ModuleType | None:
     """The lock checker's module, if a test used it: it is imported only then, and has nothing to
     report, add up or write otherwise."""
-    return sys.modules.get("pytest_mpcheck.lockcheck")
+    return sys.modules.get("pytest_mpcheck.locks.checker")
 
 
 #: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.

@@ -1,4 +1,4 @@
-/* The hot path of pytest_mpcheck.locks.CheckedLock, in C (optional: locks.py falls back to the
+/* The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional: locks.py falls back to the
  * same code in Python when this is not built, or when PYTEST_MPCHECK_PURE_PYTHON is set).
  *
  * An uncontended acquire() or release() of a checked lock writes one 16-byte record into the
@@ -154,7 +154,7 @@ static PyGetSetDef records_getset[] = {
 };
 
 static PyTypeObject RecordsType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pytest_mpcheck._lockrec.Records",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pytest_mpcheck.locks._lockrec.Records",
     .tp_basicsize = sizeof(Records),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Records(buffer)\n--\n\n"
@@ -622,7 +622,7 @@ static PyGetSetDef core_getset[] = {
 };
 
 static PyTypeObject LockCoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pytest_mpcheck._lockrec.LockCore",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pytest_mpcheck.locks._lockrec.LockCore",
     .tp_basicsize = sizeof(LockCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The hot path of CheckedLock: acquire, release, __enter__, __exit__.",
@@ -639,8 +639,8 @@ static PyTypeObject LockCoreType = {
 
 static struct PyModuleDef lockrec_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pytest_mpcheck._lockrec",
-    .m_doc = "The hot path of pytest_mpcheck.locks.CheckedLock, in C (optional).",
+    .m_name = "pytest_mpcheck.locks._lockrec",
+    .m_doc = "The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional).",
     .m_size = -1,
 };
 

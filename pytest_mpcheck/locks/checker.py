@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 
 import pytest
 
-from pytest_mpcheck import procfs, scratch
+from pytest_mpcheck._os import procfs, scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
-from pytest_mpcheck.locks import (
+from pytest_mpcheck.locks.checked import (
     ACQUIRED,
     FILE_SUFFIX,
     FOREIGN,
@@ -51,7 +51,7 @@ from pytest_mpcheck.locks import (
 from pytest_mpcheck.safetext import printable
 
 #: The check that ``mp_spawn`` children run before their target (see :mod:`bootstrap`).
-MODULE_LOCK_CHECK = "pytest_mpcheck.locks:module_lock_check"
+MODULE_LOCK_CHECK = "pytest_mpcheck.locks.checked:module_lock_check"
 
 #: Kinds of lock findings.
 TWO_HOLDERS = "two holders at once"

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mpcheck import helpers, ownership, procfs
+from pytest_mpcheck._os import procfs
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
-from pytest_mpcheck.origins import HANDED_OVER, OriginRecorder
-from pytest_mpcheck.ownership import Holder
-from pytest_mpcheck.reaper import OrphanReaper
 from pytest_mpcheck.settings import Settings
-from pytest_mpcheck.terminate import Leftover, end_processes
+from pytest_mpcheck.watch import helpers, ownership
+from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder
+from pytest_mpcheck.watch.ownership import Holder
+from pytest_mpcheck.watch.reaper import OrphanReaper
+from pytest_mpcheck.watch.terminate import Leftover, end_processes
 
 #: ``(process) -> True`` when another plugin vetoes the finding.
 VetoFn = Callable[[ProcessInfo], bool]
@@ -297,7 +298,7 @@ class ProcessWatch:
         ]
         if not python:
             return
-        from pytest_mpcheck import stacks  # only when something leaked: py-spy, reports
+        from pytest_mpcheck._os import stacks  # only when something leaked: py-spy, reports
 
         read = stacks.stacks_of(
             None, [finding.process.pid for finding in python], timeout=_STACK_TIMEOUT

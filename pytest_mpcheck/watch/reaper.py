@@ -21,8 +21,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pytest_mpcheck import atfork, procfs
-from pytest_mpcheck.origins import OriginRecorder
+from pytest_mpcheck._os import atfork, procfs
+from pytest_mpcheck.watch.origins import OriginRecorder
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
