@@ -162,6 +162,34 @@ def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+@linux_only
+def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
+    pytester: pytest.Pytester,
+) -> None:
+    # Found by CPython's test_forkserver_sigkill under the plugin: a process that the forkserver
+    # forked reparents to pytest when the forkserver is killed. Its Popen reads the exit status
+    # from the forkserver, never waits for it: a true orphan, reaped, and not the test's zombie.
+    pytester.makepyfile(
+        test_forkserver_death="""
+        import multiprocessing, os, signal, time
+        from multiprocessing import forkserver
+
+        def test_kill_the_forkserver():
+            ctx = multiprocessing.get_context("forkserver")
+            forkserver.ensure_running()
+            p = ctx.Process(target=time.sleep, args=(0.5,))
+            p.start()
+            os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+            time.sleep(1)  # p is orphaned, exits and reparents to pytest (the subreaper)
+            p.join(10)
+            assert p.exitcode in (0, 255)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-subreaper=on", timeout=60)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])
+
+
 def test_helpers_of_other_families_are_helpers(pytester: pytest.Pytester) -> None:
     # Principle 4: a tracker is known by what it runs, whichever family's it is; a fork of the
     # pytest process is never a helper.

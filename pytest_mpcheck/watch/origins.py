@@ -50,6 +50,10 @@ class StartRecord:
     thread: str | None = None
     helper: bool = False
     """multiprocessing's resource tracker or forkserver (a session helper, not the test's)."""
+    forked_here: bool = False
+    """Forked by the pytest process itself, so its parent there will wait for it. ``False`` for
+    a process that a forkserver forked for ``Process.start``: its ``Popen`` reads the exit status
+    from the forkserver, so if it is orphaned (the forkserver died) nobody waits for it."""
 
 
 class OriginRecorder:
@@ -155,8 +159,11 @@ class OriginRecorder:
             self.starting -= 1
         self._run_deferred()
 
-    def note(self, pid: int, handle: object | None = None) -> None:
+    def note(self, pid: int, handle: object | None = None, forked_here: bool = False) -> None:
         """Record that ``pid`` was just started by the call being made now.
+
+        ``forked_here``: the pid came from a fork made by this process (``os.fork``,
+        ``fork_exec``), not from a forkserver (see :attr:`StartRecord.forked_here`).
 
         This runs right after a fork: it only files the record :meth:`_prepare` made. The create
         time, which guards against pid reuse, is read later (:meth:`fill_create_times`): the child
@@ -174,12 +181,14 @@ class OriginRecorder:
                 # forkserver or the resource tracker): each gets its own record.
                 record = dataclasses.replace(record, handle=None, name=None)
             record.pid = pid
+            record.forked_here = forked_here
             self.records[pid] = record
             noted.add(pid)
             if not record.owner.startswith("<"):  # counts what tests and fixtures start
                 self.started += 1
         else:
             record = self.records[pid]
+            record.forked_here = record.forked_here or forked_here
         if handle is not None:
             record.handle = weakref.ref(handle)
             name = getattr(handle, "name", None)
@@ -218,7 +227,7 @@ class OriginRecorder:
             result = original(*args, **kwargs)
             pid = result[0] if isinstance(result, tuple) else result
             if isinstance(pid, int) and pid > 0:
-                self.note(pid)
+                self.note(pid, forked_here=True)
             return result
         finally:
             self._finish(previous)

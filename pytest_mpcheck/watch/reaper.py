@@ -122,11 +122,13 @@ class OrphanReaper:
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped.
 
-        A zombie child is an orphan when no process-creating call noted it: every way Python
-        starts a process is recorded (:mod:`origins`), in every thread, and while any thread is
-        inside such a call the reaping waits for it to finish. A process forked by C code that
-        bypasses them all would look like an orphan: that is the subreaper's trade-off
-        (``--mp-subreaper=off`` turns it off).
+        A zombie child is an orphan when no process-creating call of this process forked it:
+        every way Python starts a process is recorded (:mod:`origins`), in every thread, and while
+        any thread is inside such a call the reaping waits for it to finish. A process that a
+        forkserver forked for ``Process.start`` is recorded but is an orphan all the same once it
+        reparents here (its forkserver died): its ``Popen`` never waits for it. A process forked
+        by C code that bypasses every wrapper would look like an orphan: that is the subreaper's
+        trade-off (``--mp-subreaper=off`` turns it off).
         """
         if self._recorder.starting:
             # A child is being started and its pid is not noted yet: it could be taken for an
@@ -135,7 +137,8 @@ class OrphanReaper:
             return 0
         reaped = 0
         for pid in procfs.children(self._pid):
-            if pid in self._recorder.records or not procfs.is_zombie(pid):
+            record = self._recorder.records.get(pid)
+            if (record is not None and record.forked_here) or not procfs.is_zombie(pid):
                 continue
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
