@@ -361,3 +361,45 @@ def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
         ["mpcheck: test_many.py::test_forks_800 left 800 processes behind (800 leaked)"]
     )
     result.stdout.fnmatch_lines(["mpcheck: 800 processes started by tests, 800 leaked*"])
+
+
+def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester) -> None:
+    # Principle 6, with faults injected into the plugin itself: after each test, at the end of
+    # the session and in the summary. The user's outcomes, failure report and exit status stay;
+    # each fault is one warning that even `-W error` does not escalate; no INTERNALERROR.
+    pytester.makeconftest(
+        """
+        from pytest_mpcheck.watch import process_watch, session
+
+        def fault(*args, **kwargs):
+            raise RuntimeError("injected fault")
+
+        process_watch.ProcessWatch.finish_test = fault
+        process_watch.ProcessWatch.finish_session = fault
+        session.MpCheckSession.summary_lines = fault
+        """
+    )
+    pytester.makepyfile(
+        test_user="""
+        def test_passes():
+            pass
+
+        def test_fails():
+            assert 1 == 2, "the user's own failure"
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "-W", "error", timeout=60)
+    result.assert_outcomes(passed=1, failed=1, warnings=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: the user's own failure*",
+            "*pytest-mpcheck failed while checking the processes of test_user.py::test_passes;*",
+            "*pytest-mpcheck failed while checking the processes of test_user.py::test_fails;*",
+            "FAILED test_user.py::test_fails - AssertionError: the user's own failure*",
+            "*warnings summary (final)*",
+        ]
+    )
+    for doing in ("ending what was left at the end of the session", "writing the terminal summary"):
+        result.stdout.fnmatch_lines([f"*pytest-mpcheck failed while {doing}; please report*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
