@@ -49,7 +49,6 @@ from pytest_mpcheck._os import atfork
 
 if TYPE_CHECKING:
     from pytest_mpcheck.locks import _lockrec
-    from pytest_mpcheck.locks.checker import Hold
 
 #: Record kinds.
 ACQUIRED = 1
@@ -565,14 +564,6 @@ class CheckedLock(_LockCore):
         if off + RECORD_SIZE > w.size:
             w.grow(off)
         _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
-
-    # -- what the checker knows -----------------------------------------------------------------
-
-    def holds(self) -> list[Hold]:
-        """Every hold of this lock so far, in time order."""
-        from pytest_mpcheck.locks import checker as lockcheck
-
-        return lockcheck.read(self.directory).holds(self.name)
 
 
 def make_lock(

@@ -117,7 +117,6 @@ class _Event:
 @dataclass
 class _LockDecl:
     name: str
-    kind: str
     token: str
     semaphore: str
 
@@ -161,7 +160,7 @@ def _read_file(path: str) -> _ProcessRecord | None:
         if kind == TEXT_PROCESS and len(parts) >= 2:
             record = _ProcessRecord(ProcessName(int(parts[0]), parts[1]))
         elif kind == TEXT_LOCK and len(parts) >= 4 and record is not None:
-            declared = _LockDecl(parts[0], parts[1], parts[2], parts[3])
+            declared = _LockDecl(parts[0], parts[2], parts[3])  # parts[1]: Lock or RLock
             locks[lock] = declared
             record.locks[declared.token] = declared
         elif kind == TEXT_SITE and len(parts) >= 2:
@@ -217,7 +216,6 @@ class Hold:
     """Whether the lock was taken when the acquisition began."""
     released_by: ProcessName | None = None
     """Another process that released it, when it was not the holder."""
-    token: str = ""
 
 
 @dataclass
@@ -380,7 +378,6 @@ class Records:
                     event.ts,
                     wait=event.ts - request.ts if request else 0,
                     contended=request is not None,
-                    token=event.token,
                 )
                 for other, count in depth.items():
                     if count and other != process and (other, process) not in reported:
