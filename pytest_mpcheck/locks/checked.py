@@ -20,6 +20,7 @@ and importing it there would turn the GIL back on with a ``RuntimeWarning``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
@@ -37,6 +38,7 @@ from pytest_mpcheck.locks.records import (
     ACQUIRED,
     FOREIGN,
     GAVE_UP,
+    MAX_LOCKS,
     RECORD,
     RECORD_SIZE,
     RELEASE_FAILED,
@@ -140,6 +142,9 @@ class _PyLockCore:
         def _wait(self, w: RecordWriter, site: int, timeout: float | None) -> bool: ...
         def _release_not_held(self, w: RecordWriter, depth: int) -> None: ...
         def _record(self, w: RecordWriter, site: int, kind: int, flags: int) -> None: ...
+        def _write_failed(
+            self, error: BaseException, w: RecordWriter, off: int, site: int, kind: int, flags: int
+        ) -> None: ...
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire the lock, as ``multiprocessing.Lock.acquire`` does, and record it."""
@@ -155,9 +160,8 @@ class _PyLockCore:
             off = next(w.offsets)
             try:
                 _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
-            except struct.error:  # the file is full
-                w.grow(off)
-                _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
+            except BaseException as error:  # the file is full (struct.error), or worse
+                self._write_failed(error, w, off, site, ACQUIRED, 0 if block else TRY)
             self._held += 1
             return True
         if not block:
@@ -183,14 +187,15 @@ class _PyLockCore:
         off = next(w.offsets)
         try:
             _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
-        except struct.error:  # the file is full
-            w.grow(off)
-            _pack(w.buf, off, _mono(), 0, self._idx, RELEASED, 0)
+        except BaseException as error:  # the file is full (struct.error), or worse
+            self._write_failed(error, w, off, 0, RELEASED, 0)
         try:
             self._lock.release()
         except BaseException:
             # The semaphore was free already (released behind this lock): the hold is over.
-            self._record(w, 0, RELEASE_FAILED, 0)
+            # The release's error is the one to raise; one from recording it would hide it.
+            with contextlib.suppress(Exception):
+                self._record(w, 0, RELEASE_FAILED, 0)
             raise
         return None
 
@@ -253,7 +258,15 @@ class CheckedLock(_LockCore):
 
     def _attach(self) -> RecordWriter:
         writer = _writer(self.directory)
-        self._idx = next(writer.lock_numbers)
+        number = next(writer.lock_numbers)
+        if number > MAX_LOCKS:
+            # The one check of the limit: a record has 16 bits for the lock's number.
+            raise RuntimeError(
+                f"mpcheck: {self!r} cannot be used: this process already used {MAX_LOCKS} checked "
+                "locks in this test, as many as the lock checker's records can tell apart. Use "
+                "fewer locks: mp_locks.Lock(name) gives the same lock for the same name."
+            )
+        self._idx = number
         semaphore = getattr(self._lock._semlock, "name", None) or ""
         writer.text(TEXT_LOCK, self._idx, f"{self.name}\0{self.kind}\0{self.token}\0{semaphore}")
         self._w = writer
@@ -282,14 +295,34 @@ class CheckedLock(_LockCore):
         try:
             self._lock.release()
         except BaseException:
-            self._record(w, site, RELEASE_FAILED, FOREIGN)
+            with contextlib.suppress(Exception):  # as above: the release's error is the one
+                self._record(w, site, RELEASE_FAILED, FOREIGN)
             raise
 
     def _record(self, w: RecordWriter, site: int, kind: int, flags: int) -> None:
         off = next(w.offsets)
-        if off + RECORD_SIZE > w.size:
+        try:
+            _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
+        except BaseException as error:
+            self._write_failed(error, w, off, site, kind, flags)
+
+    def _write_failed(
+        self, error: BaseException, w: RecordWriter, off: int, site: int, kind: int, flags: int
+    ) -> None:
+        """A record did not fit (``struct.error``: its slot is past the end of the file): grow
+        the file and write it. When it cannot be written, the record of taking or of giving back
+        the semaphore does not leave it taken: an acquisition is undone, a release happens all
+        the same; then the error propagates (as the C hot path does)."""
+        try:
+            if not isinstance(error, struct.error):
+                raise error
             w.grow(off)
-        _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
+            _pack(w.buf, off, _mono(), site, self._idx, kind, flags)
+        except BaseException:
+            if kind in (ACQUIRED, RELEASED):
+                with contextlib.suppress(Exception):  # its own error would hide the write's
+                    self._lock.release()
+            raise
 
 
 def make_lock(

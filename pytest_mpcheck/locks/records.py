@@ -67,6 +67,8 @@ TEXT_SUFFIX = ".mplocks-text"
 LOST_SUFFIX = ".mplocks-lost"
 """A marker: the process of the record file of the same name stopped recording (no room)."""
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+MAX_LOCKS = 0xFFFF
+"""How many checked locks one process can use in one test: a record has 16 bits for the number."""
 
 _MP_DIR = os.path.dirname(multiprocessing.__file__) + os.sep
 

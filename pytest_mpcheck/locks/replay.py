@@ -88,8 +88,7 @@ def _display(site: str) -> str:
 
 def read_process(path: str) -> ProcessRecord | None:
     """One process's record: its text file (names of the process, its locks and sites), then
-    its events, up to the first all-zero slot (both files are zero-filled past what was
-    written)."""
+    its events."""
     try:
         with open(path[: -len(FILE_SUFFIX)] + TEXT_SUFFIX, "rb") as file:
             text_data = file.read()
@@ -118,13 +117,16 @@ def read_process(path: str) -> ProcessRecord | None:
             sites[int(parts[0])] = printable(_display(parts[1]))
     if record is None:
         return None
+    # The file is zero-filled past what was written. A slot that was taken but never written
+    # (its write failed; a thread is writing it right now) is all zero too, and is skipped: what
+    # was written after it still counts.
+    end = len(data.rstrip(b"\0"))
     off = 0
-    end = len(data) - RECORD_SIZE
-    while off <= end:
+    while off < end and off + RECORD_SIZE <= len(data):
         ts, site, lock, kind, flags = RECORD.unpack_from(data, off)
-        if ts == 0:
-            break  # the end of what this process wrote
         off += RECORD_SIZE
+        if ts == 0:
+            continue
         decl = locks.get(lock)
         if decl is None:
             continue
