@@ -1,13 +1,13 @@
-/* The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional: checked.py falls back to
- * the same code in Python when this is not built, when PYTEST_MPCHECK_PURE_PYTHON is set, and on a
- * free-threaded build, where this module is never imported).
+/* The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional: checked.py falls back
+ * to the same code in Python when this is not built, when PYTEST_MPCHECK_PURE_PYTHON is set, and
+ * on a free-threaded build, where this module is never imported).
  *
  * An uncontended acquire() or release() of a checked lock writes one 16-byte record into the
  * process's memory-mapped record file. In Python the clock, the caller's frame and the packing of
  * the record cost 15 times the lock itself; here they cost about as much as the lock. Everything
- * rare stays in Python and is called by name: numbering a new acquisition site (RecordWriter.locate),
- * attaching a lock to the process's record file (CheckedLock._attach), a contended wait
- * (CheckedLock._wait), a release by a process that did not hold the lock
+ * rare stays in Python and is called by name: numbering a new acquisition site
+ * (RecordWriter.locate), attaching a lock to the process's record file (CheckedLock._attach), a
+ * contended wait (CheckedLock._wait), a release by a process that did not hold the lock
  * (CheckedLock._release_not_held) and growing the file (RecordWriter.grow).
  *
  * Records are as documented in records.py: little-endian "<QIHBB" (ts, site, lock, kind, flags).
@@ -37,7 +37,7 @@
 #define TRY 2
 
 /* Sites cached per lock: a lock is taken at a few places; a miss only costs a dict look-up in
- * Writer.locate, so the cache can be small. */
+ * RecordWriter.locate, so the cache can be small. */
 #define SITE_CACHE 8
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -54,7 +54,7 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view; /* of the writer's mmap, while attached */
     int attached;
-    Py_ssize_t size; /* bytes of view; 0 when detached, so that every write asks Writer.grow */
+    Py_ssize_t size; /* bytes of view; 0 when detached: every write then asks RecordWriter.grow */
     Py_ssize_t next; /* offset of the next free slot, shared by all locks of the writer */
 } Records;
 
@@ -187,7 +187,7 @@ typedef struct {
     PyObject *lock;    /* _lock: the multiprocessing lock */
     PyObject *try_;    /* _try: its bound acquire */
     PyObject *release; /* its bound release */
-    PyObject *writer;  /* _w: this process's _Writer, or NULL when not attached */
+    PyObject *writer;  /* _w: this process's RecordWriter, or NULL when not attached */
     Records *rec;      /* writer.rec */
     uint16_t idx;      /* _idx: the lock's number in the writer's records (16 bits of a record) */
     Py_ssize_t held;   /* _held: acquisitions by this process not yet released */
@@ -340,7 +340,8 @@ core_release_raw(LockCore *self)
 }
 
 /* The site number of the caller's current instruction: from the lock's cache, else numbered by
- * Writer.locate (which also walks out of multiprocessing's own frames and writes the text). */
+ * RecordWriter.locate (which also walks out of multiprocessing's own frames, and writes the
+ * text). */
 static int
 core_site(LockCore *self, PyObject *writer, uint32_t *site)
 {
