@@ -122,10 +122,10 @@ def close_records(directory: str) -> None:
 class _PyLockCore:
     """The hot path of :class:`CheckedLock` in Python: ``_lockrec.LockCore`` does the same in C.
 
-    The base of :class:`CheckedLock` when the C extension is not built or
-    ``PYTEST_MPCHECK_PURE_PYTHON`` is set. The rare paths (attaching to the record file, a
-    contended wait, a release by a process that does not hold the lock) are ``CheckedLock``'s,
-    for both bases.
+    The base of :class:`CheckedLock` when the C extension is not built, when
+    ``PYTEST_MPCHECK_PURE_PYTHON`` is set, and on a free-threaded build. The rare paths
+    (attaching to the record file, a contended wait, a release by a process that does not hold
+    the lock, a record that does not fit) are ``CheckedLock``'s, for both bases.
     """
 
     __slots__ = ("_held", "_idx", "_lock", "_try", "_w")

@@ -302,8 +302,8 @@ class RecordWriter:
         return site if site is not None else self.site(frame, key)
 
     def forget(self) -> None:
-        """Close the files in a forked child, which must not write its parent's (nor unmap it:
-        the parent's lock objects of this child may still point at the map)."""
+        """Close the files in a forked child, which must write files of its own. The map is left
+        alone: it is the parent's too, and the C hot path may still hold an export of it."""
         for fd in (self.fd, self.text_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
