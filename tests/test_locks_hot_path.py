@@ -22,6 +22,8 @@ def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     if request.param == "C":
         if importlib.util.find_spec("pytest_mpcheck.locks._lockrec") is None:
             pytest.skip("the optional C extension was not built")
+        if sysconfig.get_config_var("Py_GIL_DISABLED"):
+            pytest.skip("a free-threaded Python never uses the C hot path")
         monkeypatch.delenv(PURE_PYTHON, raising=False)
     else:
         monkeypatch.setenv(PURE_PYTHON, "1")
