@@ -31,14 +31,10 @@ if TYPE_CHECKING:
         TrackedProcess,
     )
     from pytest_mpcheck.locks.checked import CheckedLock
-    from pytest_mpcheck.locks.checker import (
-        Hold,
-        LockChecker,
-        LockCounts,
-        LockFinding,
-        LockStats,
-        ProcessName,
-    )
+    from pytest_mpcheck.locks.checker import LockChecker
+    from pytest_mpcheck.locks.checks import LockFinding
+    from pytest_mpcheck.locks.replay import Hold, ProcessName
+    from pytest_mpcheck.locks.stats import LockCounts, LockStats
 
 #: Where each public name lives.
 _EXPORTS = {
@@ -46,11 +42,11 @@ _EXPORTS = {
     "ChildError": "fixtures.spawn",
     "ExecutorFactory": "fixtures.pools",
     "Finding": "findings",
-    "Hold": "locks.checker",
+    "Hold": "locks.replay",
     "LockChecker": "locks.checker",
-    "LockCounts": "locks.checker",
-    "LockFinding": "locks.checker",
-    "LockStats": "locks.checker",
+    "LockCounts": "locks.stats",
+    "LockFinding": "locks.checks",
+    "LockStats": "locks.stats",
     "MpCheckInternalWarning": "errors",
     "MpCheckWarning": "errors",
     "OutputLine": "fixtures.output",
@@ -58,7 +54,7 @@ _EXPORTS = {
     "PoolFactory": "fixtures.pools",
     "ProcessFailed": "fixtures.spawn",
     "ProcessInfo": "findings",
-    "ProcessName": "locks.checker",
+    "ProcessName": "locks.replay",
     "RemoteTraceback": "fixtures.spawn",
     "Spawner": "fixtures.spawn",
     "TrackedExecutor": "fixtures.pools",

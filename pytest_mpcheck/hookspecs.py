@@ -11,7 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_mpcheck.findings import Finding, ProcessInfo
-    from pytest_mpcheck.locks.checker import LockFinding
+    from pytest_mpcheck.locks.checks import LockFinding
 
 
 @pytest.hookspec(firstresult=True)

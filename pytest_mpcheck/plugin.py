@@ -142,10 +142,10 @@ def mp_test(request: pytest.FixtureRequest, mp_start_method: str) -> Iterator[Mp
     """What the ``mp_*`` fixtures of one test share (start method, join timeout, work directory)."""
     from pytest_mpcheck.fixtures import bootstrap
     from pytest_mpcheck.fixtures.testrun import MpTest
-    from pytest_mpcheck.locks import checker as lockcheck
+    from pytest_mpcheck.locks.modulelocks import MODULE_LOCK_CHECK
 
     # Children of mp_spawn look for module-level locks that their import made again.
-    bootstrap.register_child_check(lockcheck.MODULE_LOCK_CHECK)
+    bootstrap.register_child_check(MODULE_LOCK_CHECK)
     test = MpTest(request.node, mp_start_method)
     yield test
     test.cleanup()
@@ -254,9 +254,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         if state is not None and workeroutput:
             state.add_worker(workeroutput)
         if workeroutput:
-            from pytest_mpcheck.locks import checker as lockcheck
+            from pytest_mpcheck.locks import tally
 
-            lockcheck.add_worker(node.config, workeroutput)
+            tally.add_worker(node.config, workeroutput)
     except Exception:
         internal_error("adding up the figures of an xdist worker")
 

@@ -1,19 +1,23 @@
-/* The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional: locks.py falls back to the
- * same code in Python when this is not built, or when PYTEST_MPCHECK_PURE_PYTHON is set).
+/* The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional: checked.py falls back
+ * to the same code in Python when this is not built, when PYTEST_MPCHECK_PURE_PYTHON is set, and
+ * on a free-threaded build, where this module is never imported).
  *
  * An uncontended acquire() or release() of a checked lock writes one 16-byte record into the
  * process's memory-mapped record file. In Python the clock, the caller's frame and the packing of
  * the record cost 15 times the lock itself; here they cost about as much as the lock. Everything
- * rare stays in Python and is called by name: numbering a new acquisition site (Writer.locate),
- * attaching a lock to the process's record file (CheckedLock._attach), a contended wait
- * (CheckedLock._wait), a release by a process that did not hold the lock
- * (CheckedLock._release_not_held) and growing the file (Writer.grow).
+ * rare stays in Python and is called by name: numbering a new acquisition site
+ * (RecordWriter.locate), attaching a lock to the process's record file (CheckedLock._attach), a
+ * contended wait (CheckedLock._wait), a release by a process that did not hold the lock
+ * (CheckedLock._release_not_held) and growing the file (RecordWriter.grow).
  *
- * Records are as documented in locks.py: little-endian "<QIHBB" (ts, site, lock, kind, flags).
+ * Records are as documented in records.py: little-endian "<QIHBB" (ts, site, lock, kind, flags).
  * The ts is written last, with release ordering: a reader that sees it sees the whole record.
+ * A record that cannot be written (RecordWriter.grow raised) never leaves the semaphore taken:
+ * acquire() gives it back and release() releases it all the same, then the error propagates.
  *
  * Everything here runs with the GIL held, which is what makes taking a slot (Records.next) safe
- * between the threads of a process, as next() on an itertools.count is in Python.
+ * between the threads of a process, as next() on an itertools.count is in Python: the module
+ * declares Py_MOD_GIL_USED, and checked.py does not import it on a free-threaded build.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -25,7 +29,7 @@
 #include <string.h>
 #include <time.h>
 
-/* Must match locks.py; it compares them with FORMAT before it uses this module. */
+/* Must match records.py; checked.py compares them with FORMAT before it uses this module. */
 #define RECORD_SIZE 16
 #define ACQUIRED 1
 #define RELEASED 3
@@ -33,7 +37,7 @@
 #define TRY 2
 
 /* Sites cached per lock: a lock is taken at a few places; a miss only costs a dict look-up in
- * Writer.locate, so the cache can be small. */
+ * RecordWriter.locate, so the cache can be small. */
 #define SITE_CACHE 8
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -50,7 +54,7 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view; /* of the writer's mmap, while attached */
     int attached;
-    Py_ssize_t size; /* bytes of view; 0 when detached, so that every write asks Writer.grow */
+    Py_ssize_t size; /* bytes of view; 0 when detached: every write then asks RecordWriter.grow */
     Py_ssize_t next; /* offset of the next free slot, shared by all locks of the writer */
 } Records;
 
@@ -183,9 +187,9 @@ typedef struct {
     PyObject *lock;    /* _lock: the multiprocessing lock */
     PyObject *try_;    /* _try: its bound acquire */
     PyObject *release; /* its bound release */
-    PyObject *writer;  /* _w: this process's _Writer, or NULL when not attached */
+    PyObject *writer;  /* _w: this process's RecordWriter, or NULL when not attached */
     Records *rec;      /* writer.rec */
-    Py_ssize_t idx;    /* _idx: the lock's number in the writer's records */
+    uint16_t idx;      /* _idx: the lock's number in the writer's records (16 bits of a record) */
     Py_ssize_t held;   /* _held: acquisitions by this process not yet released */
     int cache_next;
     SiteEntry cache[SITE_CACHE]; /* site numbers of the writer: emptied when the writer changes */
@@ -269,17 +273,12 @@ monotonic_ns(void)
 }
 
 /* Write one record; rec and writer are the caller's strong references (Python code may run
- * in Writer.grow, and may detach this lock from them meanwhile). */
+ * in RecordWriter.grow, and may detach this lock from them meanwhile). */
 static int
 core_write(LockCore *self, PyObject *writer, Records *rec, uint32_t site, uint8_t kind,
            uint8_t flags)
 {
-    Py_ssize_t idx = self->idx;
-    if (idx < 0 || idx > 0xFFFF) {
-        /* as struct.pack_into("<QIHBB") fails in the pure-Python path: never a wrong number */
-        PyErr_Format(PyExc_OverflowError, "lock number %zd does not fit a record", idx);
-        return -1;
-    }
+    uint16_t idx = self->idx;
     Py_ssize_t off = rec->next;
     rec->next = off + RECORD_SIZE;
     if (off + RECORD_SIZE > rec->size) {
@@ -310,8 +309,39 @@ core_write(LockCore *self, PyObject *writer, Records *rec, uint32_t site, uint8_
     return 0;
 }
 
+/* Release the wrapped semaphore after a record could not be written, keeping the write's error:
+ * it is the one to raise (the release's own, if any, would hide it). */
+static void
+core_release_raw(LockCore *self)
+{
+    PyObject *release = Py_XNewRef(self->release);
+    if (release == NULL) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+    PyObject *none = PyObject_CallNoArgs(release);
+    Py_XDECREF(none);
+    if (none == NULL) {
+        PyErr_Clear();
+    }
+    PyErr_SetRaisedException(error);
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *none = PyObject_CallNoArgs(release);
+    Py_XDECREF(none);
+    if (none == NULL) {
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, value, traceback);
+#endif
+    Py_DECREF(release);
+}
+
 /* The site number of the caller's current instruction: from the lock's cache, else numbered by
- * Writer.locate (which also walks out of multiprocessing's own frames and writes the text). */
+ * RecordWriter.locate (which also walks out of multiprocessing's own frames, and writes the
+ * text). */
 static int
 core_site(LockCore *self, PyObject *writer, uint32_t *site)
 {
@@ -391,10 +421,13 @@ core_acquire_impl(LockCore *self, int block, PyObject *timeout)
         goto done;
     }
     if (acquired) {
-        self->held += 1;
         if (core_write(self, writer, rec, site, ACQUIRED, block ? 0 : TRY) < 0) {
+            /* Not recorded: the acquisition is undone, else a `with` block that raised in
+             * __enter__ would never release it. */
+            core_release_raw(self);
             goto done;
         }
+        self->held += 1;
         result = Py_NewRef(Py_True);
     }
     else if (!block) {
@@ -486,6 +519,8 @@ core_release_impl(LockCore *self)
     PyObject *release = Py_NewRef(self->release);
     self->held -= 1;
     if (core_write(self, writer, rec, 0, RELEASED, 0) < 0) {
+        /* Not recorded: released all the same, else nothing would ever release it. */
+        core_release_raw(self);
         goto done;
     }
     PyObject *none = PyObject_CallNoArgs(release);
@@ -559,6 +594,33 @@ core_set_lock(LockCore *self, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+core_get_idx(LockCore *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->idx);
+}
+
+static int
+core_set_idx(LockCore *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _idx");
+        return -1;
+    }
+    long idx = PyLong_AsLong(value);
+    if (idx == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (idx < 0 || idx > UINT16_MAX) {
+        /* CheckedLock._attach says why with MAX_LOCKS first; this keeps a record from ever
+         * holding another lock's number. */
+        PyErr_Format(PyExc_OverflowError, "lock number %ld does not fit a record", idx);
+        return -1;
+    }
+    self->idx = (uint16_t)idx;
+    return 0;
+}
+
+static PyObject *
 core_get_w(LockCore *self, void *Py_UNUSED(closure))
 {
     return Py_NewRef(self->writer != NULL ? self->writer : Py_None);
@@ -608,13 +670,14 @@ static PyMethodDef core_methods[] = {
 
 static PyMemberDef core_members[] = {
     {"_try", T_OBJECT_EX, offsetof(LockCore, try_), 0, "The wrapped lock's bound acquire."},
-    {"_idx", T_PYSSIZET, offsetof(LockCore, idx), 0, "The lock's number in the records."},
     {"_held", T_PYSSIZET, offsetof(LockCore, held), 0, "Holds by this process not released."},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef core_getset[] = {
     {"_lock", (getter)core_get_lock, (setter)core_set_lock, "The wrapped multiprocessing lock.",
+     NULL},
+    {"_idx", (getter)core_get_idx, (setter)core_set_idx, "The lock's number in the records.",
      NULL},
     {"_w", (getter)core_get_w, (setter)core_set_w,
      "This process's record writer, or None before the first use (and in a new child).", NULL},
@@ -637,53 +700,61 @@ static PyTypeObject LockCoreType = {
 
 /* -- the module ------------------------------------------------------------------------------ */
 
-static struct PyModuleDef lockrec_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "pytest_mpcheck.locks._lockrec",
-    .m_doc = "The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional).",
-    .m_size = -1,
-};
-
 static int
 intern(PyObject **where, const char *text)
 {
+    if (*where != NULL) {
+        return 0; /* executed again (the module was imported again): the strings are kept */
+    }
     *where = PyUnicode_InternFromString(text);
     return *where == NULL ? -1 : 0;
 }
 
-PyMODINIT_FUNC
-PyInit__lockrec(void)
+static int
+lockrec_exec(PyObject *module)
 {
     if (intern(&str_attach, "_attach") < 0 || intern(&str_locate, "locate") < 0 ||
         intern(&str_rec, "rec") < 0 || intern(&str_release, "release") < 0 ||
         intern(&str_block, "block") < 0 || intern(&str_timeout, "timeout") < 0) {
-        return NULL;
+        return -1;
     }
-    if (PyType_Ready(&RecordsType) < 0 || PyType_Ready(&LockCoreType) < 0) {
-        return NULL;
-    }
-    PyObject *module = PyModule_Create(&lockrec_module);
-    if (module == NULL) {
-        return NULL;
+    if (PyModule_AddType(module, &RecordsType) < 0 ||
+        PyModule_AddType(module, &LockCoreType) < 0) {
+        return -1;
     }
     PyObject *format = Py_BuildValue("(iiiii)", RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED,
                                      TRY);
-    if (format == NULL || PyModule_AddObject(module, "FORMAT", format) < 0) {
-        Py_XDECREF(format);
-        Py_DECREF(module);
-        return NULL;
+    if (format == NULL) {
+        return -1;
     }
-    Py_INCREF(&RecordsType);
-    if (PyModule_AddObject(module, "Records", (PyObject *)&RecordsType) < 0) {
-        Py_DECREF(&RecordsType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&LockCoreType);
-    if (PyModule_AddObject(module, "LockCore", (PyObject *)&LockCoreType) < 0) {
-        Py_DECREF(&LockCoreType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    int added = PyModule_AddObjectRef(module, "FORMAT", format);
+    Py_DECREF(format);
+    return added;
+}
+
+static PyModuleDef_Slot lockrec_slots[] = {
+    {Py_mod_exec, lockrec_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* Static types and strings: one interpreter only. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* Relies on the GIL (see the top of this file); checked.py never imports it without one. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef lockrec_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pytest_mpcheck.locks._lockrec",
+    .m_doc = "The hot path of pytest_mpcheck.locks.checked.CheckedLock, in C (optional).",
+    .m_size = 0,
+    .m_slots = lockrec_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__lockrec(void)
+{
+    return PyModuleDef_Init(&lockrec_module);
 }

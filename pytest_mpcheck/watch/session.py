@@ -303,9 +303,9 @@ def internal_error(doing: str) -> None:
 
 
 def loaded_lockcheck() -> ModuleType | None:
-    """The lock checker's module, if a test used it: it is imported only then, and has nothing to
-    report, add up or write otherwise."""
-    return sys.modules.get("pytest_mpcheck.locks.checker")
+    """The lock checker's session module (figures and findings), if a test used the checker: it is
+    imported only then, and has nothing to report, add up or write otherwise."""
+    return sys.modules.get("pytest_mpcheck.locks.tally")
 
 
 #: Where the run's :class:`MpCheckSession` lives: ``config.stash[session_key]``.
