@@ -269,3 +269,22 @@ def test_the_interleaving_shows_holds_and_notes_escaped() -> None:
         r">>    2  b\x1b (2)        -  err| out\x07   <-- written while a held",
         "      3  a (1)      hold  1  out| in",
     ]
+
+
+def test_module_lock_check_reaches_nothing_through_builtins() -> None:
+    # mp_spawn(pow, ...) under spawn once died of a RecursionError in this check: a built-in
+    # function has no code, and its type's __call__ is a slot wrapper, whose type has one too.
+    import builtins
+    import sys
+
+    from pytest_mpcheck.locks import modulelocks
+
+    assert modulelocks._codes_of(pow) == []
+    assert modulelocks._codes_of(print) == []
+    assert modulelocks._reachable_names(pow, builtins) == set()
+
+    class Callable:
+        def __call__(self) -> object:
+            return GONE
+
+    assert modulelocks._reachable_names(Callable(), sys.modules[__name__]) == {"GONE"}

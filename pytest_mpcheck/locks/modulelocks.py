@@ -17,15 +17,25 @@ from pytest_mpcheck.locks.checked import CheckedLock
 MODULE_LOCK_CHECK = "pytest_mpcheck.locks.modulelocks:module_lock_check"
 
 
-def _codes_of(value: Any) -> list[Any]:
+def _code_of(value: Any) -> Any | None:
+    """The code object of a Python function or method (static and class methods too)."""
     function = getattr(value, "__func__", value)
-    code = getattr(function, "__code__", None)
+    return getattr(function, "__code__", None) if callable(function) else None
+
+
+def _codes_of(value: Any) -> list[Any]:
+    """The code of ``value``: a function's, each method's of a class, a callable's ``__call__``.
+
+    Built-in functions and types implemented in C have none (``pow``, ``print``): nothing of
+    the module is reachable through them.
+    """
+    code = _code_of(value)
     if code is not None:
         return [code]
     if isinstance(value, type):
-        return [c for member in vars(value).values() for c in _codes_of(member)]
-    call = vars(type(value)).get("__call__")  # a callable instance: its class's __call__
-    return _codes_of(call) if call is not None else []
+        return [c for member in vars(value).values() if (c := _code_of(member)) is not None]
+    call = _code_of(vars(type(value)).get("__call__"))  # a callable instance's class
+    return [call] if call is not None else []
 
 
 def _global_reads(code: Any) -> set[str]:
