@@ -13,12 +13,12 @@ import pytest
 
 from pytest_mpcheck import report
 from pytest_mpcheck._os import scratch
+from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
 from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
 from pytest_mpcheck.findings import ENDED, Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch.origins import OriginRecorder
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch
-from pytest_mpcheck.watch.reaper import get_subreaper, set_subreaper
 from pytest_mpcheck.watch.resources import ResourceFinding, ResourceWatch
 
 # Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
