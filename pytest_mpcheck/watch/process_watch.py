@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os.poll import poll_until
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
 from pytest_mpcheck.settings import Settings
 from pytest_mpcheck.watch import helpers, ownership
@@ -154,16 +154,18 @@ class ProcessWatch:
 
     def _settle(self, find: Callable[[], dict[int, int]]) -> dict[int, int]:
         """Give processes that are already exiting up to ``settle`` seconds to finish."""
-        found = find()
-        if not found:
-            return found
-        deadline = time.monotonic() + self.settings.settle
-        pause = 0.002
-        while found and time.monotonic() < deadline:
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
-            self.reaper.reap_orphans()
+        found: dict[int, int] = {}
+        looks = 0
+
+        def settled() -> bool:
+            nonlocal found, looks
+            if looks:
+                self.reaper.reap_orphans()  # those that ended since the last look
+            looks += 1
             found = find()
+            return not found
+
+        poll_until(settled, self.settings.settle)
         return found
 
     # -- findings -------------------------------------------------------------------------------
