@@ -83,8 +83,6 @@ class Stack:
 
     text: str | None
     """Its threads' Python stacks, most recent call last; ``None`` if they could not be read."""
-    source: str
-    """How it was read: ``"faulthandler"``, ``"py-spy"`` or ``"none"``."""
     waiting_in: str | None
     """What it seems to wait in, in words (``None`` when running or unknown)."""
     pyspy_tried: bool = False
@@ -309,13 +307,11 @@ def stacks_of(
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
-        source = "faulthandler" if text else "none"
         if text is None and pyspy:
             text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
-            source = "py-spy" if text else "none"
         state, wchan = kernel_state(pid)
         words = waiting_in(text, wchan) if state != "running" else None
-        result[pid] = Stack(text=text, source=source, waiting_in=words, pyspy_tried=pyspy)
+        result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=pyspy)
     return result
 
 

@@ -34,7 +34,6 @@ class OrphanReaper:
         self.enabled = False
         """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
-        self.reaped = 0
 
     def install(self) -> bool:
         """Install the handler; ``False`` if this is not the main thread or has no SIGCHLD."""
@@ -101,5 +100,4 @@ class OrphanReaper:
             except ChildProcessError:
                 continue
             reaped += bool(done)
-        self.reaped += reaped
         return reaped
