@@ -19,7 +19,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -825,13 +825,19 @@ def writers(directory: str) -> list[int]:
 
 
 def finish_test(
-    item: pytest.Item, checker: LockChecker, settle: float = 0.3, mode: str = "fail"
+    item: pytest.Item,
+    checker: LockChecker,
+    settle: float = 0.3,
+    mode: str = "fail",
+    *,
+    record: Callable[[pytest.Item, LockFinding], object],
 ) -> None:
     """Teardown of ``mp_locks``: note the figures, and fail the test for what was found.
 
     ``mode`` is the test's (``@pytest.mark.mp_check`` or ``--mp-check``): ``"warn"`` warns
-    instead of failing, ``"off"`` reports nothing. Other plugins see each finding through the
-    ``pytest_mpcheck_lock_finding`` hook whatever the mode.
+    instead of failing, ``"off"`` reports nothing. Each finding is recorded whatever the mode
+    (``record``, the run's :meth:`~pytest_mpcheck.findings.FindingLog.record`: the JSON report,
+    and the ``pytest_mpcheck_lock_finding`` hook for other plugins).
 
     Running processes that hold or wait for a lock get ``settle`` seconds to end (a child that a
     fixture torn down later joins); one still running after that is left to the process watch
@@ -866,18 +872,16 @@ def finish_test(
             stacklevel=1,
         )
         return
-    tally = _tally(config)
-    tally.add(nodeid, stats)
-    tally.add_findings(nodeid, found)
+    _tally(config).add(nodeid, stats)
     if lost:
         # What was read may lack any event after the moment the room ran out: a "held at
         # exit" could be a release that was never written. The plugin's lack of room is no
-        # finding against the test.
+        # finding against the test: none is recorded.
         if mode != "off":
             warn_at_test(item, _lost_message(checker.directory, lost), MpCheckInternalWarning)
         return
     for finding in found:
-        config.hook.pytest_mpcheck_lock_finding(config=config, item=item, finding=finding)
+        record(item, finding)
     if not found or mode == "off":
         return
     message = format_findings(nodeid, found)
@@ -917,21 +921,6 @@ class ContentionTally:
     """The most contended locks of the run, for the terminal summary."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    findings: list[dict[str, Any]] = field(default_factory=list)
-    """Every lock finding of the run, for the JSON report."""
-
-    def add_findings(self, nodeid: str, found: Iterable[LockFinding]) -> None:
-        """Note the lock findings of one test."""
-        for finding in found:
-            self.findings.append(
-                {
-                    "nodeid": nodeid,
-                    "kind": finding.kind,
-                    "lock": finding.lock,
-                    "processes": [{"pid": p.pid, "name": p.name} for p in finding.processes],
-                    "message": finding.message,
-                }
-            )
 
     def add(self, nodeid: str, stats: dict[str, LockStats]) -> None:
         """Note the figures of one test's locks."""
@@ -978,31 +967,6 @@ def _tally(config: pytest.Config) -> ContentionTally:
     if tally is None:
         tally = config.stash[contention_key] = ContentionTally()
     return tally
-
-
-def session_finish(config: pytest.Config) -> None:
-    """A pytest-xdist worker hands its lock figures to the controller."""
-    workeroutput = getattr(config, "workeroutput", None)
-    tally = config.stash.get(contention_key, None)
-    if workeroutput is not None and tally is not None:
-        workeroutput["mpcheck_locks"] = {"rows": tally.rows, "findings": tally.findings}
-
-
-def add_worker(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    """The controller adds the lock figures of a pytest-xdist worker."""
-    section = workeroutput.get("mpcheck_locks")
-    if section:
-        tally = _tally(config)
-        tally.extend(section.get("rows", []))
-        tally.findings.extend(section.get("findings", []))
-
-
-def json_section(config: pytest.Config) -> dict[str, Any]:
-    """The locks' part of the JSON report (``--mp-report``): figures and findings."""
-    tally = config.stash.get(contention_key, None)
-    if tally is None:
-        return {}
-    return {"locks": {"contention": tally.rows, "findings": tally.findings}}
 
 
 def summary_lines(config: pytest.Config) -> list[str]:

@@ -1,0 +1,105 @@
+"""The plugin's state lives per config: two pytest runs in one process (pytester's
+``runpytest_inprocess``) are independent, and each undoes what it changed when it ends."""
+
+from __future__ import annotations
+
+import pytest
+
+#: The outer session: in-process runs of two projects, one after the other.
+RUNS = '''
+import textwrap
+
+# The outer session uses the fixtures too: the module that keeps the checks is one for all runs.
+import pytest_mpcheck.fixtures.bootstrap  # noqa: F401
+
+#: A project whose conftest adds a check to the children of mp_spawn (bootstrap's extension
+#: point), and whose test leaks a process.
+FIRST = {
+    "conftest.py": """
+from pytest_mpcheck.fixtures import bootstrap
+
+bootstrap.register_child_check("firstchecks:always")
+""",
+    "firstchecks.py": """
+def always(target, args, kwargs):
+    return ["the first run's check ran"]
+""",
+    "test_first.py": """
+import subprocess
+
+def child():
+    pass
+
+def test_checked(mp_spawn):
+    mp_spawn(child).join()
+
+def test_leaks():
+    subprocess.Popen(["sleep", "73"])
+""",
+}
+
+#: A project that knows nothing of the first one's check.
+SECOND = {
+    "test_second.py": """
+def child():
+    return 2
+
+def test_spawned(mp_spawn):
+    p = mp_spawn(child)
+    p.join()
+    assert p.result == 2
+""",
+}
+
+
+def run(pytester, files):
+    for name, text in files.items():
+        (pytester.path / name).write_text(textwrap.dedent(text))
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--mp-kill-grace=0.3")
+
+
+def test_two_runs(pytester):
+    first = run(pytester, FIRST)
+    first.assert_outcomes(passed=2, errors=2)
+    first.stdout.fnmatch_lines(["*the first run's check ran*"])
+    first.stdout.fnmatch_lines(["mpcheck: 2 processes started by tests, 1 leaked, *"])
+    for name in FIRST:
+        (pytester.path / name).unlink()
+    second = run(pytester, SECOND)
+    # The first run's check is not run in the second run's children, its figures are not the
+    # second run's.
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["mpcheck: 1 process started by tests, 0 leaked, *"])
+    second.stdout.no_fnmatch_line("*first run's check*")
+'''
+
+
+def test_two_in_process_runs_are_independent(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["pytester"]')
+    pytester.makepyfile(test_runs=RUNS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
+    # The inner runs' findings are theirs: the outer run sees their processes start (they are
+    # its test's too) but blames nothing, the inner runs having ended what they found.
+    result.stdout.fnmatch_lines(
+        ["mpcheck: * processes started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"]
+    )
+
+
+def test_the_run_is_a_plugin_while_its_config_lives(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["pytester"]')
+    pytester.makepyfile(
+        test_runs="""
+        def test_inner_runs(pytester, request):
+            outer = request.config.pluginmanager.get_plugin("mpcheck-run")
+            assert outer is not None
+            pytester.makepyfile(test_inner="def test_nothing(): pass")
+            for _ in range(2):
+                result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+                result.assert_outcomes(passed=1)
+            # Each inner run registered its own and took it away: the outer one is untouched.
+            assert request.config.pluginmanager.get_plugin("mpcheck-run") is outer
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
