@@ -138,13 +138,18 @@ def state(pid: int) -> str | None:
     return "Z" if status == psutil.STATUS_ZOMBIE else "R"
 
 
-def parent(pid: int) -> int | None:
-    """The parent pid of ``pid`` from procfs, or ``None`` if it cannot be read."""
+def _stat_number(pid: int, field: int) -> int | None:
+    """Field ``field`` (numbered as ``man proc`` numbers them) of ``/proc/<pid>/stat``."""
     fields = _stat_fields(pid)
     try:
-        return int(fields[1]) if fields else None
+        return int(fields[field - 3]) if fields else None
     except (IndexError, ValueError):
         return None
+
+
+def parent(pid: int) -> int | None:
+    """The parent pid of ``pid`` from procfs (field 4), or ``None`` if it cannot be read."""
+    return _stat_number(pid, 4)
 
 
 def is_zombie(pid: int) -> bool:
@@ -179,11 +184,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def _start_ticks(pid: int) -> int | None:
     """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    return _stat_number(pid, 22)
 
 
 def create_time(pid: int) -> float | None:
