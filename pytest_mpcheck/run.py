@@ -244,14 +244,22 @@ class MpCheckRun:
             internal_error("ending what was left at the end of the session")
             return
         for finding in self.left_at_end:
-            self.log.record(None, finding)
+            self._record_at_end(finding)
         try:
             self.resources_left_at_end = self.resources.finish_session()
         except Exception:
             internal_error("freeing the named resources left at the end of the session")
             return
         for resource in self.resources_left_at_end:
-            self.log.record(None, resource)
+            self._record_at_end(resource)
+
+    def _record_at_end(self, finding: Finding | ResourceFinding) -> None:
+        # A hook written before it was called with item=None (at the end of the session) may
+        # fail on it: the finding is counted and kept all the same, and the report written.
+        try:
+            self.log.record(None, finding)
+        except Exception:
+            internal_error("showing a finding of the end of the session to the hooks")
 
     def finish(self) -> None:
         """Count what was started; hand it all to pytest-xdist's controller, or write the JSON

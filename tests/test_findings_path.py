@@ -167,3 +167,36 @@ def test_lock_findings_reach_the_hook_and_the_report(pytester: pytest.Pytester) 
         "a",
     )
     assert sorted(p["name"] for p in finding["processes"]) == ["Process-1", "Process-2"]
+
+
+def test_a_hook_that_expects_a_test_does_not_lose_the_report(pytester: pytest.Pytester) -> None:
+    # Written when the hook saw findings of tests only: item.nodeid fails at the end of the
+    # session. The finding is counted and written all the same.
+    pytester.makeconftest(
+        """
+        def pytest_mpcheck_finding(config, item, finding):
+            print("HOOK", item.nodeid)
+        """
+    )
+    pytester.makepyfile(
+        test_collected="""
+        import subprocess
+
+        STARTED = subprocess.Popen(["sleep", "74"])
+
+        def test_nothing():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-mpcheck failed while showing a finding of the end of the session to the "
+            "hooks*",
+            "*mpcheck: 1 process still running at the end of the session*",
+        ]
+    )
+    document = json.loads((pytester.path / "report.json").read_text())
+    assert [f["process"]["cmdline"] for f in document["findings"]] == ["sleep 74"]
