@@ -152,6 +152,29 @@ def parent(pid: int) -> int | None:
     return _stat_number(pid, 4)
 
 
+def caught_signals(pid: int) -> frozenset[int]:
+    """The signals ``pid`` has a handler for (``SigCgt``); empty if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"SigCgt:"):
+                    mask = int(line.split()[1], 16)
+                    return frozenset(n + 1 for n in range(mask.bit_length()) if mask >> n & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset()
+
+
+def wchan(pid: int) -> str | None:
+    """The kernel function ``pid`` waits in, or ``None`` when it runs or cannot be told."""
+    try:
+        with open(f"/proc/{pid}/wchan", "rb") as file:
+            name = file.read().strip().decode("ascii", "replace")
+    except OSError:
+        return None
+    return name if name and name != "0" else None
+
+
 def is_zombie(pid: int) -> bool:
     """Whether ``pid`` exited and waits for its parent to reap it.
 

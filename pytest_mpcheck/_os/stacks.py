@@ -175,14 +175,7 @@ def _same(pid: int, created: float | None) -> bool:
 
 def is_prepared(pid: int) -> bool:
     """Whether ``pid`` catches the stack signal: prepared, so the signal will not kill it."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (STACK_SIGNAL - 1) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+    return STACK_SIGNAL in procfs.caught_signals(pid)
 
 
 def dump_prepared(workdir: str, pids: Iterable[int], timeout: float) -> dict[int, str]:
@@ -253,14 +246,7 @@ def pyspy_stack(pid: int, timeout: float) -> str | None:
 def kernel_state(pid: int) -> tuple[str | None, str | None]:
     """The state in words and the kernel function the process waits in (``wchan``)."""
     state = procfs.state(pid)
-    try:
-        with open(f"/proc/{pid}/wchan") as wchan_file:
-            wchan = wchan_file.read().strip() or None
-    except OSError:
-        wchan = None
-    if wchan == "0":
-        wchan = None
-    return (_STATES.get(state, state) if state else None), wchan
+    return (_STATES.get(state, state) if state else None), procfs.wchan(pid)
 
 
 def waiting_in(stack: str | None, wchan: str | None) -> str | None:
