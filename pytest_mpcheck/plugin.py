@@ -1,6 +1,9 @@
-"""The pytest plugin: wires pytest's hooks, options, markers and fixtures to the modules.
+"""The pytest plugin: options, hook specifications, markers and fixtures.
 
-Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it).
+Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it). ``pytest_configure`` makes
+the run's state, :class:`~pytest_mpcheck.run.MpCheckRun`, and registers it as a plugin of its own:
+the hooks that need that state (the watch around each test, the summary, the JSON report,
+pytest-xdist and pytest-timeout) are its methods.
 
 The fixtures' modules (spawner, pools, lock checker, output) are imported when a fixture is first
 used: every pytest run loads this plugin, and a suite that uses none of them should not pay for

@@ -68,13 +68,14 @@ class MpCheckRun:
     def start(self) -> None:
         """Wrap the process-starting calls, become a subreaper, reap orphans as they die.
 
-        Each change is undone by a cleanup of the config of its own, registered as soon as it
-        is made: a change that fails leaves the earlier ones to be undone all the same.
+        Each change is undone by a cleanup of the config of its own, registered before it is
+        made (each undoes only what was done): should one fail half-way, what it and the
+        earlier ones changed is undone all the same.
         """
         config = self.config
         self._session_baseline = self.watch.baseline()
-        self.recorder.install()
         config.add_cleanup(self.recorder.uninstall)
+        self.recorder.install()
         if self.settings.use_subreaper:
             was_subreaper = get_subreaper()
             self.subreaper = set_subreaper(True)
