@@ -86,19 +86,51 @@ def test_two_in_process_runs_are_independent(pytester: pytest.Pytester) -> None:
     )
 
 
-def test_the_run_is_a_plugin_while_its_config_lives(pytester: pytest.Pytester) -> None:
+def test_a_run_undoes_what_it_changed_when_its_config_ends(pytester: pytest.Pytester) -> None:
     pytester.makeconftest('pytest_plugins = ["pytester"]')
     pytester.makepyfile(
         test_runs="""
-        def test_inner_runs(pytester, request):
-            outer = request.config.pluginmanager.get_plugin("mpcheck-run")
-            assert outer is not None
+        import multiprocessing.process
+        import os
+        import signal
+        import subprocess
+        from multiprocessing import resource_tracker
+
+
+        class Keep:
+            def __init__(self):
+                self.registered = []
+
+            def pytest_configure(self, config):
+                self.config = config
+
+            def pytest_sessionstart(self, session):
+                plugin = session.config.pluginmanager.get_plugin("mpcheck-run")
+                self.registered.append(plugin is not None)
+
+
+        def patched():
+            return (
+                subprocess.Popen.__init__,
+                multiprocessing.process.BaseProcess.start,
+                os.fork,
+                resource_tracker.ResourceTracker._send,
+                signal.getsignal(signal.SIGCHLD),
+            )
+
+
+        def test_inner_runs(pytester):
+            before = patched()
             pytester.makepyfile(test_inner="def test_nothing(): pass")
             for _ in range(2):
-                result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+                keep = Keep()
+                result = pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[keep])
                 result.assert_outcomes(passed=1)
-            # Each inner run registered its own and took it away: the outer one is untouched.
-            assert request.config.pluginmanager.get_plugin("mpcheck-run") is outer
+                # Registered while its config lived, taken away with it.
+                assert keep.registered == [True]
+                assert keep.config.pluginmanager.get_plugin("mpcheck-run") is None
+                # What the inner run wrapped is the outer run's again.
+                assert patched() == before
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
