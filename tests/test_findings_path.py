@@ -33,20 +33,21 @@ def pytest_mpcheck_lock_finding(config, item, finding):
 )
 
 
+#: A process started while the module is collected: no test or fixture is to blame, and only the
+#: end of the session finds it.
+COLLECTED = """
+import subprocess
+
+STARTED = subprocess.Popen(["sleep", "{seconds}"])
+
+def test_nothing():
+    pass
+"""
+
+
 def test_session_end_finding_reaches_the_hook(pytester: pytest.Pytester) -> None:
-    # Started while the module is collected: no test or fixture is to blame, and only the end of
-    # the session finds it.
     pytester.makeconftest(PROCESS_HOOK)
-    pytester.makepyfile(
-        test_collected="""
-        import subprocess
-
-        STARTED = subprocess.Popen(["sleep", "71"])
-
-        def test_nothing():
-            pass
-        """
-    )
+    pytester.makepyfile(test_collected=COLLECTED.format(seconds=71))
     result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
@@ -178,16 +179,7 @@ def test_a_hook_that_expects_a_test_does_not_lose_the_report(pytester: pytest.Py
             print("HOOK", item.nodeid)
         """
     )
-    pytester.makepyfile(
-        test_collected="""
-        import subprocess
-
-        STARTED = subprocess.Popen(["sleep", "74"])
-
-        def test_nothing():
-            pass
-        """
-    )
+    pytester.makepyfile(test_collected=COLLECTED.format(seconds=74))
     result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
     result.assert_outcomes(passed=1)
     assert result.ret == 0
