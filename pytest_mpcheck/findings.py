@@ -112,14 +112,13 @@ class SessionTally:
 
     def count(self, finding: Finding) -> None:
         """Count one finding; one that a test reported already counts only as ended."""
-        if finding.reported_by is not None:
-            pass
-        elif finding.kind == LEAKED:
-            self.leaked += 1
-        elif finding.kind == UNREAPED:
-            self.unreaped += 1
-        elif finding.kind == HUNG:
-            self.hung += 1
+        if finding.reported_by is None:
+            if finding.kind == LEAKED:
+                self.leaked += 1
+            elif finding.kind == UNREAPED:
+                self.unreaped += 1
+            elif finding.kind == HUNG:
+                self.hung += 1
         if finding.ended_by in ENDED:
             self.ended += 1
 
