@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
 import warnings
 
 import pytest
@@ -49,3 +51,20 @@ def _blanket_error(category: type[Warning], message: str, filename: str, lineno:
             continue
         return action == "error" and not (isinstance(of, type) and issubclass(of, category))
     return False
+
+
+def internal_error(doing: str) -> None:
+    """Say that the plugin itself failed, without changing the run's outcome.
+
+    A warning that no filter can escalate (``-W error`` or ``filterwarnings = error`` would
+    otherwise turn the plugin's own bug into the user's failure, or an INTERNALERROR).
+    """
+    details = "".join(traceback.format_exception(*sys.exc_info()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MpCheckInternalWarning)
+        warnings.warn(
+            MpCheckInternalWarning(
+                f"pytest-mpcheck failed while {doing}; please report this bug:\n{details}"
+            ),
+            stacklevel=2,
+        )

@@ -1,10 +1,28 @@
-"""What the plugin finds: the processes it names and the findings it reports."""
+"""What the plugin finds, and the one place where each finding is recorded.
+
+The watch, the end-of-session sweep, the hang diagnosis, the resource watch and the lock checker
+all record what they find through :meth:`FindingLog.record`, which counts it in the terminal
+summary's tally, keeps it for the JSON report (and pytest-xdist's controller), and shows it to
+other plugins through the hook of its kind (:mod:`pytest_mpcheck.hookspecs`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pytest
+
+    from pytest_mpcheck.locks.checks import LockFinding
+
+    #: What :meth:`FindingLog.record` takes. Only for the type checker: typing caches each
+    #: ``Union`` it makes, and the entry would keep this copy of the module alive after
+    #: pytester's in-process run drops it from ``sys.modules``.
+    AnyFinding: TypeAlias = "Finding | ResourceFinding | LockFinding"
 
 #: Kinds of process findings.
 LEAKED = "leaked"
@@ -56,7 +74,23 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the JSON report."""
-        return dataclasses.asdict(self)
+        return as_json(self)
+
+
+@dataclass
+class ResourceFinding:
+    """A named resource (semaphore, shared memory) a test or a wider-scoped fixture left behind."""
+
+    kind: str
+    name: str
+    pid: int
+    site: str
+    owner: str
+    by_test_process: bool
+    freed: bool
+    """Whether the plugin unlinked it and unregistered it from the tracker."""
+    own_tracker: bool = False
+    """Freed (with a warning) by the resource tracker of the child that registered it."""
 
 
 @dataclass
@@ -77,16 +111,64 @@ class SessionTally:
             setattr(self, name, getattr(self, name) + int(other.get(name, 0)))
 
     def count(self, finding: Finding) -> None:
-        """Count one finding."""
-        if finding.kind == LEAKED:
-            self.leaked += 1
-        elif finding.kind == UNREAPED:
-            self.unreaped += 1
-        elif finding.kind == HUNG:
-            self.hung += 1
+        """Count one finding; one that a test reported already counts only as ended."""
+        if finding.reported_by is None:
+            if finding.kind == LEAKED:
+                self.leaked += 1
+            elif finding.kind == UNREAPED:
+                self.unreaped += 1
+            elif finding.kind == HUNG:
+                self.hung += 1
         if finding.ended_by in ENDED:
             self.ended += 1
 
     def to_json(self) -> dict[str, int]:
         """A plain dict (for JSON and for pytest-xdist's worker output)."""
-        return dataclasses.asdict(self)
+        return as_json(self)
+
+
+def as_json(value: Any, nodeid: str | None = None) -> dict[str, Any]:
+    """A finding or a tally as plain data, for the JSON report and for pytest-xdist's hand-over.
+
+    The one encoder of the plugin's findings: each is a dataclass of plain values. A lock
+    finding does not know its test: ``nodeid`` is put first.
+    """
+    data = dataclasses.asdict(value)
+    return {"nodeid": nodeid, **data} if nodeid is not None else data
+
+
+class FindingLog:
+    """Every finding of one run, and the figures of the terminal summary.
+
+    Findings made in this process are kept as objects; pytest-xdist's controller adds those of
+    its workers as plain data (:mod:`pytest_mpcheck.xdist`).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.tally = SessionTally()
+        self.findings: list[Finding] = []
+        self.resource_findings: list[ResourceFinding] = []
+        self.lock_findings: list[dict[str, Any]] = []
+        """As the JSON report lists them (a lock finding does not know its test)."""
+        self.worker_findings: list[dict[str, Any]] = []
+        self.worker_resource_findings: list[dict[str, Any]] = []
+
+    def record(self, item: pytest.Item | None, finding: AnyFinding) -> None:
+        """Count ``finding``, keep it for the JSON report, and call the hook of its kind.
+
+        ``item`` is the test the finding fails or warns, ``None`` at the end of the session
+        (no test is blamed).
+        """
+        hook, config = self.config.hook, self.config
+        if isinstance(finding, Finding):
+            self.tally.count(finding)
+            self.findings.append(finding)
+            hook.pytest_mpcheck_finding(config=config, item=item, finding=finding)
+        elif isinstance(finding, ResourceFinding):
+            self.tally.resources += 1
+            self.resource_findings.append(finding)
+            hook.pytest_mpcheck_resource_finding(config=config, item=item, finding=finding)
+        else:
+            self.lock_findings.append(as_json(finding, item.nodeid if item else "<session>"))
+            hook.pytest_mpcheck_lock_finding(config=config, item=item, finding=finding)

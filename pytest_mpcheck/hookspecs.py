@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_mpcheck.findings import Finding, ProcessInfo
+    from pytest_mpcheck.findings import Finding, ProcessInfo, ResourceFinding
     from pytest_mpcheck.locks.checks import LockFinding
 
 
@@ -30,12 +30,32 @@ def pytest_mpcheck_ignore_process(
     """
 
 
-def pytest_mpcheck_finding(config: pytest.Config, item: pytest.Item, finding: Finding) -> None:
+def pytest_mpcheck_finding(
+    config: pytest.Config, item: pytest.Item | None, finding: Finding
+) -> None:
     """See each finding of the plugin once it is final (after leftovers were ended).
 
+    Called for the processes a test (or a wider-scoped fixture) left behind, for hung children,
+    and for what still runs at the end of the session; a process that a test reported already
+    and that the end of the session ended is seen again then, with ``finding.reported_by``
+    naming that test.
+
     :param config: The pytest config object.
-    :param item: The test that the finding fails or warns.
+    :param item: The test that the finding fails or warns; ``None`` at the end of the session,
+        where no test is blamed.
     :param finding: The finding, with the process it concerns and how it was ended.
+    """
+
+
+def pytest_mpcheck_resource_finding(
+    config: pytest.Config, item: pytest.Item | None, finding: ResourceFinding
+) -> None:
+    """See each named resource (semaphore, shared memory segment) left behind, once freed.
+
+    :param config: The pytest config object.
+    :param item: The test that the finding fails or warns; ``None`` at the end of the session,
+        where no test is blamed.
+    :param finding: The resource's kind and name, where it was made, and whether it was freed.
     """
 
 

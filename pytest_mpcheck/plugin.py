@@ -1,6 +1,9 @@
-"""The pytest plugin: wires pytest's hooks, options, markers and fixtures to the modules.
+"""The pytest plugin: options, hook specifications, markers and fixtures.
 
-Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it).
+Registered under the name ``mpcheck`` (``-p no:mpcheck`` disables it). ``pytest_configure`` makes
+the run's state, :class:`~pytest_mpcheck.run.MpCheckRun`, and registers it as a plugin of its own:
+the hooks that need that state (the watch around each test, the summary, the JSON report,
+pytest-xdist and pytest-timeout) are its methods.
 
 The fixtures' modules (spawner, pools, lock checker, output) are imported when a fixture is first
 used: every pytest run loads this plugin, and a suite that uses none of them should not pay for
@@ -9,20 +12,16 @@ them.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_mpcheck import report, settings, timeouts
+from pytest_mpcheck import settings
 from pytest_mpcheck.fixtures import startmethods
-from pytest_mpcheck.watch.session import (
-    MpCheckSession,
-    internal_error,
-    loaded_lockcheck,
-    session_key,
-)
+from pytest_mpcheck.run import PLUGIN_NAME, MpCheckRun, remember_child_checks, run_key
 
 if TYPE_CHECKING:
     import multiprocessing.context
@@ -44,81 +43,22 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    for marker in settings.MARKERS:
-        config.addinivalue_line("markers", marker)
-    state = MpCheckSession(config, settings.resolve_settings(config))
-    config.stash[session_key] = state
-    state.start()
-    config.add_cleanup(state.stop)
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    state = config.stash.get(session_key, None)
-    try:
-        return state.header() if state is not None else None
-    except Exception:
-        internal_error("writing the report header")
-        return None
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    state = item.config.stash.get(session_key, None)
-    if state is not None:
-        try:
-            state.begin_test(item)
-        except Exception:
-            internal_error("noting the processes before " + item.nodeid)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    remember_child_checks(early_config)
     return (yield)
 
 
-@pytest.hookimpl(specname="pytest_runtest_setup", tryfirst=True)
-def pytest_runtest_setup_markers(item: pytest.Item) -> None:
-    # Not in the wrapper above: a failure there would skip the setup of the other plugins, whose
-    # teardown then fails on what their setup did not leave (pytest's own among them).
-    state = item.config.stash.get(session_key, None)
-    if state is not None:
-        state.check_markers(item)
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, None, None]:
-    state = item.config.stash.get(session_key, None)
-    try:
-        result = yield
-        # After every teardown: a test that went on after its children were ended for
-        # pytest-timeout's thread method fails here.
-        timeouts.check_teardown(item)
-    except BaseException:
-        if state is not None:
-            state.end_test(item, teardown_failed=True)
-        raise
-    if state is not None:
-        state.end_test(item, teardown_failed=False)
-    return result
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    state = metafunc.config.stash.get(session_key, None)
-    startmethods.parametrize(metafunc, state.settings.start_methods if state is not None else ())
-
-
-@pytest.hookimpl(wrapper=True, optionalhook=True)
-def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None, Any, Any]:
-    """pytest-timeout: end the test's children, with their stacks, before it ends the test."""
-    result = yield
-    timeouts.after_set_timer(item, settings)
-    return result
-
-
-@pytest.hookimpl(wrapper=True, optionalhook=True)
-def pytest_timeout_cancel_timer(item: pytest.Item) -> Generator[None, Any, Any]:
-    result = yield
-    timeouts.after_cancel_timer(item)
-    return result
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in settings.MARKERS:
+        config.addinivalue_line("markers", marker)
+    run = MpCheckRun(config, settings.resolve_settings(config))
+    config.stash[run_key] = run
+    config.pluginmanager.register(run, PLUGIN_NAME)
+    config.add_cleanup(functools.partial(config.pluginmanager.unregister, run))
+    run.start()
 
 
 @pytest.fixture
@@ -222,77 +162,11 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
 
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
     yield checker
-    state = request.config.stash.get(session_key, None)
-    mode = state.test_mode(request.node) if state is not None else "fail"
-    lockcheck.finish_test(request.node, checker, mp_test.settle, mode)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
-    state = request.config.stash.get(session_key, None)
-    if state is None or fixturedef.scope == "function":
-        return (yield)
-    owner = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
-    with state.recorder.owned_by(owner, fixturedef):
-        return (yield)
-
-
-def pytest_fixture_post_finalizer(
-    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-) -> None:
-    state = request.config.stash.get(session_key, None)
-    if state is not None and fixturedef.scope != "function":
-        state.scope_finished(fixturedef)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """pytest-xdist: add up the figures of a worker that finished."""
-    state = node.config.stash.get(session_key, None)
-    workeroutput = getattr(node, "workeroutput", None)
-    try:
-        if state is not None and workeroutput:
-            state.add_worker(workeroutput)
-        if workeroutput:
-            from pytest_mpcheck.locks import tally
-
-            tally.add_worker(node.config, workeroutput)
-    except Exception:
-        internal_error("adding up the figures of an xdist worker")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    # trylast: after pytest's own implementation has torn down the remaining fixtures.
-    state = session.config.stash.get(session_key, None)
-    try:
-        if state is not None:
-            state.sweep()
-            try:
-                state.finish()
-            except report.ReportNotWritten as problem:
-                # One line in the summary; pytest's own summary and exit status stay as they are.
-                session.config.stash[report.report_problem_key] = str(problem)
-        lockcheck = loaded_lockcheck()
-        if lockcheck is not None:
-            lockcheck.session_finish(session.config)
-    except Exception:
-        internal_error("finishing the session")
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    state = terminalreporter.config.stash.get(session_key, None)
-    if state is None:
-        return
-    problem = terminalreporter.config.stash.get(report.report_problem_key, None)
-    if problem is not None:
-        terminalreporter.write_line(problem, yellow=True, bold=True)
-    try:
-        for line in state.summary_lines():
-            terminalreporter.write_line(line)
-        lockcheck = loaded_lockcheck()
-        if lockcheck is not None:
-            for line in lockcheck.summary_lines(terminalreporter.config):
-                terminalreporter.write_line(line)
-    except Exception:
-        internal_error("writing the terminal summary")
+    run = request.config.stash[run_key]
+    lockcheck.finish_test(
+        request.node,
+        checker,
+        mp_test.settle,
+        run.test_mode(request.node),
+        record=run.log.record,
+    )

@@ -8,12 +8,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_mpcheck._os import procfs
-from pytest_mpcheck.findings import HUNG, LEAKED, UNREAPED, Finding, SessionTally
+from pytest_mpcheck.findings import (
+    HUNG,
+    LEAKED,
+    UNREAPED,
+    Finding,
+    FindingLog,
+    ResourceFinding,
+    SessionTally,
+    as_json,
+)
 from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
-from pytest_mpcheck.watch.resources import SEMAPHORE, SHARED_MEMORY, ResourceFinding
+from pytest_mpcheck.watch.resources import SEMAPHORE, SHARED_MEMORY
 
 _STATE_WORDS = {
     LEAKED: "still running",
@@ -223,21 +230,25 @@ class ReportNotWritten(Exception):
     """The JSON report could not be written; the message is the line the user reads."""
 
 
-#: The line that says the JSON report could not be written (shown in the terminal summary).
-report_problem_key = pytest.StashKey[str]()
-
-
-def write_json(path: str, tally: SessionTally, findings: Sequence[Finding], extra: Any) -> None:
+def write_json(path: str, log: FindingLog, contention: list[dict[str, Any]] | None) -> None:
     """Write the JSON report: the session figures and every finding.
 
-    The path was checked when the run started; should writing fail all the same (the directory
-    went away or filled up), :class:`ReportNotWritten` says so in one line.
+    ``contention`` is the lock checker's figures, ``None`` when no test used it. The path was
+    checked when the run started; should writing fail all the same (the directory went away or
+    filled up), :class:`ReportNotWritten` says so in one line.
     """
-    document = {
-        "summary": tally.to_json(),
-        "findings": [finding.to_json() for finding in findings],
-        **(extra or {}),
+    document: dict[str, Any] = {
+        "summary": as_json(log.tally),
+        "findings": [as_json(finding) for finding in log.findings],
     }
+    if log.worker_findings:
+        document["worker_findings"] = log.worker_findings
+    resource_findings = [as_json(finding) for finding in log.resource_findings]
+    resource_findings += log.worker_resource_findings
+    if resource_findings:
+        document["resource_findings"] = resource_findings
+    if contention is not None or log.lock_findings:
+        document["locks"] = {"contention": contention or [], "findings": log.lock_findings}
     text = json.dumps(document, indent=2, default=str) + "\n"
     target = Path(path)
     try:

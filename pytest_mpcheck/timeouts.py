@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_mpcheck._os import procfs
-from pytest_mpcheck.watch.session import MpCheckSession, baseline_key, session_key
 
 if TYPE_CHECKING:
     # The stack reader and the report come in only when a timeout expires (see _end_children).
     from pytest_mpcheck.fixtures import hangs
+    from pytest_mpcheck.run import MpCheckRun
 
 #: What to undo when pytest-timeout cancels its timer.
 _undo_key = pytest.StashKey[Callable[[], None]]()
@@ -48,20 +48,20 @@ def lead_time(timeout: float) -> float:
     return min(2.0, max(0.1, timeout / 4))
 
 
-def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Suspect]:
+def _test_children(run: MpCheckRun, item: pytest.Item) -> list[hangs.Suspect]:
     from pytest_mpcheck.fixtures import hangs
 
-    baseline = item.stash.get(baseline_key, None)
+    baseline = run.baseline_of(item)
     before = baseline.pids if baseline is not None else frozenset()
     suspects = []
-    tree = procfs.descendants(session.watch.session_pid)
+    tree = procfs.descendants(run.watch.session_pid)
     for pid in tree:
         if pid in before or procfs.state(pid) in (None, "Z"):
             continue
-        record = session.recorder.records.get(pid)
+        record = run.recorder.records.get(pid)
         if record is not None and record.scope is not None:
             continue  # a wider-scoped fixture's process, not this test's
-        if session.watch.is_helper(pid, tree):
+        if run.watch.is_helper(pid, tree):
             continue
         handle = record.handle() if record is not None and record.handle is not None else None
         suspects.append(hangs.Suspect(pid, handle))
@@ -69,21 +69,21 @@ def _test_children(session: MpCheckSession, item: pytest.Item) -> list[hangs.Sus
 
 
 def _end_children(
-    session: MpCheckSession, item: pytest.Item, timeout: float, method: str, budget: float
+    run: MpCheckRun, item: pytest.Item, timeout: float, method: str, budget: float
 ) -> str | None:
     """Stacks, end, record; the report text, or ``None`` when the test has no live child."""
     from pytest_mpcheck.fixtures import hangs
 
-    suspects = _test_children(session, item)
+    suspects = _test_children(run, item)
     if not suspects:
         return None
     findings = hangs.end_hung(
-        session,
+        run,
         item,
         suspects,
         f"still running when pytest-timeout's {timeout:g}s timeout ({method} method) expired",
         item.stash.get(workdir_key, None),
-        grace=min(session.settings.kill_grace, budget / 4),
+        grace=min(run.settings.kill_grace, budget / 4),
         stack_timeout=budget / 2,
         pyspy=budget >= 1.0,
     )
@@ -106,10 +106,9 @@ def _ours_free() -> bool:
     return handler in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
-def after_set_timer(item: pytest.Item, settings: Any) -> None:
+def after_set_timer(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
     """Called once pytest-timeout has set its timer for ``item``."""
-    session = item.config.stash.get(session_key, None)
-    if session is None or not hasattr(signal, "SIGALRM"):
+    if not hasattr(signal, "SIGALRM"):
         return
     timeout = float(getattr(settings, "timeout", 0) or 0)
     method = getattr(settings, "method", None)
@@ -123,7 +122,7 @@ def after_set_timer(item: pytest.Item, settings: Any) -> None:
         def on_alarm(signum: int, frame: FrameType | None) -> None:
             __tracebackhide__ = True
             try:
-                text = _end_children(session, item, timeout, "signal", budget=5.0)
+                text = _end_children(run, item, timeout, "signal", budget=5.0)
             except Exception:
                 text = None  # never stand in the way of pytest-timeout
             if text is not None:
@@ -137,7 +136,7 @@ def after_set_timer(item: pytest.Item, settings: Any) -> None:
         lead = lead_time(timeout)
 
         def before_exit(signum: int, frame: FrameType | None) -> None:
-            text = _end_children(session, item, timeout, "thread", budget=lead)
+            text = _end_children(run, item, timeout, "thread", budget=lead)
             if text is None:
                 return
             # To the terminal itself, not the test's captured output: os._exit may follow.

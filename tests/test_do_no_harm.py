@@ -369,14 +369,15 @@ def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester)
     # each fault is one warning that even `-W error` does not escalate; no INTERNALERROR.
     pytester.makeconftest(
         """
-        from pytest_mpcheck.watch import process_watch, session
+        from pytest_mpcheck import run
+        from pytest_mpcheck.watch import process_watch
 
         def fault(*args, **kwargs):
             raise RuntimeError("injected fault")
 
         process_watch.ProcessWatch.finish_test = fault
         process_watch.ProcessWatch.finish_session = fault
-        session.MpCheckSession.summary_lines = fault
+        run.MpCheckRun.summary_lines = fault
         """
     )
     pytester.makepyfile(

@@ -1,4 +1,5 @@
-"""Operating-system plumbing: procfs, stacks, call sites, scratch files, at-fork work.
+"""Operating-system plumbing: procfs, prctl, stacks, call sites, scratch files, at-fork work,
+bounded polling.
 
 None of these modules imports pytest.
 """

@@ -110,21 +110,69 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
-def state(pid: int) -> str | None:
-    """The one-letter kernel state of ``pid`` (``"Z"`` for a zombie), or ``None`` if it is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third (the state) on; ``None`` if unreadable.
+
+    The command name before them is in parentheses and may itself hold spaces and parentheses:
+    the fields start after the last ``)``.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
     except OSError:
-        import psutil
+        return None
+    return data[data.rindex(b")") + 2 :].split()
 
-        try:
-            status = psutil.Process(pid).status()
-        except psutil.Error:
-            return None
-        return "Z" if status == psutil.STATUS_ZOMBIE else "R"
-    # The command name is in parentheses and may itself contain spaces and parentheses.
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+def state(pid: int) -> str | None:
+    """The one-letter kernel state of ``pid`` (``"Z"`` for a zombie), or ``None`` if it is gone."""
+    fields = _stat_fields(pid)
+    if fields:
+        return fields[0].decode()
+    import psutil
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return None
+    return "Z" if status == psutil.STATUS_ZOMBIE else "R"
+
+
+def _stat_number(pid: int, field: int) -> int | None:
+    """Field ``field`` (numbered as ``man proc`` numbers them) of ``/proc/<pid>/stat``."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[field - 3]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def parent(pid: int) -> int | None:
+    """The parent pid of ``pid`` from procfs (field 4), or ``None`` if it cannot be read."""
+    return _stat_number(pid, 4)
+
+
+def caught_signals(pid: int) -> frozenset[int]:
+    """The signals ``pid`` has a handler for (``SigCgt``); empty if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"SigCgt:"):
+                    mask = int(line.split()[1], 16)
+                    return frozenset(n + 1 for n in range(mask.bit_length()) if mask >> n & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset()
+
+
+def wchan(pid: int) -> str | None:
+    """The kernel function ``pid`` waits in, or ``None`` when it runs or cannot be told."""
+    try:
+        with open(f"/proc/{pid}/wchan", "rb") as file:
+            name = file.read().strip().decode("ascii", "replace")
+    except OSError:
+        return None
+    return name if name and name != "0" else None
 
 
 def is_zombie(pid: int) -> bool:
@@ -159,12 +207,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def _start_ticks(pid: int) -> int | None:
     """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # The command name is in parentheses and may hold spaces: split after the last ")".
-            return int(stat.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _stat_number(pid, 22)
 
 
 def create_time(pid: int) -> float | None:

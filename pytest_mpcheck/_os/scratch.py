@@ -22,10 +22,11 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
+
+# shutil and tempfile are imported where they are used: the children of the fixtures import this
+# module for free_space() alone, and a spawned child would pay some 20 ms for the two.
 
 PREFIX = "mpcheck-"
 _OWNED = re.compile(rf"^{PREFIX}[a-z]+-(\d+)-")
@@ -43,7 +44,8 @@ def _preferred() -> str:
     return os.environ.get(SCRATCH_ENV, "").strip() or "/dev/shm"
 
 
-def _free(directory: str) -> int:
+def free_space(directory: str) -> int:
+    """Bytes free for this user in the file system of ``directory`` (0 if it cannot be told)."""
     try:
         status = os.statvfs(directory)
     except OSError:
@@ -56,16 +58,20 @@ def base() -> str | None:
     ``None`` (the temporary directory)."""
     preferred = _preferred()
     usable = os.path.isdir(preferred) and os.access(preferred, os.W_OK | os.X_OK)
-    return preferred if usable and _free(preferred) >= MIN_FREE else None
+    return preferred if usable and free_space(preferred) >= MIN_FREE else None
 
 
 def make_directory(kind: str) -> str:
     """A new private directory for ``kind`` (``"test"``, ``"locks"``), named after this process."""
+    import tempfile
+
     return tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", dir=base())
 
 
 def make_file(kind: str, suffix: str) -> str:
     """A new private empty file for ``kind``, named after this process."""
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", suffix=suffix, dir=base())
     os.close(fd)
     return path
@@ -75,6 +81,8 @@ def spill_directory(path: str, create: bool = False) -> str | None:
     """Where the files of the scratch directory ``path`` go when ``path`` has no room left: a
     directory of the same name in the temporary directory; ``None`` when ``path`` is there already,
     or (``create``) the spill directory cannot be made or is not this user's own."""
+    import tempfile
+
     spill = os.path.join(tempfile.gettempdir(), os.path.basename(path.rstrip(os.sep)))
     if os.path.realpath(spill) == os.path.realpath(path):
         return None
@@ -93,6 +101,8 @@ def spill_directory(path: str, create: bool = False) -> str | None:
 
 def remove_directory(path: str) -> None:
     """Remove a scratch directory and its spill directory."""
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
     spill = spill_directory(path)
     if spill is not None:
@@ -111,6 +121,9 @@ STALE_AFTER = 600.0
 
 def sweep() -> int:
     """Remove what runs whose process is gone left behind; how many entries were removed."""
+    import shutil
+    import tempfile
+
     removed = 0
     if not os.path.isdir("/proc/self"):
         return removed  # no way to tell a dead run from a live one here: leave everything

@@ -18,11 +18,10 @@ import linecache
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pytest_mpcheck._os import procfs
@@ -84,8 +83,6 @@ class Stack:
 
     text: str | None
     """Its threads' Python stacks, most recent call last; ``None`` if they could not be read."""
-    source: str
-    """How it was read: ``"faulthandler"``, ``"py-spy"`` or ``"none"``."""
     waiting_in: str | None
     """What it seems to wait in, in words (``None`` when running or unknown)."""
     pyspy_tried: bool = False
@@ -101,7 +98,7 @@ def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     for index, (filename, _, qualname) in enumerate(frames):
         func = qualname.rpartition(".")[2]  # py-spy names methods Class.method
         if (func == "_bootstrap" and filename.endswith("multiprocessing/process.py")) or (
-            func == "run" and filename.endswith("pytest_mpcheck/spawn.py")
+            func == "run" and filename.endswith("pytest_mpcheck/fixtures/spawn.py")
         ):
             start = index + 1
     return frames[start:] if start < len(frames) else frames
@@ -113,55 +110,63 @@ def _frame_line(filename: str, lineno: int, func: str) -> str:
     return f"{text}\n    {line}" if line else text
 
 
-def _from_faulthandler(dump: str) -> str:
-    """faulthandler's dump (most recent call first) as traceback text (most recent call last)."""
-    blocks: list[tuple[str, list[tuple[str, int, str]]]] = []
-    for raw in dump.splitlines():
-        thread = _FAULTHANDLER_THREAD.match(raw)
-        if thread:
-            blocks.append((thread.group("head"), []))
-            continue
-        frame = _FAULTHANDLER_FRAME.match(raw)
-        if frame and blocks:
-            blocks[-1][1].append(
-                (frame.group("file"), int(frame.group("line")), frame.group("func"))
-            )
-    if not blocks:
-        return dump.strip()
-    # The main thread (the one that took the signal) first: it is the one a person looks for.
-    blocks.sort(key=lambda block: not block[0].startswith("Current"))
-    out = []
-    for head, frames in blocks:
-        label = head.replace("Current thread", "Thread") + (
-            " (main thread)" if head.startswith("Current") else ""
-        )
-        out.append(f"{label}, most recent call last:")
-        out.extend(_frame_line(*frame) for frame in _trim(frames[::-1]))
-    return "\n".join(out)
+_Frames = list[tuple[str, int, str]]
 
 
-def _from_pyspy(dump: str) -> str:
-    """``py-spy dump`` output as traceback text (most recent call last)."""
-    blocks: list[tuple[str, list[tuple[str, int, str]]]] = []
+def _blocks(
+    dump: str, thread: re.Pattern[str], head: Callable[[re.Match[str]], str], frame: re.Pattern[str]
+) -> list[tuple[str, _Frames]]:
+    """A dump's threads, each as its heading and its frames (as the dump lists them)."""
+    blocks: list[tuple[str, _Frames]] = []
     for raw in dump.splitlines():
-        thread = _PYSPY_THREAD.match(raw)
-        if thread:
-            name = thread.group("name")
-            label = f"Thread {thread.group('tid')}" + (f" {name!r}" if name else "")
-            blocks.append((f"{label} ({thread.group('state')})", []))
+        found = thread.match(raw)
+        if found:
+            blocks.append((head(found), []))
             continue
-        frame = _PYSPY_FRAME.match(raw)
-        if frame and blocks:
+        found = frame.match(raw)
+        if found and blocks:
             blocks[-1][1].append(
-                (frame.group("file"), int(frame.group("line")), frame.group("func"))
+                (found.group("file"), int(found.group("line")), found.group("func"))
             )
-    if not blocks:
-        return dump.strip()
+    return blocks
+
+
+def _as_traceback(blocks: list[tuple[str, _Frames]]) -> str:
+    """Threads as traceback text; each one's frames are given innermost first."""
     out = []
     for head, frames in blocks:
         out.append(f"{head}, most recent call last:")
         out.extend(_frame_line(*frame) for frame in _trim(frames[::-1]))
     return "\n".join(out)
+
+
+def _faulthandler_head(thread: re.Match[str]) -> str:
+    head = thread.group("head")
+    if head.startswith("Current"):
+        return head.replace("Current thread", "Thread") + " (main thread)"
+    return head
+
+
+def _from_faulthandler(dump: str) -> str:
+    """faulthandler's dump (most recent call first) as traceback text (most recent call last)."""
+    blocks = _blocks(dump, _FAULTHANDLER_THREAD, _faulthandler_head, _FAULTHANDLER_FRAME)
+    if not blocks:
+        return dump.strip()
+    # The main thread (the one that took the signal) first: it is the one a person looks for.
+    blocks.sort(key=lambda block: not block[0].endswith("(main thread)"))
+    return _as_traceback(blocks)
+
+
+def _pyspy_head(thread: re.Match[str]) -> str:
+    name = thread.group("name")
+    label = f"Thread {thread.group('tid')}" + (f" {name!r}" if name else "")
+    return f"{label} ({thread.group('state')})"
+
+
+def _from_pyspy(dump: str) -> str:
+    """``py-spy dump`` output as traceback text (most recent call last)."""
+    blocks = _blocks(dump, _PYSPY_THREAD, _pyspy_head, _PYSPY_FRAME)
+    return _as_traceback(blocks) if blocks else dump.strip()
 
 
 def _same(pid: int, created: float | None) -> bool:
@@ -170,14 +175,7 @@ def _same(pid: int, created: float | None) -> bool:
 
 def is_prepared(pid: int) -> bool:
     """Whether ``pid`` catches the stack signal: prepared, so the signal will not kill it."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (STACK_SIGNAL - 1) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+    return STACK_SIGNAL in procfs.caught_signals(pid)
 
 
 def dump_prepared(workdir: str, pids: Iterable[int], timeout: float) -> dict[int, str]:
@@ -248,14 +246,7 @@ def pyspy_stack(pid: int, timeout: float) -> str | None:
 def kernel_state(pid: int) -> tuple[str | None, str | None]:
     """The state in words and the kernel function the process waits in (``wchan``)."""
     state = procfs.state(pid)
-    try:
-        with open(f"/proc/{pid}/wchan") as wchan_file:
-            wchan = wchan_file.read().strip() or None
-    except OSError:
-        wchan = None
-    if wchan == "0":
-        wchan = None
-    return (_STATES.get(state, state) if state else None), wchan
+    return (_STATES.get(state, state) if state else None), procfs.wchan(pid)
 
 
 def waiting_in(stack: str | None, wchan: str | None) -> str | None:
@@ -302,13 +293,11 @@ def stacks_of(
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
-        source = "faulthandler" if text else "none"
         if text is None and pyspy:
             text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
-            source = "py-spy" if text else "none"
         state, wchan = kernel_state(pid)
         words = waiting_in(text, wchan) if state != "running" else None
-        result[pid] = Stack(text=text, source=source, waiting_in=words, pyspy_tried=pyspy)
+        result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=pyspy)
     return result
 
 
@@ -330,11 +319,3 @@ def describe_wait(stack: Stack, pid: int) -> list[str]:
             f"kernel state: {state or 'unknown'}" + (f", waiting in {wchan}" if wchan else "")
         )
     return lines
-
-
-def signal_name(code: int) -> str:
-    """``SIGKILL`` for 9 (for exit codes of killed children)."""
-    try:
-        return signal.Signals(code).name
-    except ValueError:
-        return f"signal {code}"

@@ -272,13 +272,19 @@ class LockChecker:
 
 
 def finish_test(
-    item: pytest.Item, checker: LockChecker, settle: float = 0.3, mode: str = "fail"
+    item: pytest.Item,
+    checker: LockChecker,
+    settle: float = 0.3,
+    mode: str = "fail",
+    *,
+    record: Callable[[pytest.Item, LockFinding], object],
 ) -> None:
     """Teardown of ``mp_locks``: note the figures, and fail the test for what was found.
 
     ``mode`` is the test's (``@pytest.mark.mp_check`` or ``--mp-check``): ``"warn"`` warns
-    instead of failing, ``"off"`` reports nothing. Other plugins see each finding through the
-    ``pytest_mpcheck_lock_finding`` hook whatever the mode.
+    instead of failing, ``"off"`` reports nothing. Each finding is recorded whatever the mode
+    (``record``, the run's :meth:`~pytest_mpcheck.findings.FindingLog.record`: the JSON report,
+    and the ``pytest_mpcheck_lock_finding`` hook for other plugins).
 
     Running processes that hold or wait for a lock get ``settle`` seconds to end (a child that a
     fixture torn down later joins); one still running after that is left to the process watch
@@ -310,18 +316,16 @@ def finish_test(
             stacklevel=1,
         )
         return
-    tally = tally_of(config)
-    tally.add(nodeid, stats)
-    tally.add_findings(nodeid, found)
+    tally_of(config).add(nodeid, stats)
     if lost:
         # What was read may lack any event after the moment the room ran out: a "held at
         # exit" could be a release that was never written. The plugin's lack of room is no
-        # finding against the test.
+        # finding against the test: none is recorded.
         if mode != "off":
             warn_at_test(item, _lost_message(checker.directory, lost), MpCheckInternalWarning)
         return
     for finding in found:
-        config.hook.pytest_mpcheck_lock_finding(config=config, item=item, finding=finding)
+        record(item, finding)
     if not found or mode == "off":
         return
     message = format_findings(nodeid, found)

@@ -1,5 +1,6 @@
-"""The session's side of the lock checker: the most contended locks in the terminal summary, the
-lock figures and findings in the JSON report, and their way from pytest-xdist workers."""
+"""The session's side of the lock checker: the figures of each test's locks, and the most
+contended ones in the terminal summary. (The JSON report and pytest-xdist's hand-over take the
+figures from here: :mod:`pytest_mpcheck.report`, :mod:`pytest_mpcheck.xdist`.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from pytest_mpcheck.locks.checks import LockFinding
 from pytest_mpcheck.locks.stats import LockStats
 
 
@@ -18,21 +18,6 @@ class ContentionTally:
     """The most contended locks of the run, for the terminal summary."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    findings: list[dict[str, Any]] = field(default_factory=list)
-    """Every lock finding of the run, for the JSON report."""
-
-    def add_findings(self, nodeid: str, found: Iterable[LockFinding]) -> None:
-        """Note the lock findings of one test."""
-        for finding in found:
-            self.findings.append(
-                {
-                    "nodeid": nodeid,
-                    "kind": finding.kind,
-                    "lock": finding.lock,
-                    "processes": [{"pid": p.pid, "name": p.name} for p in finding.processes],
-                    "message": finding.message,
-                }
-            )
 
     def add(self, nodeid: str, stats: dict[str, LockStats]) -> None:
         """Note the figures of one test's locks."""
@@ -75,35 +60,11 @@ contention_key: pytest.StashKey[ContentionTally] = pytest.StashKey()
 
 
 def tally_of(config: pytest.Config) -> ContentionTally:
+    """The run's tally, made when a test first uses the lock checker."""
     tally = config.stash.get(contention_key, None)
     if tally is None:
         tally = config.stash[contention_key] = ContentionTally()
     return tally
-
-
-def session_finish(config: pytest.Config) -> None:
-    """A pytest-xdist worker hands its lock figures to the controller."""
-    workeroutput = getattr(config, "workeroutput", None)
-    tally = config.stash.get(contention_key, None)
-    if workeroutput is not None and tally is not None:
-        workeroutput["mpcheck_locks"] = {"rows": tally.rows, "findings": tally.findings}
-
-
-def add_worker(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    """The controller adds the lock figures of a pytest-xdist worker."""
-    section = workeroutput.get("mpcheck_locks")
-    if section:
-        tally = tally_of(config)
-        tally.extend(section.get("rows", []))
-        tally.findings.extend(section.get("findings", []))
-
-
-def json_section(config: pytest.Config) -> dict[str, Any]:
-    """The locks' part of the JSON report (``--mp-report``): figures and findings."""
-    tally = config.stash.get(contention_key, None)
-    if tally is None:
-        return {}
-    return {"locks": {"contention": tally.rows, "findings": tally.findings}}
 
 
 def summary_lines(config: pytest.Config) -> list[str]:

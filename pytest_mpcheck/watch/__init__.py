@@ -1,1 +1,1 @@
-"""The per-test watch: session state, start sites, the reaper, ending leftovers, named resources."""
+"""The per-test watch: start sites, the reaper, ending leftovers, named resources, helpers."""

@@ -47,7 +47,6 @@ class StartRecord:
     name: str | None = None
     handle: weakref.ref[Any] | None = None
     """The ``multiprocessing.Process`` or ``subprocess.Popen`` that owns it, while it lives."""
-    thread: str | None = None
     helper: bool = False
     """multiprocessing's resource tracker or forkserver (a session helper, not the test's)."""
     forked_here: bool = False
@@ -60,7 +59,6 @@ class OriginRecorder:
     """Notes every process the pytest process starts; see the module docstring."""
 
     def __init__(self, rootdir: Path) -> None:
-        self.rootdir = rootdir
         self._root_prefix = str(rootdir).rstrip(os.sep) + os.sep
         self.records: dict[int, StartRecord] = {}
         self.started = 0
@@ -145,7 +143,6 @@ class OriginRecorder:
                 owner=owner,
                 scope=scope,
                 create_time=None,
-                thread=thread.name,
             )
             local.noted = set()
         with self._count_lock:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os.poll import poll_until
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
 from pytest_mpcheck.settings import Settings
 from pytest_mpcheck.watch import helpers, ownership
-from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder
+from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder, StartRecord
 from pytest_mpcheck.watch.ownership import Holder
 from pytest_mpcheck.watch.reaper import OrphanReaper
 from pytest_mpcheck.watch.terminate import Leftover, end_processes
@@ -40,6 +40,30 @@ def _runs_python(cmdline: str) -> bool:
         return True
     program = os.path.basename(cmdline.split(" ", 1)[0])
     return program.startswith(("python", "pypy")) or cmdline.startswith(sys.executable)
+
+
+def describe(
+    pid: int, owner: str, record: StartRecord | None = None, parent: int = 0
+) -> ProcessInfo | None:
+    """What a report says of ``pid``: what the system shows, and where it was started
+    (``record``); ``None`` once it is gone. ``parent`` stands in for a parent pid it cannot read.
+    """
+    described = procfs.describe(pid)
+    if described is None:
+        return None
+    name, cmdline, status, created, age, ppid = described
+    return ProcessInfo(
+        pid=pid,
+        ppid=ppid or parent,
+        name=record.name if record is not None and record.name else name,
+        cmdline=cmdline,
+        status=status,
+        create_time=created,
+        age=age,
+        started_at=record.site if record is not None else None,
+        started_by=record.started_by if record is not None else None,
+        owner=owner,
+    )
 
 
 @dataclass
@@ -154,38 +178,24 @@ class ProcessWatch:
 
     def _settle(self, find: Callable[[], dict[int, int]]) -> dict[int, int]:
         """Give processes that are already exiting up to ``settle`` seconds to finish."""
-        found = find()
-        if not found:
-            return found
-        deadline = time.monotonic() + self.settings.settle
-        pause = 0.002
-        while found and time.monotonic() < deadline:
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
-            self.reaper.reap_orphans()
+        found: dict[int, int] = {}
+        looks = 0
+
+        def settled() -> bool:
+            nonlocal found, looks
+            if looks:
+                self.reaper.reap_orphans()  # those that ended since the last look
+            looks += 1
             found = find()
+            return not found
+
+        poll_until(settled, self.settings.settle)
         return found
 
     # -- findings -------------------------------------------------------------------------------
 
     def _describe(self, pid: int, parent: int, owner: str) -> ProcessInfo | None:
-        described = procfs.describe(pid)
-        if described is None:
-            return None
-        name, cmdline, status, created, age, ppid = described
-        record = self.recorder.records.get(pid)
-        return ProcessInfo(
-            pid=pid,
-            ppid=ppid or parent,
-            name=(record.name if record and record.name else name),
-            cmdline=cmdline,
-            status=status,
-            create_time=created,
-            age=age,
-            started_at=record.site if record else None,
-            started_by=record.started_by if record else None,
-            owner=owner,
-        )
+        return describe(pid, owner, self.recorder.records.get(pid), parent)
 
     def _holders(self, pids: Iterable[int], collect: bool) -> dict[int, Holder]:
         """The live objects that still hold the process objects of ``pids`` (by pid)."""

@@ -12,11 +12,8 @@ calls are not interrupted.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
-import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -24,45 +21,7 @@ from typing import Any
 from pytest_mpcheck._os import atfork, procfs
 from pytest_mpcheck.watch.origins import OriginRecorder
 
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
-
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-
-_prctl_function: Any = None
-
-
-def _prctl() -> Any | None:
-    """libc's ``prctl``, looked up once."""
-    global _prctl_function
-    if _prctl_function is None:
-        _prctl_function = False
-        if sys.platform.startswith("linux"):
-            # The running program's symbols include libc's: ctypes.util.find_library would run
-            # ldconfig and a compiler in subprocesses, at the start of every run.
-            with contextlib.suppress(OSError, AttributeError):
-                _prctl_function = ctypes.CDLL(None, use_errno=True).prctl
-    return _prctl_function or None
-
-
-def get_subreaper() -> bool | None:
-    """Whether this process is a child subreaper (``None`` where the platform has no such thing)."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    value = ctypes.c_int(0)
-    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
-        return None
-    return bool(value.value)
-
-
-def set_subreaper(enabled: bool) -> bool:
-    """Make this process a child subreaper or not; ``False`` where the platform cannot."""
-    prctl = _prctl()
-    if prctl is None:
-        return False
-    return bool(prctl(_PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0)
 
 
 class OrphanReaper:
@@ -75,7 +34,6 @@ class OrphanReaper:
         self.enabled = False
         """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
-        self.reaped = 0
 
     def install(self) -> bool:
         """Install the handler; ``False`` if this is not the main thread or has no SIGCHLD."""
@@ -145,5 +103,4 @@ class OrphanReaper:
             except ChildProcessError:
                 continue
             reaped += bool(done)
-        self.reaped += reaped
         return reaped

@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck.findings import ResourceFinding
 
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
@@ -150,26 +151,6 @@ class Registration:
     own_tracker: bool = False
     """Registered with a tracker the registering child started for itself (its parent had
     none running when it forked): that tracker frees it, with a warning, when the child ends."""
-
-
-@dataclass
-class ResourceFinding:
-    """A named resource a test (or a wider-scoped fixture) left behind."""
-
-    kind: str
-    name: str
-    pid: int
-    site: str
-    owner: str
-    by_test_process: bool
-    freed: bool
-    """Whether the plugin unlinked it and unregistered it from the tracker."""
-    own_tracker: bool = False
-    """Freed (with a warning) by the resource tracker of the child that registered it."""
-
-    def to_json(self) -> dict[str, Any]:
-        """A plain dict for the JSON report."""
-        return dict(vars(self))
 
 
 class ResourceWatch:

@@ -15,12 +15,12 @@ import multiprocessing.pool
 import multiprocessing.process
 import os
 import signal
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os.poll import poll_until
 
 #: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
 KILL_WAIT = 5.0
@@ -140,14 +140,14 @@ def _signal(leftover: Leftover, signum: int, session_pid: int) -> str | None:
 
 def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Leftover]:
     """Wait until the processes end or ``timeout`` passes; those still running."""
-    deadline = time.monotonic() + timeout
-    pause = 0.002
-    while True:
+
+    def ended() -> bool:
+        nonlocal pending
         pending = [item for item in pending if not _has_ended(item, session_pid)]
-        if not pending or time.monotonic() >= deadline:
-            return pending
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 2, 0.05)
+        return not pending
+
+    poll_until(ended, timeout)
+    return pending
 
 
 def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:

@@ -1,0 +1,441 @@
+"""The plugin's state for one pytest run, and the pytest hooks that use it.
+
+An :class:`MpCheckRun` is made in ``pytest_configure`` and registered as a plugin
+(``mpcheck-run``, as pytest-xdist registers its ``DSession``) for as long as the config lives:
+through one session or, for a config that pytester or another tool reuses, several. Everything
+it changes in the process (the wrapped process-creating calls, the subreaper, the ``SIGCHLD``
+handler, the resource tracker's wrapper, the checks of the fixtures' children) is installed by
+:meth:`MpCheckRun.start` and undone by a ``config.add_cleanup`` of its own, as pytest's
+``threadexception`` and ``unraisableexception`` plugins do: two runs in one process (pytester's
+``runpytest_inprocess``) are independent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Generator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pytest_mpcheck import report, timeouts, xdist
+from pytest_mpcheck._os import scratch
+from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
+from pytest_mpcheck.errors import internal_error, warn_at_test
+from pytest_mpcheck.findings import Finding, FindingLog, ProcessInfo, ResourceFinding
+from pytest_mpcheck.fixtures import startmethods
+from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
+from pytest_mpcheck.watch.origins import OriginRecorder
+from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn
+from pytest_mpcheck.watch.resources import ResourceWatch
+
+# Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
+# of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
+baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
+mode_key: pytest.StashKey[str] = pytest.StashKey()
+
+#: The name the run is registered under as a plugin.
+PLUGIN_NAME = "mpcheck-run"
+
+
+class MpCheckRun:
+    """Everything the plugin keeps for one config, and the pytest hooks that need it."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.recorder = OriginRecorder(config.rootpath)
+        self.watch = ProcessWatch(settings, self.recorder)
+        self.resources = ResourceWatch(self.recorder.owner_of)
+        self.log = FindingLog(config)
+        """Every finding of the run: the tally, the JSON report, the hooks."""
+        self._pending_resources: list[ResourceFinding] = []
+        """Of fixture scopes that ended during the current teardown."""
+        self._log_generation = -1
+        self.subreaper = False
+        self._current: pytest.Item | None = None
+        self._session_baseline: Baseline | None = None
+        self.left_at_end: list[Finding] = []
+        self.resources_left_at_end: list[ResourceFinding] = []
+        self.report_problem: str | None = None
+        """The line that says the JSON report could not be written."""
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Wrap the process-starting calls, become a subreaper, reap orphans as they die.
+
+        Each change is undone by a cleanup of the config of its own, registered before it is
+        made (each undoes only what was done): should one fail half-way, what it and the
+        earlier ones changed is undone all the same.
+        """
+        config = self.config
+        self._session_baseline = self.watch.baseline()
+        config.add_cleanup(self.recorder.uninstall)
+        self.recorder.install()
+        if self.settings.use_subreaper:
+            was_subreaper = get_subreaper()
+            self.subreaper = set_subreaper(True)
+            if self.subreaper and was_subreaper is False:
+                config.add_cleanup(_stop_being_subreaper)
+            # Orphans reparent here only to a subreaper: without one there is nothing to reap.
+            self.watch.reaper.enabled = self.subreaper
+            if self.subreaper:
+                config.add_cleanup(self.watch.reaper.uninstall)
+                self.watch.reaper.install()
+        config.add_cleanup(self.resources.stop)
+        self.resources.start()
+        # The checks of the fixtures' children as they were before this run's conftest files
+        # were imported: what the run's own code registers is forgotten at its end.
+        checks = config.stash.get(child_checks_key, None)
+        config.add_cleanup(
+            functools.partial(_restore_child_checks, _child_checks() if checks is None else checks)
+        )
+        config.add_cleanup(_sweep_scratch)
+
+    def header(self) -> str:
+        """The line for pytest's report header."""
+        if self.subreaper:
+            orphans = "orphans reparent to pytest (subreaper)"
+        elif not self.settings.use_subreaper:
+            why = (
+                "--mp-subreaper=off"
+                if self.settings.subreaper == "off"
+                else f"mode {self.settings.mode} only observes; --mp-subreaper=on finds them"
+            )
+            orphans = f"subreaper off ({why}): orphaned grandchildren reparent to init, unseen"
+        else:
+            orphans = "no subreaper on this platform: orphaned grandchildren cannot be found"
+        if self.settings.mode == "off":
+            return (
+                "mpcheck: process watch off (--mp-check=off); what still runs at the end of "
+                f"the session is reported and ended; {orphans}"
+            )
+        return (
+            f"mpcheck: process watch {self.settings.mode}, settle {self.settings.settle:g}s, "
+            f"kill grace {self.settings.kill_grace:g}s; {orphans}"
+        )
+
+    # -- one test -------------------------------------------------------------------------------
+
+    def begin_test(self, item: pytest.Item) -> None:
+        """Note the descendants alive before the test's setup."""
+        if os.getpid() != self.watch.session_pid:
+            # pytest-forked runs each test in a fork of this process: watch from there.
+            self.watch.rebase()
+            self.recorder.rebase()
+            self._log_generation = -1
+        self.recorder.wrap_process_families()
+        self._current = item
+        item.stash[baseline_key] = self.watch.baseline()
+        self.recorder.set_owner(item.nodeid)
+
+    def check_markers(self, item: pytest.Item) -> None:
+        """Fail the test's setup if one of its markers has bad arguments."""
+        names = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not two
+        if "mp_check" in names:
+            item.stash[mode_key] = marker_mode(item, self.settings.mode)
+        if "mp_join_timeout" in names:
+            marker_join_timeout(item, self.settings.join_timeout)
+
+    def test_mode(self, item: pytest.Item) -> str:
+        """The mode of one test: its ``mp_check`` marker, or the run's ``--mp-check``."""
+        return item.stash.get(mode_key, self.settings.mode)
+
+    def end_test(self, item: pytest.Item, teardown_failed: bool) -> None:
+        """After the teardown: fail or warn the test for what it left behind.
+
+        When the teardown itself failed, the findings are added as a report section instead, so
+        that the user's own error stays what pytest shows first.
+        """
+        baseline = item.stash.get(baseline_key, None)
+        mode = self.test_mode(item)
+        if self.recorder.records or self.recorder.generation != self._log_generation:
+            # Only children write the log: none was started, none still runs, none wrote.
+            self._log_generation = self.recorder.generation
+            try:
+                self.resources.read_log()  # while the test still owns what it started
+            except Exception:
+                internal_error("reading the resource log after " + item.nodeid)
+        self.recorder.set_owner("<between tests>")
+        self._current = None
+        if baseline is None:
+            return
+        try:
+            # Only mode fail ends anything: warn observes, off ignores (DESIGN s.0).
+            findings = self.watch.finish_test(
+                baseline, item.nodeid, self._veto(item), end=mode == "fail"
+            )
+        except Exception:
+            internal_error("checking the processes of " + item.nodeid)
+            return
+        resource_findings = self._pending_resources
+        self._pending_resources = []
+        try:
+            if mode == "off":
+                self.resources.forget_test(item.nodeid)
+            else:
+                resource_findings += self.resources.finish_test(item.nodeid)
+        except Exception:
+            internal_error("checking the named resources of " + item.nodeid)
+        if mode == "off" or not (findings or resource_findings):
+            return
+        self.watch.mark_reported(findings)
+        for finding in findings:
+            self.log.record(item, finding)
+        for resource in resource_findings:
+            self.log.record(item, resource)
+        parts = []
+        if findings:
+            parts.append(report.format_findings(item.nodeid, findings))
+        if resource_findings:
+            parts.append(report.format_resource_findings(item.nodeid, resource_findings))
+        message = "\n\n".join(parts)
+        if teardown_failed:
+            item.add_report_section("teardown", "mpcheck", message)
+        elif mode == "fail":
+            pytest.fail(message, pytrace=False)
+        else:
+            warn_at_test(item, message)
+
+    def scope_finished(self, scope: object) -> None:
+        """A module-, class-, package- or session-scoped fixture was finalized."""
+        item = self._current
+        if item is None:
+            return
+        try:
+            end = self.test_mode(item) == "fail"
+            self.watch.finish_scope(scope, item.nodeid, self._veto(item), end=end)
+        except Exception:
+            internal_error("checking the processes of a fixture")
+        try:
+            self._pending_resources.extend(self.resources.finish_scope(scope))
+        except Exception:
+            internal_error("checking the named resources of a fixture")
+
+    def _veto(self, item: pytest.Item) -> VetoFn:
+        def veto(process: ProcessInfo) -> bool:
+            answer = self.config.hook.pytest_mpcheck_ignore_process(
+                config=self.config, item=item, process=process
+            )
+            return bool(answer)
+
+        return veto
+
+    def baseline_of(self, item: pytest.Item) -> Baseline | None:
+        """The descendants that were alive before ``item`` began."""
+        return item.stash.get(baseline_key, None)
+
+    # -- the end of the run ---------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """After the last fixture: end what is still running, so that nothing outlives pytest.
+
+        In every mode, off included: a process left running would hold pytest's exit (the
+        interpreter joins its children) or outlive it.
+        """
+        if self._session_baseline is None or os.getpid() != self.watch.session_pid:
+            return
+        try:
+            self.left_at_end = self.watch.finish_session(self._session_baseline)
+        except Exception:
+            internal_error("ending what was left at the end of the session")
+            return
+        for finding in self.left_at_end:
+            self._record_at_end(finding)
+        try:
+            self.resources_left_at_end = self.resources.finish_session()
+        except Exception:
+            internal_error("freeing the named resources left at the end of the session")
+            return
+        for resource in self.resources_left_at_end:
+            self._record_at_end(resource)
+
+    def _record_at_end(self, finding: Finding | ResourceFinding) -> None:
+        # A hook written before it was called with item=None (at the end of the session) may
+        # fail on it: the finding is counted and kept all the same, and the report written.
+        try:
+            self.log.record(None, finding)
+        except Exception:
+            internal_error("showing a finding of the end of the session to the hooks")
+
+    def finish(self) -> None:
+        """Count what was started; hand it all to pytest-xdist's controller, or write the JSON
+        report."""
+        self.log.tally.started += self.recorder.started
+        locks = loaded_lockcheck()
+        tally = self.config.stash.get(locks.contention_key, None) if locks is not None else None
+        contention: list[dict[str, Any]] | None = tally.rows if tally is not None else None
+        if xdist.hand_over(self.config, self.log, contention):
+            return  # the controller adds it up and writes the report
+        if self.settings.report_path:
+            report.write_json(self.settings.report_path, self.log, contention)
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the terminal summary."""
+        tally = self.log.tally
+        if self.settings.mode == "off" and not tally.started:
+            return []
+        lines = [report.summary_line(tally)]
+        if tally.resources:
+            lines.append(report.resource_summary_line(tally))
+        if self.left_at_end:
+            lines.append(report.format_session_leftovers(self.left_at_end))
+        if self.resources_left_at_end:
+            lines.append(report.format_session_resources(self.resources_left_at_end))
+        return lines
+
+    # -- pytest hooks ---------------------------------------------------------------------------
+
+    def pytest_report_header(self) -> str | None:
+        try:
+            return self.header()
+        except Exception:
+            internal_error("writing the report header")
+            return None
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        try:
+            self.begin_test(item)
+        except Exception:
+            internal_error("noting the processes before " + item.nodeid)
+        return (yield)
+
+    @pytest.hookimpl(specname="pytest_runtest_setup", tryfirst=True)
+    def pytest_runtest_setup_markers(self, item: pytest.Item) -> None:
+        # Not in the wrapper above: a failure there would skip the setup of the other plugins,
+        # whose teardown then fails on what their setup did not leave (pytest's own among them).
+        self.check_markers(item)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
+        try:
+            result = yield
+            # After every teardown: a test that went on after its children were ended for
+            # pytest-timeout's thread method fails here.
+            timeouts.check_teardown(item)
+        except BaseException:
+            self.end_test(item, teardown_failed=True)
+            raise
+        self.end_test(item, teardown_failed=False)
+        return result
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        startmethods.parametrize(metafunc, self.settings.start_methods)
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_timeout_set_timer(
+        self, item: pytest.Item, settings: Any
+    ) -> Generator[None, Any, Any]:
+        """pytest-timeout: end the test's children, with their stacks, before it ends the test."""
+        result = yield
+        timeouts.after_set_timer(self, item, settings)
+        return result
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_timeout_cancel_timer(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        result = yield
+        timeouts.after_cancel_timer(item)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Any:
+        if fixturedef.scope == "function":
+            return (yield)
+        owner = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+        with self.recorder.owned_by(owner, fixturedef):
+            return (yield)
+
+    def pytest_fixture_post_finalizer(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> None:
+        if fixturedef.scope != "function":
+            self.scope_finished(fixturedef)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """pytest-xdist: add up what a worker that finished found."""
+        workeroutput = getattr(node, "workeroutput", None)
+        if not workeroutput:
+            return
+        try:
+            xdist.take_over(self.config, self.log, workeroutput)
+        except Exception:
+            internal_error("adding up the figures of an xdist worker")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # trylast: after pytest's own implementation has torn down the remaining fixtures.
+        try:
+            self.sweep()
+            try:
+                self.finish()
+            except report.ReportNotWritten as problem:
+                # One line in the summary; pytest's own summary and exit status stay as they are.
+                self.report_problem = str(problem)
+        except Exception:
+            internal_error("finishing the session")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report_problem is not None:
+            terminalreporter.write_line(self.report_problem, yellow=True, bold=True)
+        try:
+            for line in self.summary_lines():
+                terminalreporter.write_line(line)
+            lockcheck = loaded_lockcheck()
+            if lockcheck is not None:
+                for line in lockcheck.summary_lines(self.config):
+                    terminalreporter.write_line(line)
+        except Exception:
+            internal_error("writing the terminal summary")
+
+
+#: The checks of the fixtures' children before the run's conftest files were imported.
+child_checks_key: pytest.StashKey[tuple[str, ...]] = pytest.StashKey()
+
+
+def remember_child_checks(config: pytest.Config) -> None:
+    """Note the checks of the fixtures' children before the run imports its conftest files."""
+    config.stash[child_checks_key] = _child_checks()
+
+
+def _child_checks() -> tuple[str, ...]:
+    bootstrap = sys.modules.get("pytest_mpcheck.fixtures.bootstrap")
+    return tuple(bootstrap.CHILD_CHECKS) if bootstrap is not None else ()
+
+
+def _restore_child_checks(checks: tuple[str, ...]) -> None:
+    """Forget the checks of the fixtures' children that the run's tests registered: another run
+    in this process must not run them."""
+    bootstrap = sys.modules.get("pytest_mpcheck.fixtures.bootstrap")
+    if bootstrap is not None:
+        bootstrap.CHILD_CHECKS[:] = checks
+
+
+def _stop_being_subreaper() -> None:
+    set_subreaper(False)
+
+
+def _sweep_scratch() -> None:
+    try:
+        scratch.sweep()  # what runs that were killed left in /dev/shm
+    except Exception:
+        internal_error("removing the files of earlier runs")
+
+
+def loaded_lockcheck() -> ModuleType | None:
+    """The lock checker's session module (figures and findings), if a test used the checker: it is
+    imported only then, and has nothing to report, add up or write otherwise."""
+    return sys.modules.get("pytest_mpcheck.locks.tally")
+
+
+#: Where the run's :class:`MpCheckRun` lives: ``config.stash[run_key]``.
+run_key: pytest.StashKey[MpCheckRun] = pytest.StashKey()  # not subscripted: see above
