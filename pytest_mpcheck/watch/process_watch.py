@@ -176,8 +176,16 @@ class ProcessWatch:
             parent = tree[parent]
         return False
 
-    def _settle(self, find: Callable[[], dict[int, int]]) -> dict[int, int]:
-        """Give processes that are already exiting up to ``settle`` seconds to finish."""
+    def _settle(
+        self,
+        find: Callable[[], dict[int, int]],
+        meanwhile: Callable[[dict[int, int]], object] | None = None,
+    ) -> dict[int, int]:
+        """Give processes that are already exiting up to ``settle`` seconds to finish.
+
+        ``meanwhile`` is called once with what the first look found, if anything: work on the
+        leftovers that would otherwise follow the wait is done during it.
+        """
         found: dict[int, int] = {}
         looks = 0
 
@@ -187,6 +195,8 @@ class ProcessWatch:
                 self.reaper.reap_orphans()  # those that ended since the last look
             looks += 1
             found = find()
+            if found and looks == 1 and meanwhile is not None:
+                meanwhile(found)
             return not found
 
         poll_until(settled, self.settings.settle)
@@ -215,18 +225,31 @@ class ProcessWatch:
     def _was_handed_over(self, holder: Holder) -> bool:
         return any(ref() is holder.owner for ref in self._handed_over)
 
+    @staticmethod
+    def _live(processes: dict[int, int]) -> list[int]:
+        return [pid for pid in processes if not procfs.is_zombie(pid)]
+
     def _leave_to_older_owners(
-        self, processes: dict[int, int], nodeid: str, collect: bool
+        self,
+        processes: dict[int, int],
+        nodeid: str,
+        collect: bool,
+        known: tuple[set[int], dict[int, Holder]] | None = None,
     ) -> tuple[dict[int, int], dict[int, Holder]]:
         """Give the older owner what an older object started during this test.
 
         A pool that repopulates its workers, or a reusable executor that a later test asks for
         more, starts processes during a test that did not create it: they belong with the
         object's other processes (a fixture's scope, the session), not to this test. Returns
-        what is still this test's, and the holders found.
+        what is still this test's, and the holders found. ``known``: the pids already asked
+        about (during the settle window), and the holders found for them.
         """
-        live = [pid for pid in processes if not procfs.is_zombie(pid)]
-        holders = self._holders(live, collect) if live else {}
+        asked, found = known if known is not None else (set(), {})
+        live = self._live(processes)
+        holders = {pid: found[pid] for pid in live if pid in found}
+        unasked = [pid for pid in live if pid not in asked]
+        if unasked:
+            holders.update(self._holders(unasked, collect))
         kept = dict(processes)
         for pid, holder in holders.items():
             record = self.recorder.records[pid]
@@ -326,10 +349,24 @@ class ProcessWatch:
         """Findings for one test after its teardown, plus those of scopes that ended in it."""
         if not self.reaper.installed and self.reaper.enabled:
             self.reaper.reap_orphans()
-        leftovers = self._settle(lambda: self._new_processes(baseline))
+        asked: set[int] = set()
+        early: dict[int, Holder] = {}
+
+        def find_holders(found: dict[int, int]) -> None:
+            # Who holds the leftovers (a walk of the heap, slow in a big process) is asked while
+            # the settle window waits anyway; a holder asked about is only reported when its
+            # process is still there after the window.
+            live = self._live(found)
+            asked.update(live)
+            early.update(self._holders(live, collect=end))
+
+        leftovers = self._settle(lambda: self._new_processes(baseline), find_holders)
         holders: dict[int, Holder] = {}
         if leftovers:
-            leftovers, holders = self._leave_to_older_owners(leftovers, nodeid, collect=end)
+            leftovers, holders = self._leave_to_older_owners(
+                leftovers, nodeid, collect=end, known=(asked, early)
+            )
+        early.clear()
         findings = self._conclude(leftovers, nodeid, nodeid, veto, end, holders if end else None)
         if leftovers:
             self._last_tree = None  # some were ended: look again before the next test
