@@ -9,8 +9,7 @@ import pytest
 
 from pytest_mpcheck import procfs
 from pytest_mpcheck.stacks import pyspy_path
-
-FAST = ("--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
+from tests.conftest import STRICT_ARGS
 
 # Each child writes its pid to a file, so that the outer test can check that none survived.
 HUNG = """
@@ -87,7 +86,7 @@ def test_timeout_signal_method(pytester: pytest.Pytester, method: str) -> None:
     pids = pytester.path / "pids"
     pytester.makepyfile(test_hung=HUNG.format(pids=str(pids), method=method))
     result = pytester.runpytest_subprocess(
-        "--timeout=2", "--timeout-method=signal", *FAST, timeout=60
+        "--timeout=2", "--timeout-method=signal", *STRICT_ARGS, timeout=60
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -137,7 +136,7 @@ def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
     pytester.makepyfile(test_hung=source)
     # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
     result = pytester.runpytest_subprocess(
-        "--timeout=3", "--timeout-method=thread", *FAST, timeout=60
+        "--timeout=3", "--timeout-method=thread", *STRICT_ARGS, timeout=60
     )
     # The first test goes on once its children are ended, and fails at teardown; in the last
     # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
@@ -185,7 +184,7 @@ def test_a_hung_child_waiting_for_a_lock(pytester: pytest.Pytester) -> None:
             mp_spawn(take, (lock,), name="waiter").join()
         """
     )
-    result = pytester.runpytest_subprocess("--mp-join-timeout=1", *FAST, timeout=60)
+    result = pytester.runpytest_subprocess("--mp-join-timeout=1", *STRICT_ARGS, timeout=60)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [

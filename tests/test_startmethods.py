@@ -6,7 +6,9 @@ import multiprocessing
 
 import pytest
 
-FAST = ("-p", "no:cacheprovider", "-W", "error", "-v")
+from tests.conftest import STRICT_ARGS
+
+FAST = (*STRICT_ARGS, "-v")
 
 MATRIX = """
 import multiprocessing

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
 
 
 def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
@@ -44,7 +44,7 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
             assert not psutil.pid_exists(pid)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
     pid = int((pytester.path / "pid").read_text())
     result.stdout.fnmatch_lines(
@@ -74,7 +74,7 @@ def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
             time.sleep(0.3)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -109,7 +109,7 @@ def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
                 p.start()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     # Each Process.start() reaps the children that have already finished, so the first two
     # may be gone by then; the last one is always left running or unreaped.
@@ -134,7 +134,7 @@ def test_popen_and_new_session_children(pytester: pytest.Pytester) -> None:
             subprocess.Popen(["sleep", "61"], start_new_session=True)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines(
         [
@@ -166,7 +166,7 @@ def test_double_forked_orphan_is_found(pytester: pytest.Pytester) -> None:
             os.waitpid(pid, 0)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -215,7 +215,7 @@ def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
             subprocess.Popen(["sleep", "60"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=warn", timeout=60)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -223,7 +223,7 @@ def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
         ]
     )
     escalated = pytester.runpytest_subprocess(
-        *FAST, "--mp-check=warn", "-W", "error::pytest_mpcheck.MpCheckWarning", timeout=60
+        *FAST_ARGS, "--mp-check=warn", "-W", "error::pytest_mpcheck.MpCheckWarning", timeout=60
     )
     escalated.assert_outcomes(passed=1, errors=1)
     escalated.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
@@ -251,7 +251,7 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
             os.waitpid(pid, 0)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_off.py::test_only_warns left*"])
 
@@ -264,7 +264,7 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
             open("pid", "w").write(str(p.pid))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=off", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=off", timeout=60)
     result.assert_outcomes(passed=1)
     pid = int((pytester.path / "pid").read_text())
     # Mode off blames no test, but nothing outlives pytest: the end of the session ended it.
@@ -317,7 +317,7 @@ def test_mp_ignore_patterns_and_the_veto_hook(pytester: pytest.Pytester) -> None
                 p.wait()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(
         ["*ERROR at teardown of test_not_ignored*", "    command:    sleep 65"]
@@ -341,7 +341,9 @@ def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pyteste
             subprocess.Popen(["sleep", "66"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "-s", "--mp-report=out/report.json", timeout=60)
+    result = pytester.runpytest_subprocess(
+        *FAST_ARGS, "-s", "--mp-report=out/report.json", timeout=60
+    )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*HOOK leaked sleep 66 SIGTERM*"])
     document = json.loads(Path(pytester.path / "out" / "report.json").read_text())
@@ -368,7 +370,7 @@ def test_teardown_error_is_kept_and_findings_are_added(pytester: pytest.Pytester
             subprocess.Popen(["sleep", "67"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -392,7 +394,7 @@ def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
             multiprocessing.get_context("forkserver").Process(target=forever).start()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
@@ -419,7 +421,7 @@ def test_leaked_python_child_is_reported_with_its_stack(
             time.sleep(1.0)  # the spawned child reaches its sleep
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=90)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=90)
     result.assert_outcomes(passed=1, errors=1)
     from pytest_mpcheck import stacks
 
