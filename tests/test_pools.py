@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import STRICT_ARGS
+
 METHODS = ("fork", "spawn", "forkserver")
-FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
 
 POOLS = """
 import concurrent.futures
@@ -80,6 +81,7 @@ def test_pool_error_lost(mp_pool):
     mp_pool(processes=1).apply_async(boom, (3,)).wait(30)
 
 
+@pytest.mark.mp_join_timeout(1)  # waits for the join timeout
 def test_pool_hangs(mp_pool):
     pool = mp_pool(processes=2)
     pool.apply_async(hang, (1,))
@@ -102,6 +104,7 @@ def test_executor_error_lost(mp_executor):
     concurrent.futures.wait([future], timeout=30)
 
 
+@pytest.mark.mp_join_timeout(1)  # waits for the join timeout
 def test_executor_hangs(mp_executor):
     executor = mp_executor(max_workers=2)
     executor.submit(hang, 1)
@@ -112,7 +115,9 @@ def test_executor_hangs(mp_executor):
 @pytest.mark.parametrize("method", METHODS)
 def test_pools_and_executors(pytester: pytest.Pytester, method: str) -> None:
     pytester.makepyfile(test_pools=POOLS)
-    result = pytester.runpytest_subprocess(f"--mp-start-methods={method}", *FAST, timeout=120)
+    result = pytester.runpytest_subprocess(
+        f"--mp-start-methods={method}", *STRICT_ARGS, timeout=120
+    )
     # Those that lose an error or hang pass their call, then fail at teardown.
     result.assert_outcomes(passed=11, errors=4)
     m = f"[[]{method}[]]"

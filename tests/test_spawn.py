@@ -9,9 +9,9 @@ import time
 import pytest
 
 from pytest_mpcheck import procfs
+from tests.conftest import STRICT_ARGS
 
 METHODS = ("fork", "spawn", "forkserver")
-FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
 
 CHILDREN = """
 import multiprocessing
@@ -132,6 +132,7 @@ def test_child_check(mp_spawn):
     mp_spawn(square, (13,), name="unlucky").join()
 
 
+@pytest.mark.mp_join_timeout(1)  # the only test that waits for the join timeout
 def test_hung_join(mp_spawn):
     mp_spawn(hang, name="sleeper").join()
 
@@ -168,7 +169,7 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     hung_start = line_of(children, 'mp_spawn(hang, name="sleeper")')
     forgotten_start = line_of(children, 'mp_spawn(hang, name="forgotten")')
     result = pytester.runpytest_subprocess(
-        "--mp-start-methods=fork,spawn,forkserver", *FAST, timeout=120
+        "--mp-start-methods=fork,spawn,forkserver", *STRICT_ARGS, timeout=120
     )
     # Per method: 14 tests; the last 5 fail (in the call or at teardown).
     result.assert_outcomes(passed=3 * 13, failed=3, errors=3 * 4)
@@ -272,7 +273,7 @@ def test_pytest_dies(mp_spawn):
 def test_children_die_with_pytest(pytester: pytest.Pytester, method: str) -> None:
     pidfile = str(pytester.path / "child.pid")
     pytester.makepyfile(test_death=DEATH.format(pidfile=pidfile, method=method))
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*STRICT_ARGS, timeout=60)
     assert result.ret == -signal.SIGKILL
     with open(pidfile) as pid_text:
         child = int(pid_text.read())
