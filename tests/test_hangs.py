@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from pytest_mpcheck import procfs
 from pytest_mpcheck.stacks import pyspy_path
-from tests.conftest import STRICT_ARGS
+from tests.conftest import STRICT_ARGS, wait_until
 
 # Each child writes its pid to a file, so that the outer test can check that none survived.
 HUNG = """
@@ -71,14 +70,11 @@ def _pids(path: Path) -> list[int]:
 
 
 def _assert_all_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 10
-    alive = pids
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if procfs.state(pid) not in (None, "Z")]
-        if not alive:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"still running after the run: {alive}")
+    def alive() -> list[int]:
+        return [pid for pid in pids if procfs.state(pid) not in (None, "Z")]
+
+    wait_until(lambda: not alive(), timeout=10)
+    assert not alive(), f"still running after the run: {alive()}"
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from pytest_mpcheck import procfs
-from tests.conftest import STRICT_ARGS
+from tests.conftest import STRICT_ARGS, wait_until
 
 METHODS = ("fork", "spawn", "forkserver")
 
@@ -278,9 +277,10 @@ def test_children_die_with_pytest(pytester: pytest.Pytester, method: str) -> Non
     with open(pidfile) as pid_text:
         child = int(pid_text.read())
     # The orphan reparents to this (subreaper) pytest process, which reaps it once it is dead.
-    deadline = time.monotonic() + 10
-    while procfs.state(child) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert procfs.state(child) in (None, "Z"), f"child {child} outlived the pytest that started it"
+    wait_until(
+        lambda: procfs.state(child) in (None, "Z"),
+        timeout=10,
+        message=f"child {child} outlived the pytest that started it",
+    )
     if procfs.state(child) == "Z":
         os.waitpid(child, 0)

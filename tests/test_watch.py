@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import FAST_ARGS
+from tests.conftest import FAST_ARGS, wait_until
 
 
-def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` is gone; a zombie is not (nobody reaped it)."""
+    try:
+        psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
     return False
 
 
@@ -268,7 +264,7 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     pid = int((pytester.path / "pid").read_text())
     # Mode off blames no test, but nothing outlives pytest: the end of the session ended it.
-    assert _wait_gone(pid)
+    assert wait_until(lambda: _gone(pid), timeout=5)
     result.stdout.fnmatch_lines(
         [
             "mpcheck: 1 process still running at the end of the session, that no test or "
