@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import FAST_ARGS, wait_until
+from tests.conftest import FAST_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
 
 
 def _gone(pid: int) -> bool:
@@ -397,45 +397,57 @@ def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
     )
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    ("method", "inner"),
+    # Where py-spy's stack of a forked or a spawned child starts differs; without py-spy the
+    # report is the same under every method.
+    [("fork", WITH_PYSPY), ("spawn", WITH_PYSPY), ("fork", WITHOUT_PYSPY)],
+    indirect=["inner"],
+)
 def test_leaked_python_child_is_reported_with_its_stack(
-    pytester: pytest.Pytester, method: str
+    pytester: pytest.Pytester, method: str, inner: InnerRun
 ) -> None:
     # What the child was still doing when its test ended is what tells a person why it never
     # finished; a program that is not Python (sleep) has no Python stack to show.
     pytester.makepyfile(
         test_stack=f"""
-        import multiprocessing, subprocess, time
+        import multiprocessing, os, subprocess, time
+        import psutil
 
         def wait_for_ever():
+            open("ready", "w").close()
             time.sleep(60)
 
         def test_leaks_a_python_child_and_a_program():
             context = multiprocessing.get_context({method!r})
-            context.Process(target=wait_for_ever, name="sleeper").start()
+            child = context.Process(target=wait_for_ever, name="sleeper")
+            child.start()
             subprocess.Popen(["sleep", "60"])
-            time.sleep(1.0)  # the spawned child reaches its sleep
+            # Until the child is in its sleep: it made the file, then nothing but sleep blocks.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                os.path.exists("ready") and psutil.Process(child.pid).status() == "sleeping"
+            ):
+                time.sleep(0.01)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=90)
+    result = inner(*FAST_ARGS, timeout=90)
     result.assert_outcomes(passed=1, errors=1)
-    from pytest_mpcheck import stacks
-
-    if stacks.pyspy_path() is not None:
+    if inner.pyspy:
         result.stdout.fnmatch_lines(
             [
                 "leaked process * 'sleeper': still running, *",
-                "    started at: test_stack.py:8 by multiprocessing.Process.start",
+                "    started at: test_stack.py:11 by multiprocessing.Process.start",
                 "    ended by:   SIGTERM (ended by mpcheck)",
                 "    waiting in: sleeping (time.sleep)*",
                 "    stack (most recent call last):",
                 "      Thread * 'MainThread'*",
-                '        File "test_stack.py", line 4, in wait_for_ever',
+                '        File "test_stack.py", line 6, in wait_for_ever',
                 "          time.sleep(60)",
                 "",
                 "leaked process * 'sleep': still running, *",
                 "    command:    sleep 60",
-                "    started at: test_stack.py:9 by subprocess.Popen",
+                "    started at: test_stack.py:12 by subprocess.Popen",
                 "    ended by:   SIGTERM (ended by mpcheck)",
                 "",
                 "How to fix:*",
