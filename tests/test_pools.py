@@ -11,6 +11,7 @@ METHODS = ("fork", "spawn", "forkserver")
 POOLS = """
 import concurrent.futures
 import multiprocessing
+import os
 import time
 
 import pytest
@@ -25,7 +26,16 @@ def boom(n):
 
 
 def hang(n):
+    open("hanging", "w").close()
     time.sleep(60)
+
+
+def wait_for_hang():
+    # Until a worker runs hang (it is then in its sleep, or about to be).
+    deadline = time.monotonic() + 60
+    while not os.path.exists("hanging") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.remove("hanging")
 
 
 def shout(n):
@@ -86,6 +96,7 @@ def test_pool_hangs(mp_pool):
     pool = mp_pool(processes=2)
     pool.apply_async(hang, (1,))
     assert pool.apply(square, (3,)) == 9
+    wait_for_hang()
 
 
 def test_executor(mp_executor):
@@ -109,6 +120,7 @@ def test_executor_hangs(mp_executor):
     executor = mp_executor(max_workers=2)
     executor.submit(hang, 1)
     assert executor.submit(square, 4).result(timeout=30) == 16
+    wait_for_hang()
 """
 
 

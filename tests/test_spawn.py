@@ -47,8 +47,18 @@ def leave(code):
     sys.exit(code)
 
 
-def hang():
+def hang(ready=None):
+    if ready is not None:
+        open(ready, "w").close()
     time.sleep(60)
+
+
+def wait_for_file(path):
+    # Until a child made the file (it is then in its sleep, or about to be); then remove it.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.remove(path)
 
 
 def test_result_and_output(mp_spawn):
@@ -133,11 +143,15 @@ def test_child_check(mp_spawn):
 
 @pytest.mark.mp_join_timeout(1)  # the only test that waits for the join timeout
 def test_hung_join(mp_spawn):
-    mp_spawn(hang, name="sleeper").join()
+    # The join timeout counts from when the child sleeps, not from when it starts to start.
+    child = mp_spawn(hang, ("sleeper.ready",), name="sleeper")
+    wait_for_file("sleeper.ready")
+    child.join()
 
 
 def test_never_joined(mp_spawn):
-    mp_spawn(hang, name="forgotten")
+    mp_spawn(hang, ("forgotten.ready",), name="forgotten")
+    wait_for_file("forgotten.ready")
 """
 
 
@@ -165,8 +179,8 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_children=children, childchecks=CHECKS, conftest=CONFTEST)
     boom = line_of(children, 'raise ValueError(f"bad {x}")')
     sleep = line_of(children, "time.sleep(60)")
-    hung_start = line_of(children, 'mp_spawn(hang, name="sleeper")')
-    forgotten_start = line_of(children, 'mp_spawn(hang, name="forgotten")')
+    hung_start = line_of(children, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
+    forgotten_start = line_of(children, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
     result = pytester.runpytest_subprocess(
         "--mp-start-methods=fork,spawn,forkserver", *STRICT_ARGS, timeout=120
     )
