@@ -181,7 +181,7 @@ def test_join_timeout_from_ini_and_marker(pytester: pytest.Pytester) -> None:
             mp_spawn(hang).join()
         """
     )
-    result = pytester.runpytest_subprocess("--mp-kill-grace=0.2", *FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
