@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs")
 
@@ -37,7 +37,7 @@ def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pyteste
             assert os.waitpid(pid, os.WNOHANG)[0] == pid
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=warn", timeout=60)
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -91,9 +91,11 @@ def test_warn_mode_keeps_process_tree_semantics(pytester: pytest.Pytester) -> No
     without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:mpcheck")
     without.assert_outcomes(passed=1)
     for args in (("--mp-check=warn",), ("--mp-subreaper=off",)):
-        result = pytester.runpytest_subprocess(*FAST, *args, timeout=60)
+        result = pytester.runpytest_subprocess(*FAST_ARGS, *args, timeout=60)
         result.assert_outcomes(passed=1)
-    on = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", "--mp-subreaper=on", timeout=60)
+    on = pytester.runpytest_subprocess(
+        *FAST_ARGS, "--mp-check=warn", "--mp-subreaper=on", timeout=60
+    )
     on.assert_outcomes(failed=1)
     on.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
 
@@ -132,7 +134,7 @@ def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Py
             assert wrong == []
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-subreaper=on", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
 
@@ -158,7 +160,7 @@ def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
             assert os.waitstatus_to_exitcode(status) == 7
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1)
 
 
@@ -185,7 +187,7 @@ def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
             assert p.exitcode in (0, 255)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-subreaper=on", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])
 
@@ -217,7 +219,7 @@ def test_helpers_of_other_families_are_helpers(pytester: pytest.Pytester) -> Non
             assert tracker.poll() is None
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("*leaked process*")
 
@@ -250,7 +252,7 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
             assert pool().apply(square, (7,)) == 49
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -303,7 +305,7 @@ def test_unittest_setupclass_owns_its_pool(pytester: pytest.Pytester) -> None:
                 pass
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=3, skipped=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -327,7 +329,7 @@ def test_a_process_whose_main_thread_exited_is_not_a_zombie(pytester: pytest.Pyt
             time.sleep(0.3)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -355,7 +357,7 @@ def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
             os.close(r)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=120)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         ["mpcheck: test_many.py::test_forks_800 left 800 processes behind (800 leaked)"]
@@ -389,7 +391,7 @@ def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester)
             assert 1 == 2, "the user's own failure"
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "-W", "error", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "-W", "error", timeout=60)
     result.assert_outcomes(passed=1, failed=1, warnings=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from pytest_mpcheck._os import procfs
-from pytest_mpcheck._os.stacks import pyspy_path
-
-FAST = ("--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
+from tests.conftest import STRICT_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
 
 # Each child writes its pid to a file, so that the outer test can check that none survived.
 HUNG = """
@@ -43,12 +40,20 @@ def wait_for_children(count):
         time.sleep(0.01)
 
 
-@pytest.mark.mp_start_methods({method!r})
-def test_join_of_a_hung_child(mp_spawn):
+# The children start in a fixture of the test, outside pytest-timeout's time (func_only): the
+# timeout is what hangs, not how long a spawned interpreter takes to start on a loaded machine.
+@pytest.fixture
+def children(mp_spawn):
     child = mp_spawn(hang, name="stuck")
     plain = multiprocessing.get_context({method!r}).Process(target=hang, name="plain")
     plain.start()
     wait_for_children(2)
+    return child, plain
+
+
+@pytest.mark.mp_start_methods({method!r})
+def test_join_of_a_hung_child(children):
+    child, plain = children
     child.join(timeout=120)
     plain.join()
 
@@ -59,12 +64,19 @@ def test_afterwards():
 
 STUCK_TEST = """
 
-@pytest.mark.mp_start_methods({method!r})
-def test_the_test_itself_is_stuck(mp_spawn):
+@pytest.fixture
+def stuck_child(mp_spawn):
     mp_spawn(hang, name="stuck")
-    wait_for_children(1)
+    wait_for_children(3)  # the two of the first test, and this one
+
+
+@pytest.mark.mp_start_methods({method!r})
+def test_the_test_itself_is_stuck(stuck_child):
     time.sleep(60)
 """
+
+#: pytest-timeout times the test function only: the fixtures start the children.
+FUNC_ONLY = ("-o", "timeout_func_only=true")
 
 
 def _pids(path: Path) -> list[int]:
@@ -72,23 +84,29 @@ def _pids(path: Path) -> list[int]:
 
 
 def _assert_all_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 10
-    alive = pids
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if procfs.state(pid) not in (None, "Z")]
-        if not alive:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"still running after the run: {alive}")
+    def alive() -> list[int]:
+        return [pid for pid in pids if procfs.state(pid) not in (None, "Z")]
+
+    wait_until(lambda: not alive(), timeout=10)
+    assert not alive(), f"still running after the run: {alive()}"
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_timeout_signal_method(pytester: pytest.Pytester, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "inner"),
+    [
+        # The start method changes how the fixture's child is prepared for its stack; py-spy
+        # reads the plain child's stack whatever the method.
+        ("fork", WITH_PYSPY),
+        ("spawn", WITH_PYSPY),
+        ("forkserver", WITH_PYSPY),
+        ("fork", WITHOUT_PYSPY),
+    ],
+    indirect=["inner"],
+)
+def test_timeout_signal_method(pytester: pytest.Pytester, method: str, inner: InnerRun) -> None:
     pids = pytester.path / "pids"
     pytester.makepyfile(test_hung=HUNG.format(pids=str(pids), method=method))
-    result = pytester.runpytest_subprocess(
-        "--timeout=2", "--timeout-method=signal", *FAST, timeout=60
-    )
+    result = inner("--timeout=2", "--timeout-method=signal", *FUNC_ONLY, *STRICT_ARGS, timeout=60)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -112,7 +130,7 @@ def test_timeout_signal_method(pytester: pytest.Pytester, method: str) -> None:
             "hung process * 'plain': hung, state sleeping, age *s",
         ]
     )
-    if pyspy_path() is not None:
+    if inner.pyspy:
         # Not started by a fixture: py-spy reads its stack.
         result.stdout.fnmatch_lines(
             [
@@ -130,14 +148,17 @@ def test_timeout_signal_method(pytester: pytest.Pytester, method: str) -> None:
     _assert_all_gone(_pids(pids))
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_timeout_thread_method(pytester: pytest.Pytester, method: str) -> None:
+def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
+    # One start method: what is the thread method's own (mpcheck acts before pytest-timeout's
+    # os._exit) does not depend on it; how each method's children give their stacks is what
+    # test_timeout_signal_method checks under every method.
+    method = "fork"
     pids = pytester.path / "pids"
     source = HUNG.format(pids=str(pids), method=method) + STUCK_TEST.format(method=method)
     pytester.makepyfile(test_hung=source)
     # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
     result = pytester.runpytest_subprocess(
-        "--timeout=3", "--timeout-method=thread", *FAST, timeout=60
+        "--timeout=3", "--timeout-method=thread", *FUNC_ONLY, *STRICT_ARGS, timeout=60
     )
     # The first test goes on once its children are ended, and fails at teardown; in the last
     # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
@@ -185,7 +206,7 @@ def test_a_hung_child_waiting_for_a_lock(pytester: pytest.Pytester) -> None:
             mp_spawn(take, (lock,), name="waiter").join()
         """
     )
-    result = pytester.runpytest_subprocess("--mp-join-timeout=1", *FAST, timeout=60)
+    result = pytester.runpytest_subprocess("--mp-join-timeout=1", *STRICT_ARGS, timeout=60)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [

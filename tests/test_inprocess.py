@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
 
 #: The project of the in-process runs: a process started by a module-scoped fixture and by a
 #: test, a shared memory segment, and the plugin's own fixtures (the modules they load).
@@ -161,7 +161,7 @@ def test_outer_resource_check_works_after_an_in_process_run(pytester: pytest.Pyt
             segment.close()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -194,6 +194,6 @@ def test_in_process_run_sees_its_own_leak_and_the_outer_run_stays_quiet(
             result.stdout.fnmatch_lines(["leaked shared memory segment '/*': never unlinked"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1)
     assert "named resource" not in result.stdout.str()

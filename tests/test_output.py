@@ -53,7 +53,9 @@ def test_one_after_the_other(mp_spawn, mp_output):
     assert mp_output.text.splitlines()[7:9] == ["even: 14", "odd: 1"]
     times = [line.time_ns for line in mp_output.lines]
     assert times == sorted(times)
-    assert mp_spawn(quiet).output == ""
+    silent = mp_spawn(quiet)
+    silent.join()  # output is what was written so far: the child must have finished
+    assert silent.output == ""
 
 
 def test_interleaved(mp_spawn, mp_context, mp_output):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import psutil
 import pytest
+
+from tests.conftest import wait_until
 
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 
@@ -68,6 +69,4 @@ def test_reused_pid_is_not_signalled(pytester: pytest.Pytester) -> None:
         assert psutil.Process(newcomer).cmdline() == ["sleep", "60"]
     finally:
         os.kill(newcomer, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while psutil.pid_exists(newcomer) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not psutil.pid_exists(newcomer), timeout=5)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import STRICT_ARGS
+
 METHODS = ("fork", "spawn", "forkserver")
-FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
 
 POOLS = """
 import concurrent.futures
 import multiprocessing
+import os
 import time
 
 import pytest
@@ -24,7 +26,16 @@ def boom(n):
 
 
 def hang(n):
+    open("hanging", "w").close()
     time.sleep(60)
+
+
+def wait_for_hang():
+    # Until a worker runs hang (it is then in its sleep, or about to be).
+    deadline = time.monotonic() + 60
+    while not os.path.exists("hanging") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.remove("hanging")
 
 
 def shout(n):
@@ -80,10 +91,12 @@ def test_pool_error_lost(mp_pool):
     mp_pool(processes=1).apply_async(boom, (3,)).wait(30)
 
 
+@pytest.mark.mp_join_timeout(1)  # waits for the join timeout
 def test_pool_hangs(mp_pool):
     pool = mp_pool(processes=2)
     pool.apply_async(hang, (1,))
     assert pool.apply(square, (3,)) == 9
+    wait_for_hang()
 
 
 def test_executor(mp_executor):
@@ -102,17 +115,21 @@ def test_executor_error_lost(mp_executor):
     concurrent.futures.wait([future], timeout=30)
 
 
+@pytest.mark.mp_join_timeout(1)  # waits for the join timeout
 def test_executor_hangs(mp_executor):
     executor = mp_executor(max_workers=2)
     executor.submit(hang, 1)
     assert executor.submit(square, 4).result(timeout=30) == 16
+    wait_for_hang()
 """
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_pools_and_executors(pytester: pytest.Pytester, method: str) -> None:
     pytester.makepyfile(test_pools=POOLS)
-    result = pytester.runpytest_subprocess(f"--mp-start-methods={method}", *FAST, timeout=120)
+    result = pytester.runpytest_subprocess(
+        f"--mp-start-methods={method}", *STRICT_ARGS, timeout=120
+    )
     # Those that lose an error or hang pass their call, then fail at teardown.
     result.assert_outcomes(passed=11, errors=4)
     m = f"[[]{method}[]]"

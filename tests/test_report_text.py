@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
 
 
 def test_escapes_in_a_command_line_cannot_forge_log_lines(pytester: pytest.Pytester) -> None:
@@ -23,7 +23,7 @@ def test_escapes_in_a_command_line_cannot_forge_log_lines(pytester: pytest.Pytes
             KEPT.append(subprocess.Popen(argv))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-report=report.json", timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -55,7 +55,7 @@ def test_a_huge_command_line_is_cut(pytester: pytest.Pytester) -> None:
             KEPT.append(subprocess.Popen(argv))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-report=report.json", timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     whole = json.loads((pytester.path / "report.json").read_text())["findings"][0]["process"]
     assert len(whole["cmdline"]) > 100_000

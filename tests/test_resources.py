@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
+
 #: What the resource tracker prints when it frees leftovers as the session ends.
 TRACKER_WARNING = "resource_tracker: There appear to be"
 
@@ -37,7 +38,7 @@ def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytest
             assert not os.path.exists("/dev/shm/" + name)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
     name = (pytester.path / "name").read_text()
     result.stdout.fnmatch_lines(
@@ -104,7 +105,7 @@ def test_clean_shared_memory_and_locks_pass(pytester: pytest.Pytester, method: s
             assert p.exitcode == 0
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "-W", "error", timeout=90)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "-W", "error", timeout=90)
     result.assert_outcomes(passed=2)
     assert "named resource" not in result.stdout.str()
     assert TRACKER_WARNING not in result.stderr.str()
@@ -135,7 +136,7 @@ def test_semaphore_of_a_child_that_left_through_os_exit(pytester: pytest.Pyteste
             open("spawned", "w").write(str(child.pid))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-start-methods=spawn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-start-methods=spawn", timeout=60)
     result.assert_outcomes(passed=2, errors=2)
     forked = (pytester.path / "forked").read_text()
     spawned = (pytester.path / "spawned").read_text()
@@ -178,7 +179,7 @@ def test_segment_made_in_a_fixture_child(pytester: pytest.Pytester, method: str)
             open("pid", "w").write(str(child.pid))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, f"--mp-start-methods={method}", timeout=90)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, f"--mp-start-methods={method}", timeout=90)
     result.assert_outcomes(passed=1, errors=1)
     name = (pytester.path / "name").read_text()
     pid = (pytester.path / "pid").read_text()
@@ -224,7 +225,7 @@ def test_module_fixture_owns_its_segment(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -258,7 +259,7 @@ def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
             leave_one()  # not followed any more: not even reported when the session ends
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -283,7 +284,9 @@ def test_under_xdist_each_worker_reports_its_own(pytester: pytest.Pytester) -> N
                 segment.unlink()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "-n", "2", "--mp-report=report.json", timeout=90)
+    result = pytester.runpytest_subprocess(
+        *FAST_ARGS, "-n", "2", "--mp-report=report.json", timeout=90
+    )
     result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(
         ["mpcheck: 2 named resources (shared memory, semaphores) left behind"]
@@ -310,7 +313,7 @@ def test_segment_made_at_import_is_freed_at_the_end(pytester: pytest.Pytester) -
             SEGMENT.buf[0] = 1
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1)
     name = (pytester.path / "name").read_text()
     result.stdout.fnmatch_lines(

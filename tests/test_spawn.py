@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from pytest_mpcheck._os import procfs
+from tests.conftest import STRICT_ARGS, wait_until
 
 METHODS = ("fork", "spawn", "forkserver")
-FAST = ("--mp-join-timeout=1", "--mp-kill-grace=0.2", "-p", "no:cacheprovider", "-W", "error")
 
 CHILDREN = """
 import multiprocessing
@@ -48,8 +47,18 @@ def leave(code):
     sys.exit(code)
 
 
-def hang():
+def hang(ready=None):
+    if ready is not None:
+        open(ready, "w").close()
     time.sleep(60)
+
+
+def wait_for_file(path):
+    # Until a child made the file (it is then in its sleep, or about to be); then remove it.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.remove(path)
 
 
 def test_result_and_output(mp_spawn):
@@ -132,12 +141,17 @@ def test_child_check(mp_spawn):
     mp_spawn(square, (13,), name="unlucky").join()
 
 
+@pytest.mark.mp_join_timeout(1)  # the only test that waits for the join timeout
 def test_hung_join(mp_spawn):
-    mp_spawn(hang, name="sleeper").join()
+    # The join timeout counts from when the child sleeps, not from when it starts to start.
+    child = mp_spawn(hang, ("sleeper.ready",), name="sleeper")
+    wait_for_file("sleeper.ready")
+    child.join()
 
 
 def test_never_joined(mp_spawn):
-    mp_spawn(hang, name="forgotten")
+    mp_spawn(hang, ("forgotten.ready",), name="forgotten")
+    wait_for_file("forgotten.ready")
 """
 
 
@@ -165,10 +179,10 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_children=children, childchecks=CHECKS, conftest=CONFTEST)
     boom = line_of(children, 'raise ValueError(f"bad {x}")')
     sleep = line_of(children, "time.sleep(60)")
-    hung_start = line_of(children, 'mp_spawn(hang, name="sleeper")')
-    forgotten_start = line_of(children, 'mp_spawn(hang, name="forgotten")')
+    hung_start = line_of(children, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
+    forgotten_start = line_of(children, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
     result = pytester.runpytest_subprocess(
-        "--mp-start-methods=fork,spawn,forkserver", *FAST, timeout=120
+        "--mp-start-methods=fork,spawn,forkserver", *STRICT_ARGS, timeout=120
     )
     # Per method: 14 tests; the last 5 fail (in the call or at teardown).
     result.assert_outcomes(passed=3 * 13, failed=3, errors=3 * 4)
@@ -272,14 +286,15 @@ def test_pytest_dies(mp_spawn):
 def test_children_die_with_pytest(pytester: pytest.Pytester, method: str) -> None:
     pidfile = str(pytester.path / "child.pid")
     pytester.makepyfile(test_death=DEATH.format(pidfile=pidfile, method=method))
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*STRICT_ARGS, timeout=60)
     assert result.ret == -signal.SIGKILL
     with open(pidfile) as pid_text:
         child = int(pid_text.read())
     # The orphan reparents to this (subreaper) pytest process, which reaps it once it is dead.
-    deadline = time.monotonic() + 10
-    while procfs.state(child) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert procfs.state(child) in (None, "Z"), f"child {child} outlived the pytest that started it"
+    wait_until(
+        lambda: procfs.state(child) in (None, "Z"),
+        timeout=10,
+        message=f"child {child} outlived the pytest that started it",
+    )
     if procfs.state(child) == "Z":
         os.waitpid(child, 0)

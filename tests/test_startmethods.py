@@ -6,7 +6,9 @@ import multiprocessing
 
 import pytest
 
-FAST = ("-p", "no:cacheprovider", "-W", "error", "-v")
+from tests.conftest import STRICT_ARGS
+
+FAST = (*STRICT_ARGS, "-v")
 
 MATRIX = """
 import multiprocessing
@@ -179,7 +181,7 @@ def test_join_timeout_from_ini_and_marker(pytester: pytest.Pytester) -> None:
             mp_spawn(hang).join()
         """
     )
-    result = pytester.runpytest_subprocess("--mp-kill-grace=0.2", *FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST, timeout=60)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS
 
 LEAKS = """
 import subprocess
+
 
 KEPT = []  # no ResourceWarning of subprocess: the test's only fault is the leak
 
@@ -32,7 +33,7 @@ def test_blanket_error_filter_keeps_the_outcome(
     pytester: pytest.Pytester, blanket: tuple[str, str]
 ) -> None:
     pytester.makepyfile(test_warn=LEAKS)
-    result = pytester.runpytest_subprocess(*FAST, *blanket, "--mp-check=warn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, *blanket, "--mp-check=warn", timeout=60)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -53,7 +54,7 @@ def test_filter_naming_the_category_escalates(pytester: pytest.Pytester) -> None
         """
     )
     pytester.makepyfile(test_warn=LEAKS)
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=warn", timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
 
@@ -70,7 +71,7 @@ def test_lock_finding_in_warn_mode_under_a_blanket_error_filter(pytester: pytest
         """
     )
     result = pytester.runpytest_subprocess(
-        *FAST, "-W", "error", "--mp-check=warn", "-p", "no:randomly", timeout=60
+        *FAST_ARGS, "-W", "error", "--mp-check=warn", "-p", "no:randomly", timeout=60
     )
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_locks.py::test_inversion*"])

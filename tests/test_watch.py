@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-FAST = ("--mp-kill-grace=0.5", "-p", "no:cacheprovider")
+from tests.conftest import FAST_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
 
 
-def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` is gone; a zombie is not (nobody reaped it)."""
+    try:
+        psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
     return False
 
 
@@ -44,7 +40,7 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
             assert not psutil.pid_exists(pid)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
     pid = int((pytester.path / "pid").read_text())
     result.stdout.fnmatch_lines(
@@ -74,7 +70,7 @@ def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
             time.sleep(0.3)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -109,7 +105,7 @@ def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
                 p.start()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     # Each Process.start() reaps the children that have already finished, so the first two
     # may be gone by then; the last one is always left running or unreaped.
@@ -134,7 +130,7 @@ def test_popen_and_new_session_children(pytester: pytest.Pytester) -> None:
             subprocess.Popen(["sleep", "61"], start_new_session=True)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines(
         [
@@ -166,7 +162,7 @@ def test_double_forked_orphan_is_found(pytester: pytest.Pytester) -> None:
             os.waitpid(pid, 0)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -215,7 +211,7 @@ def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
             subprocess.Popen(["sleep", "60"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=warn", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=warn", timeout=60)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -223,7 +219,7 @@ def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
         ]
     )
     escalated = pytester.runpytest_subprocess(
-        *FAST, "--mp-check=warn", "-W", "error::pytest_mpcheck.MpCheckWarning", timeout=60
+        *FAST_ARGS, "--mp-check=warn", "-W", "error::pytest_mpcheck.MpCheckWarning", timeout=60
     )
     escalated.assert_outcomes(passed=1, errors=1)
     escalated.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
@@ -251,7 +247,7 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
             os.waitpid(pid, 0)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=3, warnings=1)
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_off.py::test_only_warns left*"])
 
@@ -264,11 +260,11 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
             open("pid", "w").write(str(p.pid))
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-check=off", timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=off", timeout=60)
     result.assert_outcomes(passed=1)
     pid = int((pytester.path / "pid").read_text())
     # Mode off blames no test, but nothing outlives pytest: the end of the session ended it.
-    assert _wait_gone(pid)
+    assert wait_until(lambda: _gone(pid), timeout=5)
     result.stdout.fnmatch_lines(
         [
             "mpcheck: 1 process still running at the end of the session, that no test or "
@@ -317,7 +313,7 @@ def test_mp_ignore_patterns_and_the_veto_hook(pytester: pytest.Pytester) -> None
                 p.wait()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(
         ["*ERROR at teardown of test_not_ignored*", "    command:    sleep 65"]
@@ -341,7 +337,9 @@ def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pyteste
             subprocess.Popen(["sleep", "66"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, "-s", "--mp-report=out/report.json", timeout=60)
+    result = pytester.runpytest_subprocess(
+        *FAST_ARGS, "-s", "--mp-report=out/report.json", timeout=60
+    )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*HOOK leaked sleep 66 SIGTERM*"])
     document = json.loads(Path(pytester.path / "out" / "report.json").read_text())
@@ -368,7 +366,7 @@ def test_teardown_error_is_kept_and_findings_are_added(pytester: pytest.Pytester
             subprocess.Popen(["sleep", "67"])
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -392,52 +390,64 @@ def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
             multiprocessing.get_context("forkserver").Process(target=forever).start()
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
     )
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    ("method", "inner"),
+    # Where py-spy's stack of a forked or a spawned child starts differs; without py-spy the
+    # report is the same under every method.
+    [("fork", WITH_PYSPY), ("spawn", WITH_PYSPY), ("fork", WITHOUT_PYSPY)],
+    indirect=["inner"],
+)
 def test_leaked_python_child_is_reported_with_its_stack(
-    pytester: pytest.Pytester, method: str
+    pytester: pytest.Pytester, method: str, inner: InnerRun
 ) -> None:
     # What the child was still doing when its test ended is what tells a person why it never
     # finished; a program that is not Python (sleep) has no Python stack to show.
     pytester.makepyfile(
         test_stack=f"""
-        import multiprocessing, subprocess, time
+        import multiprocessing, os, subprocess, time
+        import psutil
 
         def wait_for_ever():
+            open("ready", "w").close()
             time.sleep(60)
 
         def test_leaks_a_python_child_and_a_program():
             context = multiprocessing.get_context({method!r})
-            context.Process(target=wait_for_ever, name="sleeper").start()
+            child = context.Process(target=wait_for_ever, name="sleeper")
+            child.start()
             subprocess.Popen(["sleep", "60"])
-            time.sleep(1.0)  # the spawned child reaches its sleep
+            # Until the child is in its sleep: it made the file, then nothing but sleep blocks.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                os.path.exists("ready") and psutil.Process(child.pid).status() == "sleeping"
+            ):
+                time.sleep(0.01)
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=90)
+    result = inner(*FAST_ARGS, timeout=90)
     result.assert_outcomes(passed=1, errors=1)
-    from pytest_mpcheck._os import stacks
-
-    if stacks.pyspy_path() is not None:
+    if inner.pyspy:
         result.stdout.fnmatch_lines(
             [
                 "leaked process * 'sleeper': still running, *",
-                "    started at: test_stack.py:8 by multiprocessing.Process.start",
+                "    started at: test_stack.py:11 by multiprocessing.Process.start",
                 "    ended by:   SIGTERM (ended by mpcheck)",
                 "    waiting in: sleeping (time.sleep)*",
                 "    stack (most recent call last):",
                 "      Thread * 'MainThread'*",
-                '        File "test_stack.py", line 4, in wait_for_ever',
+                '        File "test_stack.py", line 6, in wait_for_ever',
                 "          time.sleep(60)",
                 "",
                 "leaked process * 'sleep': still running, *",
                 "    command:    sleep 60",
-                "    started at: test_stack.py:9 by subprocess.Popen",
+                "    started at: test_stack.py:12 by subprocess.Popen",
                 "    ended by:   SIGTERM (ended by mpcheck)",
                 "",
                 "How to fix:*",

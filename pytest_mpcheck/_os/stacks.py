@@ -287,6 +287,10 @@ def stacks_of(
     """The stacks of several processes: prepared children asked at once, then py-spy, then /proc."""
     pids = list(pids)
     deadline = time.monotonic() + timeout
+    # What the kernel says, before the stack signal or py-spy's ptrace wakes the process: just
+    # after either, it runs again for a moment (on a loaded machine, long enough to be read as
+    # running, which hid what it waits in).
+    kernel = {pid: kernel_state(pid) for pid in pids}
     dumps: dict[int, str] = {}
     if workdir is not None:
         dumps = dump_prepared(workdir, pids, min(1.0 * max(1, len(pids)), timeout))
@@ -295,7 +299,7 @@ def stacks_of(
         text = dumps.get(pid)
         if text is None and pyspy:
             text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
-        state, wchan = kernel_state(pid)
+        state, wchan = kernel[pid]
         words = waiting_in(text, wchan) if state != "running" else None
         result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=pyspy)
     return result
