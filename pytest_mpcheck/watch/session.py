@@ -16,6 +16,7 @@ from pytest_mpcheck._os import scratch
 from pytest_mpcheck.errors import MpCheckInternalWarning, warn_at_test
 from pytest_mpcheck.findings import ENDED, Finding, ProcessInfo, SessionTally
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
+from pytest_mpcheck.watch import forkthreads
 from pytest_mpcheck.watch.origins import OriginRecorder
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch
 from pytest_mpcheck.watch.reaper import get_subreaper, set_subreaper
@@ -135,6 +136,9 @@ class MpCheckSession:
         """
         baseline = item.stash.get(baseline_key, None)
         mode = self.test_mode(item)
+        threaded_forks = self.recorder.threaded_forks.take()
+        if threaded_forks and mode != "off":  # a warning in every mode, as Python's own
+            warn_at_test(item, forkthreads.format_warning(item.nodeid, threaded_forks))
         if self.recorder.records or self.recorder.generation != self._log_generation:
             # Only children write the log: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation
