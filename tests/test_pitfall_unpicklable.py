@@ -118,3 +118,82 @@ def test_unpicklable_is_explained_at_the_call(pytester: pytest.Pytester, method:
     )
     result.stdout.no_fnmatch_line("*pytest_mpcheck*")
     result.stdout.no_fnmatch_line("*multiprocessing/*")
+
+
+TASKS = """
+def work(value=None):
+    return 1
+
+
+def fails(value):
+    raise AttributeError("the task's own error")
+
+
+def test_pool_map(mp_pool):
+    def local(value):
+        return value
+
+    with mp_pool(1) as pool:
+        pool.map(local, [1])
+
+
+def test_pool_apply_async(mp_pool):
+    with mp_pool(1) as pool:
+        pool.apply_async(work, (lambda: 1,)).get()
+
+
+def test_executor_submit(mp_executor):
+    def local(value):
+        return value
+
+    with mp_executor(1) as executor:
+        executor.submit(local, 1).result()
+
+
+def test_own_error_is_kept(mp_pool):
+    with mp_pool(1) as pool:
+        pool.map(fails, [1])
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_unpicklable_task_is_explained_where_it_is_read(
+    pytester: pytest.Pytester, method: str
+) -> None:
+    # A task is pickled under every start method: the result's get() or result() explains it.
+    pytester.makepyfile(test_tasks=TASKS)
+    result = pytester.runpytest_subprocess(
+        f"--mp-start-methods={method}", "-p", "no:randomly", "--tb=short", timeout=120
+    )
+    result.assert_outcomes(failed=4)
+    why = (
+        "E   Why: a pool or an executor sends each task (its function and arguments) to a worker "
+        "by pickling it, under every start method. A lambda, or a function or class defined "
+        "inside another function, cannot be pickled: pickle stores a function as its module and "
+        "name, for the child to import, and this one has no name at module level."
+    )
+    fix = "E   How to fix: define it at module level in test_tasks.py and pass that."
+    result.stdout.fnmatch_lines(
+        [
+            "test_tasks.py:14: in test_pool_map",
+            "E   AttributeError: mp_pool: the task's function, the function local() defined "
+            "inside test_pool_map() at test_tasks.py:10, cannot be pickled, and the pool sends "
+            "it to a worker by pickling it.",
+            why,
+            fix,
+            "test_tasks.py:19: in test_pool_apply_async",
+            "E   AttributeError: mp_pool: args[[]0[]], the lambda defined at test_tasks.py:19, "
+            "cannot be pickled, and the pool sends it to a worker by pickling it.",
+            why,
+            fix,
+            "test_tasks.py:27: in test_executor_submit",
+            "E   AttributeError: mp_executor: the task's function, the function local() defined "
+            "inside test_executor_submit() at test_tasks.py:23, cannot be pickled, and the "
+            "executor sends it to a worker by pickling it.",
+            why,
+            fix,
+            "*test_own_error_is_kept*",
+            "E   AttributeError: the task's own error",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*pytest_mpcheck*")
