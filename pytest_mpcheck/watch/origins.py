@@ -21,7 +21,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,7 +288,8 @@ class OriginRecorder:
                 # A fork without exec copies one thread only (see forkthreads); fork_exec and
                 # posix_spawn exec at once and are safe.
                 if forks and threading.active_count() > 1:
-                    recorder._forking_with_threads(label)
+                    with suppress(Exception):  # noting must never keep the fork from happening
+                        recorder._forking_with_threads(label)
                 return recorder._starting(original, label, *args, **kwargs)
 
             setattr(module, attribute, wrapper)
@@ -311,7 +312,10 @@ class OriginRecorder:
         def start_thread(thread: threading.Thread) -> None:
             if os.getpid() == recorder._pid:
                 recorder._thread_owners[thread] = (recorder._owner, recorder._scope)
-                site = callsite.user_site(sys._getframe(1), recorder._root_prefix)
+                try:
+                    site = callsite.user_site(sys._getframe(1), recorder._root_prefix)
+                except Exception:  # never keep the thread from starting
+                    site = None
                 recorder._thread_sites[thread] = site
             original_thread_start(thread)
 

@@ -138,7 +138,12 @@ class MpCheckSession:
         mode = self.test_mode(item)
         threaded_forks = self.recorder.threaded_forks.take()
         if threaded_forks and mode != "off":  # a warning in every mode, as Python's own
-            warn_at_test(item, forkthreads.format_warning(item.nodeid, threaded_forks))
+            try:
+                message = forkthreads.format_warning(item.nodeid, threaded_forks)
+            except Exception:
+                self._internal_error("describing the forks of " + item.nodeid)
+            else:
+                warn_at_test(item, message)
         if self.recorder.records or self.recorder.generation != self._log_generation:
             # Only children write the log: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation
