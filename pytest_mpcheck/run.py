@@ -28,6 +28,7 @@ from pytest_mpcheck.errors import internal_error, warn_at_test
 from pytest_mpcheck.findings import Finding, FindingLog, ProcessInfo, ResourceFinding
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
+from pytest_mpcheck.watch import forkthreads
 from pytest_mpcheck.watch.origins import OriginRecorder
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn
 from pytest_mpcheck.watch.resources import ResourceWatch
@@ -153,6 +154,14 @@ class MpCheckRun:
         """
         baseline = item.stash.get(baseline_key, None)
         mode = self.test_mode(item)
+        threaded_forks = self.recorder.threaded_forks.take()
+        if threaded_forks and mode != "off":  # a warning in every mode, as Python's own
+            try:
+                message = forkthreads.format_warning(item.nodeid, threaded_forks)
+            except Exception:
+                internal_error("describing the forks of " + item.nodeid)
+            else:
+                warn_at_test(item, message)
         if self.recorder.records or self.recorder.generation != self._log_generation:
             # Only children write the log: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation

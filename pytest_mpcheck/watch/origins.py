@@ -21,12 +21,13 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_mpcheck._os import callsite, procfs
+from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 
 #: The scope of processes handed to the session: still held by a live object (a pool, an
 #: executor) when their test ended, or started by one that was. Checked when the session ends.
@@ -82,6 +83,12 @@ class OriginRecorder:
             weakref.WeakKeyDictionary()
         )
         """Who was running when each thread was started (see :meth:`_prepare`)."""
+        self._thread_sites: weakref.WeakKeyDictionary[threading.Thread, str | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Where each thread was started: named when a fork happens while it runs."""
+        self.threaded_forks = ThreadedForks()
+        """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
         """Per thread: ``prepared``, the record of the process-creating call this thread is
         making (see :meth:`_prepare`), and ``noted``, the pids noted since its outermost call
@@ -229,6 +236,34 @@ class OriginRecorder:
         finally:
             self._finish(previous)
 
+    def _forking_with_threads(self, label: str) -> None:
+        """``os.fork`` is called while another thread is alive: note which, and where from."""
+        if os.getpid() != self._pid:
+            return
+        current = threading.current_thread()
+        main = threading.main_thread()
+        threads = [
+            ThreadSeen(
+                ident=thread.ident,
+                name=thread.name,
+                daemon=thread.daemon,
+                site=self._thread_sites.get(thread),
+                owner=self._thread_owners.get(thread, (None, None))[0],
+                main=thread is main,
+            )
+            for thread in threading.enumerate()
+            if thread is not current and not is_alien(thread)
+        ]
+        if not threads:
+            return
+        outer: StartRecord | None = getattr(self._thread, "prepared", None)
+        if outer is not None:  # os.fork inside Process.start: the record names the call
+            site, call, owner = outer.site, outer.started_by, outer.owner
+        else:
+            site = callsite.user_site(sys._getframe(2), self._root_prefix)
+            call, owner = label, self._owner
+        self.threaded_forks.note(site, call, owner, threads)
+
     def _run_deferred(self) -> None:
         if not self.starting and self.deferred is not None and os.getpid() == self._pid:
             deferred, self.deferred = self.deferred, None
@@ -238,13 +273,20 @@ class OriginRecorder:
         """Wrap the process-creating calls; undone by :meth:`uninstall`."""
         recorder = self
 
-        def wrap_pid_returning(module: Any, attribute: str, label: str) -> None:
+        def wrap_pid_returning(
+            module: Any, attribute: str, label: str, forks: bool = False
+        ) -> None:
             original = getattr(module, attribute, None)
             if original is None:
                 return
 
             @functools.wraps(original)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
+                # A fork without exec copies one thread only (see forkthreads); fork_exec and
+                # posix_spawn exec at once and are safe.
+                if forks and threading.active_count() > 1:
+                    with suppress(Exception):  # noting must never keep the fork from happening
+                        recorder._forking_with_threads(label)
                 return recorder._starting(original, label, *args, **kwargs)
 
             setattr(module, attribute, wrapper)
@@ -254,8 +296,8 @@ class OriginRecorder:
         # of its forks: multiprocess, billiard, loky), whichever module calls it.
         wrap_pid_returning(_posixsubprocess, "fork_exec", "_posixsubprocess.fork_exec")
         wrap_pid_returning(subprocess, "_fork_exec", "_posixsubprocess.fork_exec")  # 3.11+
-        wrap_pid_returning(os, "fork", "os.fork")
-        wrap_pid_returning(os, "forkpty", "os.forkpty")
+        wrap_pid_returning(os, "fork", "os.fork", forks=True)
+        wrap_pid_returning(os, "forkpty", "os.forkpty", forks=True)
         wrap_pid_returning(os, "posix_spawn", "os.posix_spawn")
         wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
         # multiprocessing's spawn and forkserver methods, its resource tracker and forkserver.
@@ -267,6 +309,11 @@ class OriginRecorder:
         def start_thread(thread: threading.Thread) -> None:
             if os.getpid() == recorder._pid:
                 recorder._thread_owners[thread] = (recorder._owner, recorder._scope)
+                try:
+                    site = callsite.user_site(sys._getframe(1), recorder._root_prefix)
+                except Exception:  # never keep the thread from starting
+                    site = None
+                recorder._thread_sites[thread] = site
             original_thread_start(thread)
 
         threading.Thread.start = start_thread  # type: ignore[method-assign,assignment]

@@ -1,0 +1,152 @@
+"""A fork of the pytest process while other threads run is named: which threads, started where.
+
+The child of such a fork has only the thread that forked: a lock another thread held then stays
+locked in it for ever. One ``MpCheckWarning`` per test lists every fork, the threads alive at it,
+where each was started and by which test or fixture, and the fix. A warning in every mode (Python
+itself only warns), none with ``--mp-check=off`` or ``mp_check("off")``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FORK_WITH_THREADS = """
+import os
+import threading
+
+import pytest
+
+
+def work():
+    pass
+
+
+def fork_and_wait():
+    pid = os.fork()  # the fork
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def poller():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="poller", daemon=True)
+    thread.start()  # the poller
+    yield
+    stop.set()
+    thread.join()
+
+
+def test_threads_started_after_the_fork(mp_spawn):
+    mp_spawn(work).join()
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    fork_and_wait()
+
+
+def test_mp_spawn_with_a_thread(mp_spawn):
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="waiter")
+    thread.start()  # the waiter
+    for _ in range(2):
+        mp_spawn(work).join()  # the forks
+    stop.set()
+    thread.join()
+
+
+def test_os_fork_with_a_fixture_thread(poller):
+    fork_and_wait()
+"""
+
+
+def line_of(text: str) -> int:
+    """The line of the inner file that ends with the comment ``text``."""
+    lines = FORK_WITH_THREADS.strip("\n").splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
+
+
+FIX = (
+    "  How to fix: start the processes before the threads (or join the threads before forking), "
+    "or use the spawn or forkserver start method (multiprocessing.get_context('spawn'), or "
+    "--mp-start-methods=spawn,forkserver for the mp_* fixtures)."
+)
+
+
+def headline(test: str) -> str:
+    return (
+        f"  *: MpCheckWarning: mpcheck: test_forks.py::{test}: forked while other threads "
+        "were running. The child is a copy of this process with only the thread that forked: "
+        "a lock that another thread held at that moment (of logging, of a queue, of I/O) stays "
+        "locked in the child for ever, and the child deadlocks when it takes it."
+    )
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_fork_with_threads_is_a_warning(pytester: pytest.Pytester, method: str, mode: str) -> None:
+    pytester.makepyfile(test_forks=FORK_WITH_THREADS)
+    result = pytester.runpytest_subprocess(
+        f"--mp-start-methods={method}", f"--mp-check={mode}", "-p", "no:randomly", timeout=120
+    )
+    result.assert_outcomes(passed=3, warnings=1 if method != "fork" else 2)
+    lines = []
+    if method == "fork":  # mp_spawn forks only under fork
+        lines += [
+            headline("test_mp_spawn_with_a_thread[[]fork[]]"),
+            f"    fork at test_forks.py:{line_of('the forks')} (multiprocessing.Process.start, "
+            "2 times); threads alive:",
+            f"      'waiter': started at test_forks.py:{line_of('the waiter')} by this test",
+            FIX,
+        ]
+    lines += [
+        headline("test_os_fork_with_a_fixture_thread"),
+        f"    fork at test_forks.py:{line_of('the fork')} (os.fork, once); threads alive:",
+        f"      'poller', daemon: started at test_forks.py:{line_of('the poller')} by "
+        "module-scoped fixture 'poller'",
+        FIX,
+    ]
+    result.stdout.fnmatch_lines(lines)
+    result.stdout.no_fnmatch_line("*test_threads_started_after_the_fork*")
+
+
+def test_no_warning_when_the_check_is_off(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_forks=FORK_WITH_THREADS
+        + "\n\n@pytest.mark.mp_check('off')\ndef test_marked_off(poller):\n    fork_and_wait()\n"
+    )
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=fork", "-p", "no:randomly", "-k", "marked_off", timeout=120
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*MpCheckWarning*")
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=fork", "--mp-check=off", "-p", "no:randomly", timeout=120
+    )
+    result.assert_outcomes(passed=4)
+    result.stdout.no_fnmatch_line("*MpCheckWarning*")
+
+
+def test_only_an_error_filter_naming_the_plugin_escalates(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_forks=FORK_WITH_THREADS)
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=spawn", "-W", "error", "-p", "no:randomly", timeout=120
+    )
+    result.assert_outcomes(passed=3, warnings=1)
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=spawn",
+        "-W",
+        "error::pytest_mpcheck.MpCheckWarning",
+        "-p",
+        "no:randomly",
+        timeout=120,
+    )
+    result.assert_outcomes(passed=3, errors=1)  # the test passed, the warning is an error
+    result.stdout.fnmatch_lines(
+        [
+            "E  *pytest_mpcheck.errors.MpCheckWarning: mpcheck: "
+            "test_forks.py::test_os_fork_with_a_fixture_thread: forked while other threads *",
+            "ERROR test_forks.py::test_os_fork_with_a_fixture_thread - *",
+        ]
+    )
