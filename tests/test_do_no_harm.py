@@ -406,3 +406,72 @@ def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester)
     for doing in ("ending what was left at the end of the session", "writing the terminal summary"):
         result.stdout.fnmatch_lines([f"*pytest-mpcheck failed while {doing}; please report*"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+FORKED_RUNNER = """
+import os
+import pickle
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    # pytest-forked's way: each test runs in a fork of the session process, which sends its
+    # reports back.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        hook = item.config.hook
+        data = [hook.pytest_report_to_serializable(config=item.config, report=r) for r in reports]
+        with os.fdopen(write_end, "wb") as out:
+            out.write(pickle.dumps(data))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as source:
+        data = pickle.loads(source.read())
+    os.waitpid(pid, 0)
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for entry in data:
+        report = item.config.hook.pytest_report_from_serializable(config=item.config, data=entry)
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+
+@linux_only
+def test_a_forked_test_runner_is_watched_from_the_fork(pytester: pytest.Pytester) -> None:
+    # pytest-forked runs each test in a fork of the session process (pytest-forked itself does
+    # not run under pytest 9, so its way is written out here). The fork is not the test's leak
+    # (a clean test was once killed with SIGTERM), and the test's real leak is found.
+    pytester.makeconftest(FORKED_RUNNER)
+    pytester.makepyfile(
+        test_forked="""
+        import subprocess
+
+        def test_clean():
+            pass
+
+        def test_leaks():
+            subprocess.Popen(["sleep", "30"])
+
+        def test_clean_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_forked.py::test_leaks left 1 process behind (1 leaked)",
+            "",
+            "leaked process * 'sleep': still running, *",
+            "    command:    sleep 30",
+            "    started at: test_forked.py:7 by subprocess.Popen",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_clean*left*behind*")
