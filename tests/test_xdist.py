@@ -49,3 +49,30 @@ def test_workers_check_their_tests_and_controller_adds_up(pytester: pytest.Pytes
     assert document["summary"]["leaked"] == 2
     nodeids = sorted(f["nodeid"] for f in document["worker_findings"])
     assert nodeids == ["test_par.py::test_leaks_another", "test_par.py::test_leaks_one"]
+
+
+def test_a_fork_leaked_in_a_worker_is_that_tests_leak(pytester: pytest.Pytester) -> None:
+    # A fork of an xdist worker runs the worker's own command line: it once passed for one of
+    # xdist's helpers, went unreported, held the worker, and the controller then blamed a
+    # zombie 'python' "started at unknown place" on nobody.
+    pytester.makepyfile(
+        test_fork="""
+        import multiprocessing, time
+
+        def test_leaks_a_fork():
+            multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,)).start()
+
+        def test_clean():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--mp-kill-grace=0.3", timeout=120)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*mpcheck: test_fork.py::test_leaks_a_fork left 1 process behind (1 leaked)*",
+            "*started at: test_fork.py:4 by multiprocessing.Process.start*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*unknown place*")
+    result.stdout.no_fnmatch_line("*still running at the end of the session*")
