@@ -1,7 +1,8 @@
 """The lock checker, as users meet it: inner pytest runs with real children and real locks.
 
-Each inner run exercises several tests under fork, spawn and forkserver at once, to keep the suite
-fast: one run of problems that must be found, one run of correct uses that must pass clean.
+Each inner run exercises several tests under several start methods at once, to keep the suite
+fast: one run of problems that must be found, one run of correct uses that must pass clean; with the
+C hot path under fork, spawn and forkserver, with the pure-Python one under forkserver.
 """
 
 from __future__ import annotations
