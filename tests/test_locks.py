@@ -1,7 +1,8 @@
 """The lock checker, as users meet it: inner pytest runs with real children and real locks.
 
-Each inner run exercises several tests under fork, spawn and forkserver at once, to keep the suite
-fast: one run of problems that must be found, one run of correct uses that must pass clean.
+Each inner run exercises several tests under several start methods at once, to keep the suite
+fast: one run of problems that must be found, one run of correct uses that must pass clean; with the
+C hot path under fork, spawn and forkserver, with the pure-Python one under forkserver.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pytest
 
 from pytest_mpcheck import CheckedLock, LockChecker
 
-METHODS = "--mp-start-methods=fork,spawn,forkserver"
 PURE_PYTHON = "PYTEST_MPCHECK_PURE_PYTHON"
 
 
@@ -36,6 +36,17 @@ def _skip_without_extension() -> None:
         )
 
 
+#: The start methods of the inner runs, per hot path. Which path a process uses does not depend on
+#: the start method, and the findings are made by the same Python code from the same records: the
+#: C path (what users get) runs under every method, the pure-Python one under forkserver only,
+#: where each child chooses its hot path afresh (as under spawn, unlike fork's inherited choice)
+#: and the methods' own findings (locks and Values made again by a re-import) still apply.
+IMPLEMENTATION_METHODS = {
+    "LockCore": ("fork", "spawn", "forkserver"),  # C
+    "_PyLockCore": ("forkserver",),  # pure Python
+}
+
+
 @pytest.fixture(params=["C", "Python"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Make the inner runs use the C hot path or the pure-Python one; the base class to expect.
@@ -48,6 +59,12 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         return "LockCore"
     monkeypatch.setenv(PURE_PYTHON, "1")
     return "_PyLockCore"
+
+
+@pytest.fixture
+def methods(implementation: str) -> tuple[str, ...]:
+    """The start methods of the inner run for the hot path of ``implementation``."""
+    return IMPLEMENTATION_METHODS[implementation]
 
 
 # Added to each inner run: proves which hot path the test process and its children used.
@@ -259,23 +276,33 @@ def test_atomic_unprotected(mp_locks, mp_spawn, mp_output):
 """
 
 
-def test_problems_found(pytester: pytest.Pytester, implementation: str) -> None:
+def test_problems_found(
+    pytester: pytest.Pytester, implementation: str, methods: tuple[str, ...]
+) -> None:
     """Every finding, under each start method where it applies, with the lines a user reads;
     the same with the C hot path of the locks and with the pure-Python one."""
     pytester.makepyfile(
         test_problems=PROBLEMS,
         test_implementation=IMPLEMENTATION.replace("BASE", implementation),
     )
-    result = pytester.runpytest_subprocess(METHODS, timeout=120)
+    result = pytester.runpytest_subprocess(f"--mp-start-methods={','.join(methods)}", timeout=120)
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    # (The 3 passes of test_implementation included.)
-    result.assert_outcomes(passed=29, failed=6, errors=21)
+    # (The passes of test_implementation included.) Under each method: 9 passed, 2 failed,
+    # 5 errors, and 2 more errors under spawn and forkserver, of the lock and the Value made
+    # again by a re-import. Whatever the methods of the run, test_child_makes_own_lock runs
+    # under the 2 of its marker: 2 passed, 2 errors.
+    reimporting = [method for method in methods if method != "fork"]
+    result.assert_outcomes(
+        passed=9 * len(methods) + 2,
+        failed=2 * len(methods),
+        errors=5 * len(methods) + 2 * len(reimporting) + 2,
+    )
     inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
     deadlock = site(PROBLEMS, "deadlock-wait")
     first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
     victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
     foreign, test_acquires = site(PROBLEMS, "foreign-release"), site(PROBLEMS, "test-acquires")
-    for method in ("fork", "spawn", "forkserver"):
+    for method in methods:
         result.stdout.fnmatch_lines(
             [
                 f"*ERROR at teardown of test_two_holders[[]{method}[]]*",
@@ -311,7 +338,7 @@ def test_problems_found(pytester: pytest.Pytester, implementation: str) -> None:
                 f"    holds-b (pid *) * 'a' at {deadlock} while holding 'b' (taken at *)",
             ]
         )
-    for method in ("spawn", "forkserver"):
+    for method in reimporting:
         result.stdout.fnmatch_lines(
             [
                 f"*ERROR at teardown of test_child_makes_own_lock[[]{method}[]]*",
@@ -344,13 +371,16 @@ def test_problems_found(pytester: pytest.Pytester, implementation: str) -> None:
             ]
         )
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_inversion_asserted_on_demand*")
-    # Under fork the module-level lock is inherited, so it is shared: no finding.
-    result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
-    result.stdout.no_fnmatch_line("*test_module_level_value[[]fork[]]*")
-    result.stdout.no_fnmatch_line("*test_child_makes_own_lock[[]fork[]]*")
+    if "fork" in methods:
+        # Under fork the module-level lock is inherited, so it is shared: no finding.
+        result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
+        result.stdout.no_fnmatch_line("*test_module_level_value[[]fork[]]*")
+        result.stdout.no_fnmatch_line("*test_child_makes_own_lock[[]fork[]]*")
+    # The two failures of assert_atomic, read under two methods where the run has them.
+    intrusion, unprotected = methods[0], methods[1 % len(methods)]
     result.stdout.fnmatch_lines(
         [
-            "*_ test_atomic_intrusion[[]fork[]] _*",
+            f"*_ test_atomic_intrusion[[]{intrusion}[]] _*",
             "E*AssertionError: mp_output.assert_atomic('out'): the output is not atomic under "
             "the lock",
             "E*line 2 was written by intruder (pid *) while holder (pid *) held lock 'out' "
@@ -365,7 +395,7 @@ def test_problems_found(pytester: pytest.Pytester, implementation: str) -> None:
     )
     result.stdout.fnmatch_lines(
         [
-            "*_ test_atomic_unprotected[[]spawn[]] _*",
+            f"*_ test_atomic_unprotected[[]{unprotected}[]] _*",
             "E*line 1 was written by writer (pid *) while it did not hold lock 'out': this "
             "output is not protected by the lock",
             "E*line 2 was written by writer (pid *) while it did not hold lock 'out'*",
@@ -555,7 +585,9 @@ def test_uncontended_and_bad_input(mp_locks, mp_output):
 """
 
 
-def test_clean_uses_pass(pytester: pytest.Pytester, implementation: str) -> None:
+def test_clean_uses_pass(
+    pytester: pytest.Pytester, implementation: str, methods: tuple[str, ...]
+) -> None:
     """Correct uses of locks pass with no finding, under each start method, with the C hot path
     of the locks and with the pure-Python one."""
     source = CLEAN.replace("WITH_SITE", _clean_site("    with condition:"))
@@ -564,8 +596,11 @@ def test_clean_uses_pass(pytester: pytest.Pytester, implementation: str) -> None
         test_clean=source.replace("PRINT_SITE", _clean_site("# print-block")),
         test_implementation=IMPLEMENTATION.replace("BASE", implementation),
     )
-    result = pytester.runpytest_subprocess(METHODS, "-rA", timeout=120)
-    result.assert_outcomes(passed=25)
+    result = pytester.runpytest_subprocess(
+        f"--mp-start-methods={','.join(methods)}", "-rA", timeout=120
+    )
+    # 8 tests under each method, but one marked to run under spawn only.
+    result.assert_outcomes(passed=8 * len(methods) + 1)
     result.stdout.no_fnmatch_line("*lock problem*")
     # The terminal summary names the most contended locks of the session (which ones depends on
     # the timing of the threads and pool workers; test_locks_xdist.py checks the exact lines).

@@ -174,7 +174,9 @@ bootstrap.register_child_check("childchecks:unlucky")
 """
 
 
-def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
+# One inner run per start method, so that pytest-xdist spreads them.
+@pytest.mark.parametrize("method", METHODS)
+def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester, method: str) -> None:
     children = CHILDREN.replace("{boom}", str(line_of(CHILDREN, 'raise ValueError(f"bad {x}")')))
     pytester.makepyfile(test_children=children, childchecks=CHECKS, conftest=CONFTEST)
     boom = line_of(children, 'raise ValueError(f"bad {x}")')
@@ -182,77 +184,76 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     hung_start = line_of(children, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
     forgotten_start = line_of(children, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
     result = pytester.runpytest_subprocess(
-        "--mp-start-methods=fork,spawn,forkserver", *STRICT_ARGS, timeout=120
+        f"--mp-start-methods={method}", *STRICT_ARGS, timeout=120
     )
-    # Per method: 14 tests; the last 5 fail (in the call or at teardown).
-    result.assert_outcomes(passed=3 * 13, failed=3, errors=3 * 4)
-    for method in METHODS:
-        m = f"[[]{method}[]]"
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_fails_on_error{m}*",
-                f"mpcheck: test_children.py::test_fails_on_error{m}: child process failed",
-                "",
-                "'thrower' (pid *) raised ValueError: bad 3",
-                "Traceback (most recent call last):",
-                f'  File "*test_children.py", line {boom}, in boom',
-                '    raise ValueError(f"bad {x}")',
-                "ValueError: bad 3",
-                "",
-                "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
-                "to check it yourself.)",
-            ]
-        )
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_fails_on_exit_code{m}*",
-                f"mpcheck: test_children.py::test_fails_on_exit_code{m}: child process failed",
-                "",
-                "'leaver' (pid *) exited with code 4",
-            ]
-        )
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_child_check{m}*",
-                "'unlucky' (pid *):",
-                "    13 brings bad luck",
-            ]
-        )
-        result.stdout.fnmatch_lines(
-            [
-                f"*_ test_hung_join{m} _*",
-                "mpcheck: 'sleeper' (pid *) did not finish: join() waited 1s (the join timeout)",
-                "",
-                "hung process * 'sleeper': hung, state sleeping, age *s",
-                "    command:*",
-                f"    started at: test_children.py:{hung_start} by multiprocessing.Process.start",
-                "    ended by:   SIGTERM (ended by mpcheck)",
-                "    join() timed out: the child hung or is too slow",
-                "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
-                "    stack (most recent call last):",
-                "      Thread 0x* (main thread), most recent call last:",
-                f'        File "*test_children.py", line {sleep}, in hang',
-                "          time.sleep(60)",
-                "",
-                "The join timeout is 1s (--mp-join-timeout, ini mp_join_timeout, "
-                "@pytest.mark.mp_join_timeout(seconds)).*",
-            ]
-        )
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_never_joined{m}*",
-                f"mpcheck: test_children.py::test_never_joined{m}: 'forgotten' (pid *) "
-                "still running at teardown",
-                "",
-                "hung process * 'forgotten': hung, state sleeping, age *s",
-                "*",
-                f"    started at: test_children.py:{forgotten_start} by *",
-                "    ended by:   SIGTERM (ended by mpcheck)",
-                "    still running at the end of the test: it hung, or the test never joined it",
-            ]
-        )
+    # 14 tests; the last 5 fail (in the call or at teardown).
+    result.assert_outcomes(passed=13, failed=1, errors=4)
+    m = f"[[]{method}[]]"
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_fails_on_error{m}*",
+            f"mpcheck: test_children.py::test_fails_on_error{m}: child process failed",
+            "",
+            "'thrower' (pid *) raised ValueError: bad 3",
+            "Traceback (most recent call last):",
+            f'  File "*test_children.py", line {boom}, in boom',
+            '    raise ValueError(f"bad {x}")',
+            "ValueError: bad 3",
+            "",
+            "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
+            "to check it yourself.)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_fails_on_exit_code{m}*",
+            f"mpcheck: test_children.py::test_fails_on_exit_code{m}: child process failed",
+            "",
+            "'leaver' (pid *) exited with code 4",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_child_check{m}*",
+            "'unlucky' (pid *):",
+            "    13 brings bad luck",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*_ test_hung_join{m} _*",
+            "mpcheck: 'sleeper' (pid *) did not finish: join() waited 1s (the join timeout)",
+            "",
+            "hung process * 'sleeper': hung, state sleeping, age *s",
+            "    command:*",
+            f"    started at: test_children.py:{hung_start} by multiprocessing.Process.start",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+            "    join() timed out: the child hung or is too slow",
+            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+            "    stack (most recent call last):",
+            "      Thread 0x* (main thread), most recent call last:",
+            f'        File "*test_children.py", line {sleep}, in hang',
+            "          time.sleep(60)",
+            "",
+            "The join timeout is 1s (--mp-join-timeout, ini mp_join_timeout, "
+            "@pytest.mark.mp_join_timeout(seconds)).*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*ERROR at teardown of test_never_joined{m}*",
+            f"mpcheck: test_children.py::test_never_joined{m}: 'forgotten' (pid *) "
+            "still running at teardown",
+            "",
+            "hung process * 'forgotten': hung, state sleeping, age *s",
+            "*",
+            f"    started at: test_children.py:{forgotten_start} by *",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+            "    still running at the end of the test: it hung, or the test never joined it",
+        ]
+    )
     # The hung children were ended by the fixture, not found again by the process watch.
-    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 6 hung, 6 ended by mpcheck"])
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 2 hung, 2 ended by mpcheck"])
 
 
 DEATH = """
