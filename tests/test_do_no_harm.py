@@ -475,3 +475,37 @@ def test_a_forked_test_runner_is_watched_from_the_fork(pytester: pytest.Pytester
         ]
     )
     result.stdout.no_fnmatch_line("*test_clean*left*behind*")
+
+
+@linux_only
+def test_pool_workers_without_start_records_are_ended_through_their_pool(
+    pytester: pytest.Pytester,
+) -> None:
+    # A Pool's idle worker waits for tasks holding the pool's queue lock: killed, it leaves the
+    # lock held, and the pool's terminate() at interpreter exit hangs pytest for ever. A worker
+    # with no start record (as one forked by C code) has no handle that leads to its pool; the
+    # pool is found all the same and ends its workers. Before, this run never exited.
+    pytester.makepyfile(
+        test_unrecorded="""
+        import multiprocessing
+
+        KEPT = []
+
+        def test_pool_workers_without_records(request):
+            pool = multiprocessing.get_context("fork").Pool(2)
+            assert pool.map(abs, [-1, -2]) == [1, 2]
+            KEPT.append(pool)
+            run = request.config.pluginmanager.get_plugin("mpcheck-run")
+            for worker in pool._pool:
+                run.recorder.records.pop(worker.pid, None)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_unrecorded.py::test_pool_workers_without_records left 2 processes "
+            "behind (2 leaked)",
+            "    ended by:   terminate() of its multiprocessing Pool (called by mpcheck)",
+        ]
+    )

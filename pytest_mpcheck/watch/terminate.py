@@ -78,7 +78,32 @@ def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
         with contextlib.suppress(Exception):
             pool.terminate()
             ended |= pids
+    # A worker whose start was not recorded has no handle to lead to its pool: look for live
+    # pools that list it (a walk of the heap, only when such a process is left).
+    unknown = {
+        item.pid
+        for item in leftovers
+        if item.handle is None
+        and item.pid not in ended
+        and procfs.state(item.pid) not in (None, "Z")
+    }
+    for pool, pids in _pools_listing(unknown) if unknown else []:
+        with contextlib.suppress(Exception):
+            pool.terminate()
+            ended |= pids
     return ended
+
+
+def _pools_listing(pids: set[int]) -> list[tuple[multiprocessing.pool.Pool, set[int]]]:
+    """The live ``Pool`` objects whose workers have these pids, with those pids."""
+    found = []
+    for candidate in gc.get_objects():
+        if isinstance(candidate, multiprocessing.pool.Pool):
+            workers = getattr(candidate, "_pool", None) or ()
+            listed = {getattr(worker, "pid", None) for worker in workers} & pids
+            if listed:
+                found.append((candidate, {pid for pid in listed if pid is not None}))
+    return found
 
 
 def _reap_through_handle(handle: Any) -> bool:
