@@ -32,6 +32,8 @@ VetoFn = Callable[[ProcessInfo], bool]
 
 #: Seconds to read the stacks of the live leaked processes of one test, all together.
 _STACK_TIMEOUT = 3.0
+#: How long to wait for process starts under way in other threads to file their records.
+_START_WAIT = 1.0
 
 
 def _runs_python(cmdline: str) -> bool:
@@ -200,6 +202,10 @@ class ProcessWatch:
             return not found
 
         poll_until(settled, self.settings.settle)
+        if found and self.recorder.starting:
+            # Another thread may have forked one of them a moment ago and not filed its start
+            # record yet (site, owner, the Process that leads to its pool): wait for it, bounded.
+            poll_until(lambda: not self.recorder.starting, _START_WAIT)
         return found
 
     # -- findings -------------------------------------------------------------------------------
@@ -356,7 +362,9 @@ class ProcessWatch:
             # Who holds the leftovers (a walk of the heap, slow in a big process) is asked while
             # the settle window waits anyway; a holder asked about is only reported when its
             # process is still there after the window.
-            live = self._live(found)
+            # Only processes with a start record have an object to ask about; one whose record
+            # is not filed yet is asked about after the window.
+            live = [pid for pid in self._live(found) if pid in self.recorder.records]
             asked.update(live)
             early.update(self._holders(live, collect=end))
 
@@ -440,7 +448,9 @@ class ProcessWatch:
         if not self.recorder.records:
             return
         alive = self._last_tree
-        if alive is None:
+        if alive is None or self._last_generation != self.recorder.generation:
+            # A process noted since the last look (a pool's thread repopulating its workers) is
+            # not in it: it would be taken for gone, and lose its start record.
             alive = frozenset(procfs.descendants(self.session_pid))
         self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
         # Those still running outlive the test (a wider-scoped fixture's): from now on their pids
