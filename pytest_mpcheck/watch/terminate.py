@@ -40,58 +40,16 @@ class Leftover:
     """The owning ``multiprocessing.Process`` or ``subprocess.Popen``, when known and alive."""
 
 
-def _pools_of(workers: list[Any]) -> list[multiprocessing.pool.Pool]:
-    """The ``multiprocessing.pool.Pool`` objects whose worker lists hold these processes."""
-    pools: list[multiprocessing.pool.Pool] = []
-    for worker in workers:
-        for holder in gc.get_referrers(worker):
-            if not isinstance(holder, list):
-                continue
-            owners = gc.get_referrers(holder)
-            # Before Python 3.11 (or with a materialized __dict__) the list hangs off a dict.
-            owners += [o for d in owners if isinstance(d, dict) for o in gc.get_referrers(d)]
-            for owner in owners:
-                if isinstance(owner, multiprocessing.pool.Pool) and owner not in pools:
-                    pools.append(owner)
-    return pools
-
-
-def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
-    """Stop leaked pool workers through their pool; the pids it ended.
-
-    Killing a ``Pool``'s worker directly can leave the pool's shared queue lock held for ever
-    (an idle worker waits for tasks holding it), and the pool's own ``terminate()``, which runs at
-    interpreter exit, would then hang. The pool ends its workers without that risk.
-    """
-    workers = [
-        item.handle
-        for item in leftovers
-        if isinstance(item.handle, multiprocessing.process.BaseProcess)
+def _is_pool_worker_candidate(leftover: Leftover) -> bool:
+    """A live leftover that may be a ``Pool``'s worker: named so, or with no handle to tell."""
+    handle = leftover.handle
+    if handle is not None and not (
+        isinstance(handle, multiprocessing.process.BaseProcess)
         # Pool names its workers "ForkPoolWorker-1", "SpawnPoolWorker-2", ...
-        and "PoolWorker-" in item.handle.name
-        and procfs.state(item.pid) not in (None, "Z")
-    ]
-    ended: set[int] = set()
-    for pool in _pools_of(workers):
-        members = pool._pool  # type: ignore[attr-defined]
-        pids = {worker.pid for worker in workers if worker in members and worker.pid}
-        with contextlib.suppress(Exception):
-            pool.terminate()
-            ended |= pids
-    # A worker whose start was not recorded has no handle to lead to its pool: look for live
-    # pools that list it (a walk of the heap, only when such a process is left).
-    unknown = {
-        item.pid
-        for item in leftovers
-        if item.handle is None
-        and item.pid not in ended
-        and procfs.state(item.pid) not in (None, "Z")
-    }
-    for pool, pids in _pools_listing(unknown) if unknown else []:
-        with contextlib.suppress(Exception):
-            pool.terminate()
-            ended |= pids
-    return ended
+        and "PoolWorker-" in handle.name
+    ):
+        return False
+    return procfs.state(leftover.pid) not in (None, "Z")
 
 
 def _pools_listing(pids: set[int]) -> list[tuple[multiprocessing.pool.Pool, set[int]]]:
@@ -104,6 +62,24 @@ def _pools_listing(pids: set[int]) -> list[tuple[multiprocessing.pool.Pool, set[
             if listed:
                 found.append((candidate, {pid for pid in listed if pid is not None}))
     return found
+
+
+def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
+    """Stop leaked pool workers through their pool; the pids it ended.
+
+    Killing a ``Pool``'s worker directly can leave the pool's shared queue lock held for ever
+    (an idle worker waits for tasks holding it), and the pool's own ``terminate()``, which runs at
+    interpreter exit, would then hang. The pool ends its workers without that risk. The pools are
+    found by the pids their worker lists hold (one walk of the heap, only when a possible worker
+    is left), so that a worker whose start was not recorded, and has no handle, is found too.
+    """
+    candidates = {item.pid for item in leftovers if _is_pool_worker_candidate(item)}
+    ended: set[int] = set()
+    for pool, pids in _pools_listing(candidates) if candidates else []:
+        with contextlib.suppress(Exception):
+            pool.terminate()
+            ended |= pids
+    return ended
 
 
 def _reap_through_handle(handle: Any) -> bool:
