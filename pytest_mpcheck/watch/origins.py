@@ -209,7 +209,7 @@ class OriginRecorder:
 
     def fill_create_times(self, alive: frozenset[int]) -> None:
         """Read the create time of the recorded processes in ``alive`` that have none yet."""
-        for pid, record in self.records.items():
+        for pid, record in list(self.records.items()):  # other threads may add records
             if record.create_time is None and pid in alive:
                 record.create_time = procfs.create_time(pid)
 

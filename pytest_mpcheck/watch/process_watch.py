@@ -99,9 +99,13 @@ class ProcessWatch:
     def _snapshot(self) -> dict[int, int]:
         """The descendants now, remembered as the next test's baseline."""
         self._helper_pids = None
+        # The generation is read before the look: a process another thread forks and notes
+        # while the look runs then makes the look stale, instead of being missed by it (and
+        # losing its start record in ``_forget_gone``).
+        generation = self.recorder.generation
         tree = procfs.descendants(self.session_pid)
         self._last_tree = frozenset(tree)
-        self._last_generation = self.recorder.generation
+        self._last_generation = generation
         return tree
 
     def baseline(self) -> Baseline:
@@ -385,7 +389,7 @@ class ProcessWatch:
 
     def finish_scope(self, scope: object, nodeid: str, veto: VetoFn, end: bool = True) -> None:
         """Check the processes of a wider-scoped fixture once it has been finalized."""
-        records = {pid: r for pid, r in self.recorder.records.items() if r.scope is scope}
+        records = {pid: r for pid, r in list(self.recorder.records.items()) if r.scope is scope}
         if not records:
             return
         label = next(iter(records.values())).owner
@@ -452,7 +456,8 @@ class ProcessWatch:
             # A process noted since the last look (a pool's thread repopulating its workers) is
             # not in it: it would be taken for gone, and lose its start record.
             alive = frozenset(procfs.descendants(self.session_pid))
-        self.recorder.forget({pid for pid in self.recorder.records if pid not in alive})
+        # list(): another thread (a pool's worker handler) may file a record meanwhile.
+        self.recorder.forget({pid for pid in list(self.recorder.records) if pid not in alive})
         # Those still running outlive the test (a wider-scoped fixture's): from now on their pids
         # are checked against their create time.
         self.recorder.fill_create_times(alive)

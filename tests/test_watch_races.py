@@ -1,0 +1,60 @@
+"""Races between the watch's look at the process tree and a thread that forks meanwhile.
+
+A pool's worker-handler thread forks replacement workers at any moment, also while the watch
+reads the tree after a test. These tests put a real fork exactly inside that read.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_mpcheck._os import procfs
+from pytest_mpcheck.settings import Settings
+from pytest_mpcheck.watch import process_watch
+from pytest_mpcheck.watch.origins import OriginRecorder
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Iterator[OriginRecorder]:
+    recorder = OriginRecorder(tmp_path)
+    recorder.install()
+    yield recorder
+    recorder.uninstall()
+
+
+def test_a_fork_made_while_the_tree_is_read_keeps_its_start_record(
+    recorder: OriginRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = process_watch.ProcessWatch(Settings(), recorder)
+    started: list[multiprocessing.process.BaseProcess] = []
+    read_tree = procfs.descendants
+
+    def read_then_fork(pid: int) -> dict[int, int]:
+        tree = read_tree(pid)
+        if not started:  # another thread's fork, just after the tree was read
+            child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+            child.start()
+            started.append(child)
+        return tree
+
+    monkeypatch.setattr(procfs, "descendants", read_then_fork)
+    try:
+        watch.baseline()
+        (child,) = started
+        assert child.pid in recorder.records
+        # The look missed the child: the next baseline must look again, not reuse it, and the
+        # records of the processes gone must not take the child's with them.
+        assert child.pid in watch.baseline().pids
+        watch._last_tree = None
+        watch.baseline()
+        watch._forget_gone()
+        assert child.pid in recorder.records
+    finally:
+        for child in started:
+            child.kill()
+            child.join(10)
