@@ -29,6 +29,7 @@ from pytest_mpcheck.findings import Finding, FindingLog, ProcessInfo, ResourceFi
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
+from pytest_mpcheck.watch.childstacks import ChildStacks
 from pytest_mpcheck.watch.origins import OriginRecorder
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn
 from pytest_mpcheck.watch.resources import ResourceWatch
@@ -50,6 +51,7 @@ class MpCheckRun:
         self.settings = settings
         self.recorder = OriginRecorder(config.rootpath)
         self.watch = ProcessWatch(settings, self.recorder)
+        self.child_stacks = ChildStacks()
         self.resources = ResourceWatch(self.recorder.owner_of)
         self.log = FindingLog(config)
         """Every finding of the run: the tally, the JSON report, the hooks."""
@@ -87,6 +89,11 @@ class MpCheckRun:
             if self.subreaper:
                 config.add_cleanup(self.watch.reaper.uninstall)
                 self.watch.reaper.install()
+        if self.settings.mode != "off":
+            # Every Python child answers the stack signal: its report can show its stacks.
+            config.add_cleanup(self._stop_child_stacks)
+            self.child_stacks.install()
+            self.recorder.stack_requests = self.child_stacks.requests
         config.add_cleanup(self.resources.stop)
         self.resources.start()
         # The checks of the fixtures' children as they were before this run's conftest files
@@ -96,6 +103,10 @@ class MpCheckRun:
             functools.partial(_restore_child_checks, _child_checks() if checks is None else checks)
         )
         config.add_cleanup(_sweep_scratch)
+
+    def _stop_child_stacks(self) -> None:
+        self.recorder.stack_requests = None
+        self.child_stacks.uninstall()
 
     def header(self) -> str:
         """The line for pytest's report header."""

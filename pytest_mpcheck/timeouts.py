@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 #: What to undo when pytest-timeout cancels its timer.
 _undo_key = pytest.StashKey[Callable[[], None]]()
-#: The work directory of the test's fixtures, when it has one (set by the fixtures).
-workdir_key = pytest.StashKey[str]()
 
 
 def lead_time(timeout: float) -> float:
@@ -82,7 +80,6 @@ def _end_children(
         item,
         suspects,
         f"still running when pytest-timeout's {timeout:g}s timeout ({method} method) expired",
-        item.stash.get(workdir_key, None),
         grace=min(run.settings.kill_grace, budget / 4),
         stack_timeout=budget / 2,
         pyspy=budget >= 1.0,

@@ -2,10 +2,11 @@
 
 Three sources, best first:
 
-1. A child the fixtures started was prepared for it (:mod:`pytest_mpcheck.fixtures.bootstrap`):
-   on a signal, ``faulthandler`` writes the stacks of all its threads to its stack file.
-   Always available, fast, needs no privileges.
-2. Any other Python descendant: ``py-spy dump`` where py-spy is installed and may attach.
+1. A child the pytest process started through ``multiprocessing`` or ``os.fork`` was prepared
+   for it (:mod:`pytest_mpcheck._os.stackfile`): on a signal, ``faulthandler`` writes the stacks
+   of all its threads to its stack file. Always available, fast, needs no privileges.
+2. Any other Python descendant (a program run by ``subprocess``, a child started before the
+   session): ``py-spy dump`` where py-spy is installed and may attach.
 3. Otherwise what the kernel says: the state and the kernel function it waits in (``wchan``).
 
 Stacks are returned in the order of a Python traceback (most recent call last), one block per
@@ -24,8 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pytest_mpcheck._os import procfs
-from pytest_mpcheck._os.stackfile import STACK_SIGNAL, stack_path
+from pytest_mpcheck._os import procfs, scratch
+from pytest_mpcheck._os.stackfile import STACK_SIGNAL, STACKS_NAME
 
 _FAULTHANDLER_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
 _FAULTHANDLER_THREAD = re.compile(r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$")
@@ -91,14 +92,18 @@ class Stack:
 def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     """Leave out how the child came to run (pytest's frames inherited by fork, the start-up).
 
-    ``frames`` are outermost first; what follows multiprocessing's ``_bootstrap`` and the plugin's
-    own ``run`` is the child's own code.
+    ``frames`` are outermost first; what follows multiprocessing's ``_bootstrap``, the plugin's
+    own ``run``, or (in a child of ``os.fork``, a copy of the pytest process) pytest's call of the
+    test function or fixture is the child's own code.
     """
     start = 0
     for index, (filename, _, qualname) in enumerate(frames):
         func = qualname.rpartition(".")[2]  # py-spy names methods Class.method
-        if (func == "_bootstrap" and filename.endswith("multiprocessing/process.py")) or (
-            func == "run" and filename.endswith("pytest_mpcheck/fixtures/spawn.py")
+        if (
+            (func == "_bootstrap" and filename.endswith("multiprocessing/process.py"))
+            or (func == "run" and filename.endswith("pytest_mpcheck/fixtures/spawn.py"))
+            or (func == "pytest_pyfunc_call" and filename.endswith("_pytest/python.py"))
+            or (func == "call_fixture_func" and filename.endswith("_pytest/fixtures.py"))
         ):
             start = index + 1
     return frames[start:] if start < len(frames) else frames
@@ -178,17 +183,43 @@ def is_prepared(pid: int) -> bool:
     return STACK_SIGNAL in procfs.caught_signals(pid)
 
 
-def dump_prepared(workdir: str, pids: Iterable[int], timeout: float) -> dict[int, str]:
+def stack_file_of(pid: int) -> str | None:
+    """The stack file that ``pid`` has open (see :mod:`pytest_mpcheck._os.stackfile`), if any.
+
+    A child answers the stack signal into the one stack file it holds open: the session's, or
+    the one of the test whose fixture started it. Found among its descriptors, so that the
+    signal is only sent to a child that will write where the reader looks.
+    """
+    directory = f"/proc/{pid}/fd"
+    try:
+        descriptors = os.listdir(directory)
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(os.path.join(directory, descriptor))
+        except OSError:
+            continue
+        if os.path.basename(target) == STACKS_NAME and os.path.basename(
+            os.path.dirname(target)
+        ).startswith(scratch.PREFIX):
+            return target
+    return None
+
+
+def dump_prepared(pids: Iterable[int], timeout: float) -> dict[int, str]:
     """The stacks of the prepared children among ``pids``, asked one at a time.
 
-    They share one file: each dump is what the file grew by after the signal, once it stopped
+    Children share a file: each dump is what the file grew by after the signal, once it stopped
     growing (faulthandler writes a dump in many small writes).
     """
-    path = stack_path(workdir)
     deadline = time.monotonic() + timeout
     found: dict[int, str] = {}
     for pid in pids:
         if time.monotonic() >= deadline or not is_prepared(pid):
+            continue
+        path = stack_file_of(pid)
+        if path is None:
             continue
         try:
             before = os.stat(path).st_size
@@ -281,19 +312,15 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     return None
 
 
-def stacks_of(
-    workdir: str | None, pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True
-) -> dict[int, Stack]:
-    """The stacks of several processes: prepared children asked at once, then py-spy, then /proc."""
+def stacks_of(pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True) -> dict[int, Stack]:
+    """The stacks of several processes: prepared children asked first, then py-spy, then /proc."""
     pids = list(pids)
     deadline = time.monotonic() + timeout
     # What the kernel says, before the stack signal or py-spy's ptrace wakes the process: just
     # after either, it runs again for a moment (on a loaded machine, long enough to be read as
     # running, which hid what it waits in).
     kernel = {pid: kernel_state(pid) for pid in pids}
-    dumps: dict[int, str] = {}
-    if workdir is not None:
-        dumps = dump_prepared(workdir, pids, min(1.0 * max(1, len(pids)), timeout))
+    dumps = dump_prepared(pids, min(1.0 * max(1, len(pids)), timeout))
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
@@ -319,7 +346,8 @@ def describe_wait(stack: Stack, pid: int) -> list[str]:
         else:
             how = "there was no time for py-spy"
         lines.append(
-            f"no Python stack: not started by an mp_* fixture, and {how}; "
+            "no Python stack: it does not answer the stack signal (the children that pytest "
+            f"starts through multiprocessing or os.fork do), and {how}; "
             f"kernel state: {state or 'unknown'}" + (f", waiting in {wchan}" if wchan else "")
         )
     return lines

@@ -33,6 +33,9 @@ from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 #: executor) when their test ended, or started by one that was. Checked when the session ends.
 HANDED_OVER = "<handed over to the session>"
 
+#: The attribute of a process object, while it starts, that prepares its child for stack requests.
+STACK_REQUESTS_ATTRIBUTE = "_pytest_mpcheck_stack_requests"
+
 
 @dataclass
 class StartRecord:
@@ -87,6 +90,9 @@ class OriginRecorder:
             weakref.WeakKeyDictionary()
         )
         """Where each thread was started: named when a fork happens while it runs."""
+        self.stack_requests: object | None = None
+        """Put in each process object that ``Process.start`` starts by spawn or forkserver, so
+        that the child answers the stack signal (see :mod:`pytest_mpcheck.watch.childstacks`)."""
         self.threaded_forks = ThreadedForks()
         """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
@@ -351,16 +357,29 @@ class OriginRecorder:
 
         def wrap_method(cls: Any, attribute: str, label: str) -> None:
             original = getattr(cls, attribute)
+            is_process_start = attribute == "start"
 
             @functools.wraps(original)
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 previous = recorder._prepare(label)
+                requests = recorder.stack_requests
+                # Pickled with the process object for a spawn or forkserver child; a fork child
+                # is prepared by the at-fork callback instead, and never sees it.
+                prepare = (
+                    is_process_start
+                    and requests is not None
+                    and getattr(self, "_start_method", None) != "fork"
+                )
+                if prepare:
+                    vars(self)[STACK_REQUESTS_ATTRIBUTE] = requests
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
                         recorder.note(self.pid, handle=self)
                     return result
                 finally:
+                    if prepare:
+                        vars(self).pop(STACK_REQUESTS_ATTRIBUTE, None)
                     recorder._finish(previous)
 
             setattr(cls, attribute, wrapper)

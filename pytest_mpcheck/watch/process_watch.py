@@ -343,9 +343,7 @@ class ProcessWatch:
             return
         from pytest_mpcheck._os import stacks  # only when something leaked: py-spy, reports
 
-        read = stacks.stacks_of(
-            None, [finding.process.pid for finding in python], timeout=_STACK_TIMEOUT
-        )
+        read = stacks.stacks_of([finding.process.pid for finding in python], _STACK_TIMEOUT)
         for finding in python:
             stack = read.get(finding.process.pid)
             if stack is None:

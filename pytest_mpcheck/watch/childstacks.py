@@ -1,0 +1,54 @@
+"""Every Python child the pytest process starts can be asked for its stacks, without py-spy.
+
+A fork child runs the at-fork callback, a spawn or forkserver child unpickles
+:class:`~pytest_mpcheck._os.stackfile.StackRequests` with its process object (put there by the
+wrapper of ``Process.start``, see :mod:`pytest_mpcheck.watch.origins`): either way, before the
+user's code runs, it answers the stack signal by writing the stacks of all its threads to the
+session's stack file. That covers ``Process`` of every context, the workers of ``Pool`` and
+``ProcessPoolExecutor``, and ``os.fork``; a program that a child runs with ``exec`` (a
+``subprocess``) is a program of its own, read with py-spy where it is installed.
+
+What it costs a child: one ``open`` and one ``sigaction``. The signal is a real-time one that is
+only sent when a report needs the child's stack, after the test, to a process that the watch found
+left over and checked is still that child (see :mod:`pytest_mpcheck._os.stacks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from pytest_mpcheck._os import atfork, scratch
+from pytest_mpcheck._os.stackfile import StackRequests, answer_quietly, stack_path
+
+
+class ChildStacks:
+    """The session's stack file, and what makes each new child answer to it."""
+
+    def __init__(self) -> None:
+        self.directory: str | None = None
+        self.requests: StackRequests | None = None
+        """Put in a spawn or forkserver process object before it starts; ``None`` until
+        :meth:`install`."""
+
+    def install(self) -> None:
+        """Create the stack file; children started from now on answer to it."""
+        self.directory = scratch.make_directory("stacks")
+        path = stack_path(self.directory)
+        # The children open it: creating a file costs more than opening one.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+        self.requests = StackRequests(path)
+        atfork.register(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        if self.requests is not None:
+            answer_quietly(self.requests.path)
+
+    def uninstall(self) -> None:
+        """Stop preparing children and remove the file (children still alive keep theirs open)."""
+        atfork.unregister(self._after_fork_in_child)
+        self.requests = None
+        if self.directory is not None:
+            with contextlib.suppress(OSError):
+                scratch.remove_directory(self.directory)
+            self.directory = None
