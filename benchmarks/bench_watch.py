@@ -3,13 +3,14 @@
 Two suites are generated in a temporary directory:
 
 - ``trivial``: 2000 tests that do nothing (the watch's fixed cost per test);
-- ``processes``: 200 tests that each start and join a ``multiprocessing.Process`` (fork).
+- ``processes-METHOD``: 200 tests that each start and join a ``multiprocessing.Process``, one
+  suite per start method (fork, spawn, forkserver; ``--methods`` picks them).
 
 Each is run ``--rounds`` times with the plugin and with ``-p no:mpcheck``, alternating so that
 both see the same machine, and the ratio of the medians of the wall times is printed, and that of
 the best runs (the least disturbed); then the same for the CPU time (user + system) of pytest and
 its children, which a busy machine disturbs less than the wall time.
-Usage: ``python benchmarks/bench_watch.py [--rounds N]``.
+Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def work():
 
 @pytest.mark.parametrize("n", range(200))
 def test_start_join(n):
-    p = multiprocessing.get_context("fork").Process(target=work)
+    p = multiprocessing.get_context("METHOD").Process(target=work)
     p.start()
     p.join()
     assert p.exitcode == 0
@@ -72,13 +73,22 @@ def _run(directory: Path, plugin_on: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs per suite and setting")
-    rounds = parser.parse_args().rounds
+    parser.add_argument(
+        "--methods", default="fork,spawn,forkserver", help="start methods of the process suites"
+    )
+    arguments = parser.parse_args()
+    rounds = arguments.rounds
+    suites = [("trivial", TRIVIAL)] + [
+        (f"processes-{method}", PROCESSES.replace("METHOD", method))
+        for method in arguments.methods.split(",")
+        if method
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, source in (("trivial", TRIVIAL), ("processes", PROCESSES)):
+        for name, source in suites:
             directory = Path(tmp) / name
             directory.mkdir()
             (directory / "pytest.ini").write_text("[pytest]\n")
-            (directory / f"test_{name}.py").write_text(source)
+            (directory / f"test_{name.replace('-', '_')}.py").write_text(source)
             _run(directory, True)  # warm the file cache and the bytecode
             on: list[tuple[float, float]] = []
             off: list[tuple[float, float]] = []
@@ -91,7 +101,7 @@ def main() -> None:
                 best_on = min(run[index] for run in on)
                 best_off = min(run[index] for run in off)
                 print(
-                    f"{name:>9} {what:>4}: plugin on {median_on:.3f}s, off {median_off:.3f}s, "
+                    f"{name:>20} {what:>4}: plugin on {median_on:.3f}s, off {median_off:.3f}s, "
                     f"ratio {median_on / median_off:.3f} (medians of {rounds}); "
                     f"best {best_on:.3f}s / {best_off:.3f}s = {best_on / best_off:.3f}"
                 )

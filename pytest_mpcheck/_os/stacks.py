@@ -78,6 +78,23 @@ _FRAME_WORDS = (
 )
 
 
+#: Frames (file ending, function) anywhere in the main thread's stack that show a classic pitfall
+#: of multiprocessing (the programming guidelines of its documentation): what the child waits in,
+#: and the explanation for the report.
+_PITFALLS = (
+    (
+        "multiprocessing/queues.py",
+        "_finalize_join",
+        "the end of its Queue's feeder thread: what it put on a multiprocessing Queue was not "
+        "all read",
+        "the join deadlock: a process that put data on a multiprocessing Queue cannot end until "
+        "that data is read (its feeder thread is still writing it to the pipe), so joining it "
+        "first waits for ever. Read the queue (get()) before join(); or, if losing the data is "
+        "fine, call cancel_join_thread() on the queue in the child.",
+    ),
+)
+
+
 @dataclass
 class Stack:
     """What could be learned of one process."""
@@ -87,6 +104,8 @@ class Stack:
     waiting_in: str | None
     """What it seems to wait in, in words (``None`` when running or unknown)."""
     pyspy_tried: bool = False
+    pitfall: str | None = None
+    """A classic pitfall of multiprocessing that the stack shows, explained."""
 
 
 def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
@@ -280,8 +299,34 @@ def kernel_state(pid: int) -> tuple[str | None, str | None]:
     return (_STATES.get(state, state) if state else None), procfs.wchan(pid)
 
 
+def _main_thread_frames(stack: str) -> list[tuple[str, str]]:
+    """(file, function) of each frame of the first thread block (the main thread)."""
+    frames = []
+    for line in stack.splitlines()[1:]:
+        if line.startswith("Thread"):
+            break
+        frame = _TRACEBACK_FRAME.match(line)
+        if frame:
+            frames.append((frame.group(1), frame.group(2)))
+    return frames
+
+
+def pitfall(stack: str | None) -> tuple[str, str] | None:
+    """What the process waits in and the explanation, when its stack shows a classic pitfall."""
+    if not stack:
+        return None
+    frames = _main_thread_frames(stack)
+    for ending, function, words, explanation in _PITFALLS:
+        if any(f.endswith(ending) and func.rpartition(".")[2] == function for f, func in frames):
+            return words, explanation
+    return None
+
+
 def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     """What the process seems to wait in, from its innermost Python frame and the kernel."""
+    found = pitfall(stack)
+    if found is not None:
+        return found[0]
     if stack:
         # The first thread block is the main thread; its last frame is the innermost.
         innermost = None
@@ -328,7 +373,13 @@ def stacks_of(pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True) -> 
             text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
         state, wchan = kernel[pid]
         words = waiting_in(text, wchan) if state != "running" else None
-        result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=pyspy)
+        found = pitfall(text)
+        result[pid] = Stack(
+            text=text,
+            waiting_in=words,
+            pyspy_tried=pyspy,
+            pitfall=found[1] if found is not None else None,
+        )
     return result
 
 
@@ -337,6 +388,8 @@ def describe_wait(stack: Stack, pid: int) -> list[str]:
     lines = []
     if stack.waiting_in:
         lines.append(f"waiting in: {stack.waiting_in}")
+    if stack.pitfall:
+        lines.append(f"pitfall:    {stack.pitfall}")
     if stack.text is None:
         state, wchan = kernel_state(pid)
         if pyspy_path() is None:
