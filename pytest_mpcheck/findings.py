@@ -48,6 +48,10 @@ class ProcessInfo:
     """``file:line`` of the code that started it, when it was started in the pytest process."""
     started_by: str | None = None
     """The call that started it, e.g. ``multiprocessing.Process.start``."""
+    started_from: str | None = None
+    """When :attr:`started_at` is a library's line: the line of the test or ``conftest.py`` that
+    led to it, e.g. ``test_x.py:12`` or ``test_x.py:12 (which started the thread that started
+    it)``."""
     owner: str | None = None
     """Who it belongs to: a test's node id or ``"<scope>-scoped fixture 'name'"``."""
     stack: str | None = None

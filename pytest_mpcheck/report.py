@@ -67,6 +67,8 @@ def format_finding(finding: Finding) -> str:
         where = printable(process.started_at or "unknown place")
         how = f" by {process.started_by}" if process.started_by else ""
         lines.append(f"    started at: {where}{how}")
+        if process.started_from:
+            lines.append(f"    from test:  {printable(process.started_from)}")
     elif process.ppid == os.getpid():
         lines.append(
             "    started by: unknown: an orphan that reparented to pytest (its parent has "

@@ -4,6 +4,10 @@ Shared by the start records of processes (:mod:`pytest_mpcheck.watch.origins`) a
 registrations of named resources (:mod:`pytest_mpcheck.watch.resources`): the first frame outside
 Python's own library and this plugin, and, where that frame belongs to an installed package, the
 first frame of the user's own code above it if there is one.
+
+When that line is a library's (a pool's code starting its worker, in a project whose rootdir
+holds the library too), :func:`test_site` names the line of the test module or ``conftest.py``
+that led to it.
 """
 
 from __future__ import annotations
@@ -36,3 +40,23 @@ def user_site(frame: FrameType | None, root_prefix: str) -> str | None:
                 library_site = f"{shown}:{frame.f_lineno}"
         frame = frame.f_back
     return library_site
+
+
+def _is_test_file(filename: str) -> bool:
+    """Whether ``filename`` looks like a test module or a ``conftest.py`` (pytest's defaults)."""
+    name = os.path.basename(filename)
+    return name.endswith(".py") and (
+        name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+    )
+
+
+def test_site(frame: FrameType | None, root_prefix: str) -> str | None:
+    """``file:line`` of the innermost frame of a test module or ``conftest.py`` from ``frame``
+    outwards; ``None`` when no such frame is on the stack (a pool's own thread)."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if _is_test_file(filename) and not filename.startswith(_THIS_PACKAGE):
+            shown = filename[len(root_prefix) :] if filename.startswith(root_prefix) else filename
+            return f"{shown}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None

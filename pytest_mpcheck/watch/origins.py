@@ -53,6 +53,11 @@ class StartRecord:
     """The ``multiprocessing.Process`` or ``subprocess.Popen`` that owns it, while it lives."""
     helper: bool = False
     """multiprocessing's resource tracker or forkserver (a session helper, not the test's)."""
+    test_site: str | None = None
+    """``file:line`` of the test module or ``conftest.py`` that led to the start, when it is not
+    :attr:`site` (a library's line): directly, or by starting the thread that started it."""
+    test_site_is_thread: bool = False
+    """Whether :attr:`test_site` started the thread that started the process."""
     forked_here: bool = False
     """Forked by the pytest process itself, so its parent there will wait for it. ``False`` for
     a process that a forkserver forked for ``Process.start``: its ``Popen`` reads the exit status
@@ -90,6 +95,11 @@ class OriginRecorder:
             weakref.WeakKeyDictionary()
         )
         """Where each thread was started: named when a fork happens while it runs."""
+        self._thread_test_sites: weakref.WeakKeyDictionary[threading.Thread, str] = (
+            weakref.WeakKeyDictionary()
+        )
+        """The line of a test module or conftest.py that led to each thread's start (directly,
+        or through the thread that started it)."""
         self.stack_requests: object | None = None
         """Put in each process object that ``Process.start`` starts by spawn or forkserver, so
         that the child answers the stack signal (see :mod:`pytest_mpcheck.watch.childstacks`)."""
@@ -149,13 +159,24 @@ class OriginRecorder:
                 # A thread older than this test (a pool's worker handler) starts for the one
                 # that started it: a fixture's scope, or the session once that test is over.
                 owner, scope = started_by[0], started_by[1] or HANDED_OVER
+            frame = sys._getframe(1)
+            site = callsite.user_site(frame, self._root_prefix)
+            test_site = callsite.test_site(frame, self._root_prefix)
+            from_thread = False
+            if test_site is None:
+                # A library's own thread (a pool's worker handler): the test line that started
+                # that thread led to this process.
+                test_site = self._thread_test_sites.get(thread)
+                from_thread = test_site is not None
             local.prepared = StartRecord(
                 pid=0,
                 started_by=label,
-                site=callsite.user_site(sys._getframe(1), self._root_prefix),
+                site=site,
                 owner=owner,
                 scope=scope,
                 create_time=None,
+                test_site=test_site if test_site != site else None,
+                test_site_is_thread=from_thread,
             )
             local.noted = set()
         with self._count_lock:
@@ -315,11 +336,18 @@ class OriginRecorder:
         def start_thread(thread: threading.Thread) -> None:
             if os.getpid() == recorder._pid:
                 recorder._thread_owners[thread] = (recorder._owner, recorder._scope)
+                test_site = None
                 try:
-                    site = callsite.user_site(sys._getframe(1), recorder._root_prefix)
+                    frame = sys._getframe(1)
+                    site = callsite.user_site(frame, recorder._root_prefix)
+                    test_site = callsite.test_site(frame, recorder._root_prefix)
+                    if test_site is None:
+                        test_site = recorder._thread_test_sites.get(threading.current_thread())
                 except Exception:  # never keep the thread from starting
                     site = None
                 recorder._thread_sites[thread] = site
+                if test_site is not None:
+                    recorder._thread_test_sites[thread] = test_site
             original_thread_start(thread)
 
         threading.Thread.start = start_thread  # type: ignore[method-assign,assignment]

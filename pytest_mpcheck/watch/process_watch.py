@@ -64,8 +64,17 @@ def describe(
         age=age,
         started_at=record.site if record is not None else None,
         started_by=record.started_by if record is not None else None,
+        started_from=_started_from(record),
         owner=owner,
     )
+
+
+def _started_from(record: StartRecord | None) -> str | None:
+    if record is None or record.test_site is None:
+        return None
+    if record.test_site_is_thread:
+        return f"{record.test_site} (which started the thread that started it)"
+    return record.test_site
 
 
 @dataclass
