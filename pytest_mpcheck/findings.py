@@ -34,6 +34,22 @@ ENDED = ("SIGTERM", "SIGKILL", "reaped", "Pool.terminate()")
 
 
 @dataclass
+class ChildDeath:
+    """A child that died of a signal: told in a section of its test's report, never counted and
+    never an outcome (the test's own checks decide whether that is a failure)."""
+
+    pid: int
+    name: str | None
+    started_at: str | None
+    started_by: str
+    owner: str
+    signal: int | None
+    """The signal that killed it, where its process object read its exit status."""
+    traceback: str | None
+    """Its Python traceback, where it wrote one as a fatal signal killed it."""
+
+
+@dataclass
 class ProcessInfo:
     """A process as the report names it."""
 

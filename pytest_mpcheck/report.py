@@ -13,6 +13,7 @@ from pytest_mpcheck.findings import (
     HUNG,
     LEAKED,
     UNREAPED,
+    ChildDeath,
     Finding,
     FindingLog,
     ResourceFinding,
@@ -132,6 +133,44 @@ _RESOURCE_FIXES = {
         "killed or leave through os._exit; or make it in the test and pass it to the child."
     ),
 }
+
+
+#: What each signal that commonly kills a child means, in words.
+_DEATH_WORDS = {
+    "SIGSEGV": "a segmentation fault (an invalid memory access, in C code or an extension)",
+    "SIGBUS": "a bus error (a memory-mapped file or shared memory cut short, or a full /dev/shm)",
+    "SIGABRT": "abort() (a failed C assertion, or a fatal error of Python)",
+    "SIGFPE": "an arithmetic error in C code",
+    "SIGILL": "an illegal instruction",
+    "SIGKILL": "sent by kill(), or by the kernel's OOM killer when memory ran out",
+}
+
+
+def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
+    """The report section on children that died of a signal."""
+    import signal
+
+    lines = [f"mpcheck: {nodeid}: child processes that died of a signal"]
+    for death in deaths:
+        if death.signal is not None:
+            try:
+                name = signal.Signals(death.signal).name
+            except ValueError:
+                name = f"signal {death.signal}"
+            how = f"died of {name}: {_DEATH_WORDS.get(name, 'a signal')}"
+        else:
+            how = "died of a fatal signal"
+        label = printable(death.name) if death.name else "a child"
+        lines.append("")
+        lines.append(f"{label!r} (pid {death.pid}): {how}")
+        where = printable(death.started_at or "unknown place")
+        lines.append(f"    started at: {where} by {death.started_by}")
+        if death.owner != nodeid:
+            lines.append(f"    owned by:   {printable(death.owner)}")
+        if death.traceback:
+            lines.append("    its Python traceback, written as it died:")
+            lines.append(_indent(printable(death.traceback, lines=True), "      "))
+    return "\n".join(lines)
 
 
 def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Generator
 from types import ModuleType
@@ -25,7 +26,13 @@ from pytest_mpcheck import report, timeouts, xdist
 from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
 from pytest_mpcheck.errors import internal_error, warn_at_test
-from pytest_mpcheck.findings import Finding, FindingLog, ProcessInfo, ResourceFinding
+from pytest_mpcheck.findings import (
+    ChildDeath,
+    Finding,
+    FindingLog,
+    ProcessInfo,
+    ResourceFinding,
+)
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
@@ -192,6 +199,10 @@ class MpCheckRun:
         except Exception:
             internal_error("checking the processes of " + item.nodeid)
             return
+        try:
+            self._report_deaths(item, findings, mode)
+        except Exception:
+            internal_error("reading how the children of " + item.nodeid + " ended")
         resource_findings = self._pending_resources
         self._pending_resources = []
         try:
@@ -220,6 +231,47 @@ class MpCheckRun:
             pytest.fail(message, pytrace=False)
         else:
             warn_at_test(item, message)
+
+    def _report_deaths(self, item: pytest.Item, findings: list[Finding], mode: str) -> None:
+        """A section of the test's report on its children that died of a signal (a crash, or
+        SIGKILL), with the Python traceback a crashing child wrote: the outcome stays the test's.
+
+        A child ended by SIGTERM, or by the plugin itself, is no news; a test in mode off gets
+        no section.
+        """
+        gone = self.watch.take_gone()
+        if not gone or self.child_stacks.requests is None:
+            return
+        ended_here = {finding.process.pid for finding in findings}
+        deaths = []
+        for record, status in gone:
+            traceback = self.child_stacks.crash_traceback(record.pid)  # removes its file
+            if mode == "off":
+                continue
+            signum = -status if status is not None and status < 0 else None
+            if traceback is None and (
+                signum is None or signum in _ORDINARY_ENDS or record.pid in ended_here
+            ):
+                continue
+            if traceback is not None:
+                from pytest_mpcheck._os import stacks
+
+                traceback = stacks.crash_as_traceback(traceback)
+            deaths.append(
+                ChildDeath(
+                    pid=record.pid,
+                    name=record.name,
+                    started_at=record.site,
+                    started_by=record.started_by,
+                    owner=record.owner,
+                    signal=signum,
+                    traceback=traceback,
+                )
+            )
+        if deaths:
+            item.add_report_section(
+                "teardown", "mpcheck", report.format_deaths(item.nodeid, deaths)
+            )
 
     def scope_finished(self, scope: object) -> None:
         """A module-, class-, package- or session-scoped fixture was finalized."""
@@ -420,6 +472,10 @@ class MpCheckRun:
 
 #: The checks of the fixtures' children before the run's conftest files were imported.
 child_checks_key: pytest.StashKey[tuple[str, ...]] = pytest.StashKey()
+
+
+#: Signals that end a child as it was asked to: no news for a report.
+_ORDINARY_ENDS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def remember_child_checks(config: pytest.Config) -> None:

@@ -62,9 +62,47 @@ def answer_quietly(path: str) -> None:
         answer_stack_signal(path)
 
 
+def crash_path(directory: str, pid: int) -> str:
+    """The file where child ``pid`` writes its Python traceback if it dies of a fatal signal."""
+    return os.path.join(directory, f"crash-{pid}.log")
+
+
+def record_crashes(directory: str) -> None:
+    """Child side: on a fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL), write the
+    Python traceback of all threads to this child's crash file.
+
+    Only where ``faulthandler`` is off: a child that has it on already (a fork of the pytest
+    process, whose faulthandler plugin turned it on) writes its traceback where it was told to,
+    and that stays as it is.
+    """
+    if faulthandler.is_enabled():
+        return
+    fd = os.open(
+        crash_path(directory, os.getpid()),
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        faulthandler.enable(file=fd, all_threads=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def prepare_child(path: str) -> None:
+    """What every child of the pytest process does first: it answers the stack signal into
+    ``path``, and keeps its traceback should it die of a fatal signal (see :func:`record_crashes`).
+    Called by the at-fork callback in a fork child, and by the unpickling of
+    :class:`StackRequests` in a spawn or forkserver child."""
+    answer_quietly(path)
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        record_crashes(os.path.dirname(path))
+
+
 class StackRequests:
     """Put in a process object before a spawn or forkserver start: unpickled in the child, before
-    its target runs, it makes the child answer the stack signal.
+    its target runs, it makes the child answer the stack signal, and keep its traceback should it
+    die of a fatal signal.
 
     Spawn and forkserver children run no code of the parent's but what they unpickle: the
     process object itself is the one thing every such child unpickles first, in every context,
@@ -77,4 +115,4 @@ class StackRequests:
         self.path = path
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return answer_quietly, (self.path,)
+        return prepare_child, (self.path,)

@@ -193,6 +193,15 @@ def _from_pyspy(dump: str) -> str:
     return _as_traceback(blocks) if blocks else dump.strip()
 
 
+def crash_as_traceback(dump: str) -> str:
+    """A crash file (``Fatal Python error: ...`` and faulthandler's stacks) as traceback text,
+    the error line first."""
+    head, _, rest = dump.partition("\n")
+    if not head.startswith("Fatal Python error"):
+        return _from_faulthandler(dump)
+    return f"{head}\n{_from_faulthandler(rest)}"
+
+
 def _same(pid: int, created: float | None) -> bool:
     return created is not None and procfs.is_same_process(pid, created)
 

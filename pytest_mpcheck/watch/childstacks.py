@@ -8,7 +8,12 @@ session's stack file. That covers ``Process`` of every context, the workers of `
 ``ProcessPoolExecutor``, and ``os.fork``; a program that a child runs with ``exec`` (a
 ``subprocess``) is a program of its own, read with py-spy where it is installed.
 
-What it costs a child: one ``open`` and one ``sigaction``. The signal is a real-time one that is
+A child whose ``faulthandler`` is off (every spawn or forkserver child; a fork child only when
+pytest's own faulthandler plugin is off) also writes its Python traceback to a crash file of its
+own should a fatal signal kill it; the run tells it in the test's report (see
+:meth:`ChildStacks.crash_traceback`).
+
+What it costs a child: an ``open`` and a ``sigaction`` or two. The signal is a real-time one that is
 only sent when a report needs the child's stack, after the test, to a process that the watch found
 left over and checked is still that child (see :mod:`pytest_mpcheck._os.stacks`).
 """
@@ -19,7 +24,12 @@ import contextlib
 import os
 
 from pytest_mpcheck._os import atfork, scratch
-from pytest_mpcheck._os.stackfile import StackRequests, answer_quietly, stack_path
+from pytest_mpcheck._os.stackfile import (
+    StackRequests,
+    crash_path,
+    prepare_child,
+    stack_path,
+)
 
 
 class ChildStacks:
@@ -42,7 +52,25 @@ class ChildStacks:
 
     def _after_fork_in_child(self) -> None:
         if self.requests is not None:
-            answer_quietly(self.requests.path)
+            prepare_child(self.requests.path)
+
+    def crash_traceback(self, pid: int) -> str | None:
+        """The Python traceback that child ``pid`` wrote as a fatal signal killed it, if any.
+
+        Its crash file is removed either way: call this once the child is gone.
+        """
+        if self.directory is None:
+            return None
+        path = crash_path(self.directory, pid)
+        try:
+            with open(path, "rb") as crash:
+                text = crash.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return text.strip() or None
 
     def uninstall(self) -> None:
         """Stop preparing children and remove the file (children still alive keep theirs open)."""

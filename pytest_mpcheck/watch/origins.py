@@ -53,6 +53,9 @@ class StartRecord:
     """The ``multiprocessing.Process`` or ``subprocess.Popen`` that owns it, while it lives."""
     helper: bool = False
     """multiprocessing's resource tracker or forkserver (a session helper, not the test's)."""
+    exit_status: int | None = None
+    """The exit status its process object read, kept when that object is collected (see
+    :meth:`OriginRecorder.note`): a pool drops a dead worker's object before a test ends."""
     test_site: str | None = None
     """``file:line`` of the test module or ``conftest.py`` that led to the start, when it is not
     :attr:`site` (a library's line): directly, or by starting the thread that started it."""
@@ -62,6 +65,13 @@ class StartRecord:
     """Forked by the pytest process itself, so its parent there will wait for it. ``False`` for
     a process that a forkserver forked for ``Process.start``: its ``Popen`` reads the exit status
     from the forkserver, so if it is orphaned (the forkserver died) nobody waits for it."""
+
+
+def _keep_exit_status(record: StartRecord, popen: Any) -> None:
+    """The process object of ``record`` is being collected: keep what its popen read."""
+    status = getattr(popen, "returncode", None)
+    if isinstance(status, int):
+        record.exit_status = status
 
 
 class OriginRecorder:
@@ -225,6 +235,10 @@ class OriginRecorder:
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
+            popen = getattr(handle, "_popen", None)  # multiprocessing's: it holds the status
+            if popen is not None:
+                # Held only as long as the process object holds it anyway.
+                weakref.finalize(handle, _keep_exit_status, record, popen).atexit = False
 
     def count_as_helper(self, pid: int) -> None:
         """``pid`` turned out to be a session helper: not a process the test started itself."""

@@ -77,6 +77,16 @@ def _started_from(record: StartRecord | None) -> str | None:
     return record.test_site
 
 
+def _exit_status(record: StartRecord) -> int | None:
+    """The exit status its process object read when it reaped it (never waits itself)."""
+    handle = record.handle() if record.handle is not None else None
+    if handle is None:
+        return record.exit_status  # kept as its process object was collected
+    popen = getattr(handle, "_popen", None)  # multiprocessing's
+    status = getattr(popen if popen is not None else handle, "returncode", None)
+    return status if isinstance(status, int) else None
+
+
 @dataclass
 class Baseline:
     """The descendants alive when a test began."""
@@ -98,6 +108,9 @@ class ProcessWatch:
         self._last_generation = -1
         self._helper_pids: set[int] | None = None
         """The helpers' pids, asked of their modules once per look (see :meth:`is_helper`)."""
+        self.gone: list[tuple[StartRecord, int | None]] = []
+        """Processes started in the session that ended since :meth:`take_gone` was last called,
+        each with its exit status where its process object has it (negative: that signal)."""
         self.reported: dict[int, tuple[str, float]] = {}
         """Processes a test or fixture reported: ``{pid: (who, create time)}``."""
         self._handed_over: list[weakref.ref[Any]] = []
@@ -447,6 +460,11 @@ class ProcessWatch:
                 finding.reported_by = who
         return findings
 
+    def take_gone(self) -> list[tuple[StartRecord, int | None]]:
+        """The processes that ended since the last call (see :attr:`gone`)."""
+        gone, self.gone = self.gone, []
+        return gone
+
     def mark_reported(self, findings: Iterable[Finding]) -> None:
         """Remember the leftovers that a test's report named and that may still run (warn
         mode, or handed to the session): the end of the session names them once more only as
@@ -464,7 +482,12 @@ class ProcessWatch:
             # not in it: it would be taken for gone, and lose its start record.
             alive = frozenset(procfs.descendants(self.session_pid))
         # list(): another thread (a pool's worker handler) may file a record meanwhile.
-        self.recorder.forget({pid for pid in list(self.recorder.records) if pid not in alive})
+        gone = {pid for pid in list(self.recorder.records) if pid not in alive}
+        for pid in gone:
+            record = self.recorder.records.get(pid)
+            if record is not None and not record.helper:
+                self.gone.append((record, _exit_status(record)))
+        self.recorder.forget(gone)
         # Those still running outlive the test (a wider-scoped fixture's): from now on their pids
         # are checked against their create time.
         self.recorder.fill_create_times(alive)
