@@ -10,11 +10,12 @@ each child's five lines were written as one block while it held the lock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mpcheck import LockChecker, OutputLog
+if TYPE_CHECKING:  # for the annotations only: each spawn and forkserver child imports this module
+    from pytest_mpcheck import LockChecker, OutputLog
 
 
 def func_print(lck: Any, item: str) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import pytest
 
+# No pytest import, nor a marker: the start methods are given on the command line. Each child
+# under spawn and forkserver imports this module again, and pytest would cost each a tenth of a
+# second or more.
 ARTICLE_LOCK_EXAMPLE = """
 from multiprocessing import Lock
-import pytest
 
 lck = Lock()
 
@@ -28,7 +30,6 @@ def func_print(item):
         lck.release()
 
 
-@pytest.mark.mp_start_methods("fork", "spawn", "forkserver")
 def test_article_lock_example(mp_spawn):
     items = ['Hi', 'Hello', 'Bye']
     processes = [mp_spawn(func_print, args=(item,), name=item) for item in items]
@@ -39,7 +40,7 @@ def test_article_lock_example(mp_spawn):
 
 def test_module_level_lock_is_reported(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_article=ARTICLE_LOCK_EXAMPLE)
-    result = pytester.runpytest_subprocess(timeout=120)
+    result = pytester.runpytest_subprocess("--mp-start-methods=fork,spawn,forkserver", timeout=120)
     print(result.stdout.str())
     # fork: the lock is inherited, and shared; spawn and forkserver: one lock per child.
     result.assert_outcomes(passed=3, errors=2)

@@ -1,8 +1,11 @@
 """The lock checker, as users meet it: inner pytest runs with real children and real locks.
 
-Each inner run exercises several tests under several start methods at once, to keep the suite
-fast: one run of problems that must be found, one run of correct uses that must pass clean; with the
-C hot path under fork, spawn and forkserver, with the pure-Python one under forkserver.
+One inner run per hot path of the locks (C, what users get, and pure Python) holds every test, to
+keep the suite fast: problems that must be found and correct uses that must pass clean. The start
+method matters where a checked lock or a module-level object reaches a child (inherited under fork,
+pickled or made again by a re-import under spawn and forkserver): those tests run under the three
+methods, with the C hot path. Everything else (the record and its replay, the checks, contention,
+atomic output) is the same under any method and runs under fork only, the cheapest.
 """
 
 from __future__ import annotations
@@ -36,17 +39,6 @@ def _skip_without_extension() -> None:
         )
 
 
-#: The start methods of the inner runs, per hot path. Which path a process uses does not depend on
-#: the start method, and the findings are made by the same Python code from the same records: the
-#: C path (what users get) runs under every method, the pure-Python one under forkserver only,
-#: where each child chooses its hot path afresh (as under spawn, unlike fork's inherited choice)
-#: and the methods' own findings (locks and Values made again by a re-import) still apply.
-IMPLEMENTATION_METHODS = {
-    "LockCore": ("fork", "spawn", "forkserver"),  # C
-    "_PyLockCore": ("forkserver",),  # pure Python
-}
-
-
 @pytest.fixture(params=["C", "Python"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Make the inner runs use the C hot path or the pure-Python one; the base class to expect.
@@ -61,13 +53,20 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     return "_PyLockCore"
 
 
-@pytest.fixture
-def methods(implementation: str) -> tuple[str, ...]:
-    """The start methods of the inner run for the hot path of ``implementation``."""
-    return IMPLEMENTATION_METHODS[implementation]
+#: The start methods of the modules of an inner run that take the run's methods (the others say
+#: theirs with a marker), per hot path. Which path a process uses does not depend on the start
+#: method, and the findings are made by the same Python code from the same records: the C path
+#: (what users get) runs under every method, the pure-Python one under forkserver, where each child
+#: chooses its hot path afresh (as under spawn, unlike fork's inherited choice).
+IMPLEMENTATION_METHODS = {
+    "LockCore": ("fork", "spawn", "forkserver"),  # C
+    "_PyLockCore": ("forkserver",),  # pure Python
+}
 
 
-# Added to each inner run: proves which hot path the test process and its children used.
+# Added to each inner run, under the run's methods: proves which hot path the test process and its
+# children used. Like REIMPORT it imports no pytest, which would cost each child that imports it
+# again (spawn, forkserver) a tenth of a second or more.
 IMPLEMENTATION = """\
 from pytest_mpcheck import CheckedLock
 
@@ -96,14 +95,13 @@ def site(source: str, marker: str) -> str:
 
 
 PROBLEMS = """\
-import multiprocessing
-import os
 import signal
 import time
 
 import pytest
 
-MODULE_LOCK = multiprocessing.Lock()
+# What is found does not depend on how the children were started: fork, the cheapest.
+pytestmark = pytest.mark.mp_start_methods("fork")
 
 
 def hold_until(lock, acquired, go):
@@ -135,16 +133,6 @@ def nested(first, second):
     with first:  # outer
         with second:  # inner
             pass
-
-
-def use_module_lock(n):
-    with MODULE_LOCK:
-        print("line", n)
-
-
-def own_lock(checker):
-    with checker.Lock("shared"):
-        pass
 
 
 def test_two_holders(mp_locks, mp_spawn, mp_context):
@@ -214,30 +202,6 @@ def test_inversion_asserted_on_demand(mp_locks, mp_spawn):
         mp_locks.assert_ordered()
 
 
-@pytest.mark.mp_start_methods("spawn", "forkserver")
-def test_child_makes_own_lock(mp_locks, mp_spawn):
-    mp_spawn(take, args=(mp_locks.Lock("shared"),), name="passed").join()
-    mp_spawn(own_lock, args=(mp_locks,), name="own").join()
-
-
-def test_module_level_lock(mp_spawn):
-    children = [mp_spawn(use_module_lock, args=(n,), name=f"child-{n}") for n in range(2)]
-    for child in children:
-        child.join()
-
-
-COUNTER = multiprocessing.Value("i", 0)
-
-
-def count():
-    with COUNTER.get_lock():
-        COUNTER.value += 1
-
-
-def test_module_level_value(mp_spawn):
-    mp_spawn(count, name="counter").join()
-
-
 def block_with_gap(lock, printed, go):
     with lock:  # block
         print("A1")
@@ -276,134 +240,69 @@ def test_atomic_unprotected(mp_locks, mp_spawn, mp_output):
 """
 
 
-def test_problems_found(
-    pytester: pytest.Pytester, implementation: str, methods: tuple[str, ...]
-) -> None:
-    """Every finding, under each start method where it applies, with the lines a user reads;
-    the same with the C hot path of the locks and with the pure-Python one."""
-    pytester.makepyfile(
-        test_problems=PROBLEMS,
-        test_implementation=IMPLEMENTATION.replace("BASE", implementation),
-    )
-    result = pytester.runpytest_subprocess(f"--mp-start-methods={','.join(methods)}", timeout=120)
-    # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    # (The passes of test_implementation included.) Under each method: 9 passed, 2 failed,
-    # 5 errors, and 2 more errors under spawn and forkserver, of the lock and the Value made
-    # again by a re-import. Whatever the methods of the run, test_child_makes_own_lock runs
-    # under the 2 of its marker: 2 passed, 2 errors.
-    reimporting = [method for method in methods if method != "fork"]
-    result.assert_outcomes(
-        passed=9 * len(methods) + 2,
-        failed=2 * len(methods),
-        errors=5 * len(methods) + 2 * len(reimporting) + 2,
-    )
-    inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
-    deadlock = site(PROBLEMS, "deadlock-wait")
-    first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
-    victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
-    foreign, test_acquires = site(PROBLEMS, "foreign-release"), site(PROBLEMS, "test-acquires")
-    for method in methods:
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_two_holders[[]{method}[]]*",
-                f"mpcheck: test_problems.py::test_two_holders[[]{method}[]]: 1 lock problem",
-                "",
-                "two holders at once: lock 'x' was held by first (pid *) and second (pid *) at "
-                "the same time",
-                f"    first (pid *) acquired at {first} at +*s and still held it",
-                f"    when second (pid *) acquired at {take} at +*s",
-                "  How to fix: every acquire and release must go through the checked lock*",
-                f"*ERROR at teardown of test_killed_holding[[]{method}[]]*",
-                f"mpcheck: test_problems.py::test_killed_holding[[]{method}[]]: 1 lock problem",
-                "",
-                "held at exit: victim (pid *) ended holding lock 'k' (acquired at "
-                f"{victim} at +*s); any other process that takes it waits forever",
-                "  How to fix: release the lock in a `finally:` block*",
-                f"*ERROR at teardown of test_release_not_held[[]{method}[]]*",
-                "release of a lock not held: releaser (pid *) released lock 'r' at "
-                f"{foreign} at +*s, but it did not hold it: MainProcess (pid *) held it "
-                f"(acquired at {test_acquires} at +*s)",
-                "  How to fix: release a lock only in the process that acquired it*",
-                f"*ERROR at teardown of test_inversion[[]{method}[]]*",
-                "lock-order inversion: locks 'a', 'b' are taken in opposite orders (a deadlock "
-                "waiting to happen, whether or not this run deadlocked)",
-                f"    ab (pid *) took 'b' at {inner} while holding 'a' (taken at {outer})",
-                f"    ba (pid *) took 'a' at {inner} while holding 'b' (taken at {outer})",
-                "  How to fix: take these locks in one global order everywhere.*",
-                f"*ERROR at teardown of test_deadlock_cut_short[[]{method}[]]*",
-                "lock-order inversion: locks 'a', 'b' are taken in opposite orders*",
-                # "waited for" (the other held it), or "took" when a very slow machine made
-                # the other give up first: the inversion is found either way.
-                f"    holds-a (pid *) * 'b' at {deadlock} while holding 'a' (taken at *)",
-                f"    holds-b (pid *) * 'a' at {deadlock} while holding 'b' (taken at *)",
-            ]
-        )
-    for method in reimporting:
-        result.stdout.fnmatch_lines(
-            [
-                f"*ERROR at teardown of test_child_makes_own_lock[[]{method}[]]*",
-                "lock not shared: lock 'shared' is not shared: 2 processes use a lock of this "
-                "name, but they hold 2 different semaphores, so none of them excludes another",
-                "    semaphore 1 (made by the test in MainProcess (pid *), /mp-*): used by "
-                "passed (pid *)",
-                "    semaphore 2 (made in a child, /mp-*): used by own (pid *)",
-                "  How to fix: create the lock once, in the test, and pass it to each child as an "
-                "argument*",
-                f"*ERROR at teardown of test_module_level_lock[[]{method}[]]*",
-                "'child-0' (pid *):",
-                "    lock not shared: the module-level Lock 'MODULE_LOCK' of test_problems.py is "
-                f"not the test's lock in this child: under the '{method}' start method the child "
-                "imported 'test_problems' again, which made a new Lock*; it excludes "
-                "neither the test process nor the other children, so their critical sections can "
-                "run at the same time.",
-                "    How to fix: create the lock in the test and pass it to each child as an "
-                "argument, e.g. mp_spawn(target, args=(MODULE_LOCK, ...)) (or "
-                "mp_locks.Lock('MODULE_LOCK') to have it checked); for a Pool, pass it with "
-                "initializer=..., initargs=(MODULE_LOCK,).",
-                f"*ERROR at teardown of test_module_level_value[[]{method}[]]*",
-                "    Value not shared: the module-level Value 'COUNTER' of test_problems.py is not "
-                f"the test's Value in this child: under the '{method}' start method the child "
-                "imported 'test_problems' again, which made a new Value; what one process puts "
-                "in it, the others never see.",
-                "    How to fix: create the Value in the test and pass it to each child as an "
-                "argument, e.g. mp_spawn(target, args=(COUNTER, ...)); for a Pool, pass it with "
-                "initializer=..., initargs=(COUNTER,).",
-            ]
-        )
-    result.stdout.no_fnmatch_line("*ERROR at teardown of test_inversion_asserted_on_demand*")
-    if "fork" in methods:
-        # Under fork the module-level lock is inherited, so it is shared: no finding.
-        result.stdout.no_fnmatch_line("*test_module_level_lock[[]fork[]]*")
-        result.stdout.no_fnmatch_line("*test_module_level_value[[]fork[]]*")
-        result.stdout.no_fnmatch_line("*test_child_makes_own_lock[[]fork[]]*")
-    # The two failures of assert_atomic, read under two methods where the run has them.
-    intrusion, unprotected = methods[0], methods[1 % len(methods)]
-    result.stdout.fnmatch_lines(
-        [
-            f"*_ test_atomic_intrusion[[]{intrusion}[]] _*",
-            "E*AssertionError: mp_output.assert_atomic('out'): the output is not atomic under "
-            "the lock",
-            "E*line 2 was written by intruder (pid *) while holder (pid *) held lock 'out' "
-            f"({block}): another process wrote into its critical section",
-            "E*the lines written by holder (pid *) during one hold of lock 'out' "
-            f"({block}) are not contiguous: line 3 comes after line 2 of intruder (pid *)",
-            "E*1  holder (*)*hold  1  out| A1",
-            "E*>>    2  intruder (*)*-  out| B1   <-- written while holder (pid *) held 'out'",
-            "E*>>    3  holder (*)*hold  1  out| A2   <-- block broken: this hold of 'out' wrote "
-            "before line 2 (intruder)",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*_ test_atomic_unprotected[[]{unprotected}[]] _*",
-            "E*line 1 was written by writer (pid *) while it did not hold lock 'out': this "
-            "output is not protected by the lock",
-            "E*line 2 was written by writer (pid *) while it did not hold lock 'out'*",
-            "E*>>    1  writer (*)*-  out| before 1   <-- not under 'out'",
-            "E*>>    2  writer (*)*-  out| before 2   <-- not under 'out'",
-            "E*3  writer (*)*hold  1  out| inside",
-        ]
-    )
+# The tests where the start method matters, under the run's three methods (C hot path only): a
+# checked lock that reaches a child or a pool's workers (inherited under fork, pickled under spawn
+# and forkserver), and module-level objects that a re-import of this module (spawn, forkserver)
+# makes again. No pytest import: each child under spawn and forkserver imports this module again.
+REIMPORT = """\
+import multiprocessing
+
+MODULE_LOCK = multiprocessing.Lock()
+COUNTER = multiprocessing.Value("i", 0)
+
+
+def take(lock):
+    with lock:
+        pass
+
+
+def own_lock(checker):
+    with checker.Lock("shared"):
+        pass
+
+
+def test_child_makes_own_lock(mp_locks, mp_spawn):
+    mp_spawn(take, args=(mp_locks.Lock("shared"),), name="passed").join()
+    mp_spawn(own_lock, args=(mp_locks,), name="own").join()
+
+
+def use_module_lock(n):
+    with MODULE_LOCK:
+        print("line", n)
+
+
+def test_module_level_lock(mp_spawn):
+    children = [mp_spawn(use_module_lock, args=(n,), name=f"child-{n}") for n in range(2)]
+    for child in children:
+        child.join()
+
+
+def count():
+    with COUNTER.get_lock():
+        COUNTER.value += 1
+
+
+def test_module_level_value(mp_spawn):
+    mp_spawn(count, name="counter").join()
+
+
+def pool_init(lock):
+    global POOL_LOCK
+    POOL_LOCK = lock  # the lock passed to each worker, kept for its tasks
+
+
+def pool_task(n):
+    with POOL_LOCK:
+        return n * n
+
+
+def test_pool_with_a_checked_lock(mp_locks, mp_pool):
+    lock = mp_locks.Lock("pool")
+    pool = mp_pool(2, initializer=pool_init, initargs=(lock,))
+    assert pool.map(pool_task, range(6)) == [n * n for n in range(6)]
+    mp_locks.assert_acquisitions("pool", 6)
+    mp_locks.assert_exclusive("pool")
+"""
 
 
 CLEAN = """\
@@ -411,6 +310,11 @@ import multiprocessing
 import time
 
 import pytest
+
+from pytest_mpcheck.locks.records import _INITIAL_SIZE, RECORD_SIZE
+
+# The record and the checks do not depend on how the children were started: fork, the cheapest.
+pytestmark = pytest.mark.mp_start_methods("fork")
 
 
 def print_block(lock, item):
@@ -524,31 +428,17 @@ def many_threads(lock, threads, pairs):
         worker.join(60)
 
 
+THREADS, PAIRS = 4, 2500
+
+
 def test_threads_of_children_and_a_growing_record(mp_locks, mp_spawn):
-    # 4 threads x 9000 pairs: 72000 records, more than the first mapping holds (65536), written
-    # by threads that take record slots at the same time.
+    # 4 threads x 2500 pairs: 20000 records (two a pair), over four times what the first mapping
+    # of the record file holds (4096), so that it grows three times, written by threads that
+    # take record slots at the same time. The teardown checks the record read back.
+    assert 2 * THREADS * PAIRS > 4 * (_INITIAL_SIZE // RECORD_SIZE)
     lock = mp_locks.Lock("threads")
-    mp_spawn(many_threads, args=(lock, 4, 9000)).join()
-    mp_locks.assert_acquisitions("threads", 36000)
-    mp_locks.check()
-
-
-def pool_init(lock):
-    global POOL_LOCK
-    POOL_LOCK = lock  # the lock passed to each worker, kept for its tasks
-
-
-def pool_task(n):
-    with POOL_LOCK:
-        return n * n
-
-
-def test_pool_with_a_checked_lock(mp_locks, mp_pool):
-    lock = mp_locks.Lock("pool")
-    pool = mp_pool(2, initializer=pool_init, initargs=(lock,))
-    assert pool.map(pool_task, range(6)) == [n * n for n in range(6)]
-    mp_locks.assert_acquisitions("pool", 6)
-    mp_locks.assert_exclusive("pool")
+    mp_spawn(many_threads, args=(lock, THREADS, PAIRS)).join()
+    mp_locks.assert_acquisitions("threads", THREADS * PAIRS)
 
 
 @pytest.mark.mp_start_methods("spawn")
@@ -584,24 +474,181 @@ def test_uncontended_and_bad_input(mp_locks, mp_output):
     assert "is not a checked lock; pass a lock made by mp_locks.Lock(name)" in str(failed.value)
 """
 
+#: The tests of REIMPORT.
+REIMPORT_TESTS = (
+    "test_child_makes_own_lock",
+    "test_module_level_lock",
+    "test_module_level_value",
+    "test_pool_with_a_checked_lock",
+)
 
-def test_clean_uses_pass(
-    pytester: pytest.Pytester, implementation: str, methods: tuple[str, ...]
-) -> None:
-    """Correct uses of locks pass with no finding, under each start method, with the C hot path
-    of the locks and with the pure-Python one."""
-    source = CLEAN.replace("WITH_SITE", _clean_site("    with condition:"))
-    source = source.replace("WAIT_SITE", _clean_site("# condition-wait"))
-    pytester.makepyfile(
-        test_clean=source.replace("PRINT_SITE", _clean_site("# print-block")),
-        test_implementation=IMPLEMENTATION.replace("BASE", implementation),
-    )
+#: The tests of CLEAN; each must pass, with no lock problem.
+CLEAN_TESTS = (
+    "test_shared_lock[fork]",
+    "test_rlock_taken_twice[fork]",
+    "test_nested_in_one_order[fork]",
+    "test_trylock_in_reverse_and_a_condition[fork]",
+    "test_contention[fork]",
+    "test_threads_of_children_and_a_growing_record[fork]",
+    "test_uncontended_and_bad_input[spawn]",
+)
+
+
+def _clean_site(marker: str) -> str:
+    numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if marker in text]
+    assert len(numbers) == 1, marker
+    return f"test_clean.py:{numbers[0]}"
+
+
+def test_problems_found_and_clean_uses_pass(pytester: pytest.Pytester, implementation: str) -> None:
+    """Every finding, under each start method where it applies, with the lines a user reads; and
+    correct uses of locks that pass with no finding. With the C hot path of the locks (every
+    module) and with the pure-Python one (all but REIMPORT, whose findings the hot path plays no
+    part in): one inner run each."""
+    clean = CLEAN.replace("WITH_SITE", _clean_site("    with condition:"))
+    clean = clean.replace("WAIT_SITE", _clean_site("# condition-wait"))
+    files = {
+        "test_problems": PROBLEMS,
+        "test_clean": clean.replace("PRINT_SITE", _clean_site("# print-block")),
+        "test_implementation": IMPLEMENTATION.replace("BASE", implementation),
+    }
+    accelerated = implementation == "LockCore"
+    if accelerated:
+        files["test_reimport"] = REIMPORT
+    pytester.makepyfile(**files)
+    methods = IMPLEMENTATION_METHODS[implementation]
     result = pytester.runpytest_subprocess(
         f"--mp-start-methods={','.join(methods)}", "-rA", timeout=120
     )
-    # 8 tests under each method, but one marked to run under spawn only.
-    result.assert_outcomes(passed=8 * len(methods) + 1)
-    result.stdout.no_fnmatch_line("*lock problem*")
+    # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
+    # test_problems (fork): 6 passed, 2 failed, 5 errors. test_clean: 7 passed. test_implementation
+    # (the run's methods): 1 passed each. test_reimport (C only, the run's three methods): 4 passed
+    # each, and under spawn and forkserver 3 errors each: the lock a child made, and the lock and
+    # the Value made again by a re-import.
+    reimporting = ("spawn", "forkserver") if accelerated else ()
+    result.assert_outcomes(
+        passed=6 + 7 + len(methods) + (4 * len(methods) if accelerated else 0),
+        failed=2,
+        errors=5 + 3 * len(reimporting),
+    )
+    inner, outer = site(PROBLEMS, "inner"), site(PROBLEMS, "outer")
+    deadlock = site(PROBLEMS, "deadlock-wait")
+    first, take = site(PROBLEMS, "first-acquires"), site(PROBLEMS, "take")
+    victim, block = site(PROBLEMS, "victim-acquires"), site(PROBLEMS, "block")
+    foreign, test_acquires = site(PROBLEMS, "foreign-release"), site(PROBLEMS, "test-acquires")
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_two_holders[[]fork[]]*",
+            "mpcheck: test_problems.py::test_two_holders[[]fork[]]: 1 lock problem",
+            "",
+            "two holders at once: lock 'x' was held by first (pid *) and second (pid *) at "
+            "the same time",
+            f"    first (pid *) acquired at {first} at +*s and still held it",
+            f"    when second (pid *) acquired at {take} at +*s",
+            "  How to fix: every acquire and release must go through the checked lock*",
+            "*ERROR at teardown of test_killed_holding[[]fork[]]*",
+            "mpcheck: test_problems.py::test_killed_holding[[]fork[]]: 1 lock problem",
+            "",
+            "held at exit: victim (pid *) ended holding lock 'k' (acquired at "
+            f"{victim} at +*s); any other process that takes it waits forever",
+            "  How to fix: release the lock in a `finally:` block*",
+            "*ERROR at teardown of test_release_not_held[[]fork[]]*",
+            "release of a lock not held: releaser (pid *) released lock 'r' at "
+            f"{foreign} at +*s, but it did not hold it: MainProcess (pid *) held it "
+            f"(acquired at {test_acquires} at +*s)",
+            "  How to fix: release a lock only in the process that acquired it*",
+            "*ERROR at teardown of test_inversion[[]fork[]]*",
+            "lock-order inversion: locks 'a', 'b' are taken in opposite orders (a deadlock "
+            "waiting to happen, whether or not this run deadlocked)",
+            f"    ab (pid *) took 'b' at {inner} while holding 'a' (taken at {outer})",
+            f"    ba (pid *) took 'a' at {inner} while holding 'b' (taken at {outer})",
+            "  How to fix: take these locks in one global order everywhere.*",
+            "*ERROR at teardown of test_deadlock_cut_short[[]fork[]]*",
+            "lock-order inversion: locks 'a', 'b' are taken in opposite orders*",
+            # "waited for" (the other held it), or "took" when a very slow machine made
+            # the other give up first: the inversion is found either way.
+            f"    holds-a (pid *) * 'b' at {deadlock} while holding 'a' (taken at *)",
+            f"    holds-b (pid *) * 'a' at {deadlock} while holding 'b' (taken at *)",
+        ]
+    )
+    for method in reimporting:
+        result.stdout.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_child_makes_own_lock[[]{method}[]]*",
+                "lock not shared: lock 'shared' is not shared: 2 processes use a lock of this "
+                "name, but they hold 2 different semaphores, so none of them excludes another",
+                "    semaphore 1 (made by the test in MainProcess (pid *), /mp-*): used by "
+                "passed (pid *)",
+                "    semaphore 2 (made in a child, /mp-*): used by own (pid *)",
+                "  How to fix: create the lock once, in the test, and pass it to each child as an "
+                "argument*",
+                f"*ERROR at teardown of test_module_level_lock[[]{method}[]]*",
+                "'child-0' (pid *):",
+                "    lock not shared: the module-level Lock 'MODULE_LOCK' of test_reimport.py is "
+                f"not the test's lock in this child: under the '{method}' start method the child "
+                "imported 'test_reimport' again, which made a new Lock*; it excludes "
+                "neither the test process nor the other children, so their critical sections can "
+                "run at the same time.",
+                "    How to fix: create the lock in the test and pass it to each child as an "
+                "argument, e.g. mp_spawn(target, args=(MODULE_LOCK, ...)) (or "
+                "mp_locks.Lock('MODULE_LOCK') to have it checked); for a Pool, pass it with "
+                "initializer=..., initargs=(MODULE_LOCK,).",
+                f"*ERROR at teardown of test_module_level_value[[]{method}[]]*",
+                "    Value not shared: the module-level Value 'COUNTER' of test_reimport.py is not "
+                f"the test's Value in this child: under the '{method}' start method the child "
+                "imported 'test_reimport' again, which made a new Value; what one process puts "
+                "in it, the others never see.",
+                "    How to fix: create the Value in the test and pass it to each child as an "
+                "argument, e.g. mp_spawn(target, args=(COUNTER, ...)); for a Pool, pass it with "
+                "initializer=..., initargs=(COUNTER,).",
+            ]
+        )
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_inversion_asserted_on_demand*")
+    if accelerated:
+        # Under fork the module-level lock and Value are inherited, so they are shared, and the
+        # child's mp_locks.Lock("shared") is the test's own: no finding. A checked lock reaches
+        # a pool's workers under every method.
+        result.stdout.fnmatch_lines_random(
+            [
+                f"PASSED test_reimport.py::{test}[[]{m}[]]"
+                for test in REIMPORT_TESTS
+                for m in methods
+            ]
+        )
+        for test in REIMPORT_TESTS:
+            result.stdout.no_fnmatch_line(f"*ERROR*{test}[[]fork[]]*")
+        result.stdout.no_fnmatch_line("*ERROR*test_pool_with_a_checked_lock*")
+    # The two failures of assert_atomic.
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_atomic_intrusion[[]fork[]] _*",
+            "E*AssertionError: mp_output.assert_atomic('out'): the output is not atomic under "
+            "the lock",
+            "E*line 2 was written by intruder (pid *) while holder (pid *) held lock 'out' "
+            f"({block}): another process wrote into its critical section",
+            "E*the lines written by holder (pid *) during one hold of lock 'out' "
+            f"({block}) are not contiguous: line 3 comes after line 2 of intruder (pid *)",
+            "E*1  holder (*)*hold  1  out| A1",
+            "E*>>    2  intruder (*)*-  out| B1   <-- written while holder (pid *) held 'out'",
+            "E*>>    3  holder (*)*hold  1  out| A2   <-- block broken: this hold of 'out' wrote "
+            "before line 2 (intruder)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_atomic_unprotected[[]fork[]] _*",
+            "E*line 1 was written by writer (pid *) while it did not hold lock 'out': this "
+            "output is not protected by the lock",
+            "E*line 2 was written by writer (pid *) while it did not hold lock 'out'*",
+            "E*>>    1  writer (*)*-  out| before 1   <-- not under 'out'",
+            "E*>>    2  writer (*)*-  out| before 2   <-- not under 'out'",
+            "E*3  writer (*)*hold  1  out| inside",
+        ]
+    )
+    # The clean uses: each passed, and none had a lock problem.
+    result.stdout.fnmatch_lines_random([f"PASSED test_clean.py::{test}" for test in CLEAN_TESTS])
+    result.stdout.no_fnmatch_line("*test_clean.py::*lock problem*")
+    result.stdout.no_fnmatch_line("ERROR test_clean.py::*")
     # The terminal summary names the most contended locks of the session (which ones depends on
     # the timing of the threads and pool workers; test_locks_xdist.py checks the exact lines).
     result.stdout.fnmatch_lines(
@@ -611,12 +658,6 @@ def test_clean_uses_pass(
             "wait total * ms max * ms",
         ]
     )
-
-
-def _clean_site(marker: str) -> str:
-    numbers = [n for n, text in enumerate(CLEAN.splitlines(), 1) if marker in text]
-    assert len(numbers) == 1, marker
-    return f"test_clean.py:{numbers[0]}"
 
 
 def _use_lock(lock: CheckedLock) -> None:

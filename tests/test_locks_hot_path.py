@@ -1,7 +1,8 @@
-"""The hot path of the checked locks, in C and in Python, where a record cannot be written.
+"""The hot path of the checked locks, in C and in Python, where a record cannot be written, and
+the limit on the number of locks a process can use in a test.
 
-Inner pytest runs: what a user sees, in a process of its own (one test lowers its address-space
-limit so that the record file cannot grow).
+One inner pytest run per hot path: what a user sees, in a process of its own (two tests lower its
+address-space limit so that the record file cannot grow).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import resource
 
 import pytest
 
+from pytest_mpcheck import CheckedLock
 from pytest_mpcheck.locks import ACCELERATED
+from pytest_mpcheck.locks.checked import close_records
 
 
 @pytest.fixture(autouse=True)
@@ -91,40 +94,42 @@ def test_release_not_recorded(mp_locks):
 """
 
 
-def test_a_record_that_cannot_be_written_leaves_the_lock_free(
+TOO_MANY = """\
+
+
+def test_too_many_locks(mp_context, tmp_path):
+    # As many checked locks over one semaphore as records allow. Their records go to a directory
+    # of their own, which the checker does not replay at teardown (65535 locks: seconds of it).
+    directory = str(tmp_path)
+    raw = mp_context.Lock()
+    try:
+        for number in range(65535):
+            with CheckedLock(f"lock {number}", "Lock", directory, raw):
+                pass
+        late = CheckedLock("one too many", "Lock", directory, raw)
+        try:
+            late.acquire()
+        finally:
+            assert raw.acquire(False)  # the limit was checked before the semaphore was taken
+            raw.release()
+    finally:
+        close_records(directory)
+"""
+
+
+def test_records_not_written_leave_the_lock_free_and_the_lock_number_limit_says_what_to_do(
     pytester: pytest.Pytester, hot_path: str
 ) -> None:
-    pytester.makepyfile(test_records=CANNOT_GROW.format(accelerated=hot_path == "C"))
+    # One inner run: the record that cannot be written (2 tests), and the limit on the number of
+    # locks of a process, whose message a user reads.
+    source = CANNOT_GROW.format(accelerated=hot_path == "C") + TOO_MANY
+    pytester.makepyfile(test_records=source)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=2, warnings=2)
+    result.assert_outcomes(passed=2, failed=1, warnings=2)
     # The warning proves that the write failed where it should: growing the file.
     result.stdout.fnmatch_lines(
         ["*MpCheckInternalWarning: mpcheck: the lock checker's records are incomplete*"]
     )
-
-
-TOO_MANY = """\
-from pytest_mpcheck import CheckedLock
-
-
-def test_too_many_locks(mp_locks, mp_context):
-    raw = mp_context.Lock()  # one semaphore, and as many checked locks over it as records allow
-    for number in range(65535):
-        with CheckedLock(f"lock {{number}}", "Lock", mp_locks.directory, raw):
-            pass
-    late = CheckedLock("one too many", "Lock", mp_locks.directory, raw)
-    try:
-        late.acquire()
-    finally:
-        assert raw.acquire(False)  # the limit was checked before the semaphore was taken
-        raw.release()
-"""
-
-
-def test_the_lock_number_limit_says_what_to_do(pytester: pytest.Pytester, hot_path: str) -> None:
-    pytester.makepyfile(test_many=TOO_MANY.format())
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             "E *RuntimeError: mpcheck: <CheckedLock Lock 'one too many'> cannot be used: this "
@@ -133,6 +138,7 @@ def test_the_lock_number_limit_says_what_to_do(pytester: pytest.Pytester, hot_pa
             "same lock for the same name.",
         ]
     )
+    result.stdout.fnmatch_lines(["FAILED test_records.py::test_too_many_locks - RuntimeError*"])
 
 
 @pytest.mark.skipif(
