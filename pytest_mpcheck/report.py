@@ -21,7 +21,7 @@ from pytest_mpcheck.findings import (
     as_json,
 )
 from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
-from pytest_mpcheck.watch.resources import SEMAPHORE, SHARED_MEMORY
+from pytest_mpcheck.watch.resourcelog import SEMAPHORE, SHARED_MEMORY
 
 _STATE_WORDS = {
     LEAKED: "still running",

@@ -36,8 +36,8 @@ from pytest_mpcheck.findings import (
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
-from pytest_mpcheck.watch.childstacks import ChildStacks
 from pytest_mpcheck.watch.origins import OriginRecorder
+from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn
 from pytest_mpcheck.watch.resources import ResourceWatch
 
@@ -58,7 +58,7 @@ class MpCheckRun:
         self.settings = settings
         self.recorder = OriginRecorder(config.rootpath)
         self.watch = ProcessWatch(settings, self.recorder)
-        self.child_stacks = ChildStacks()
+        self.child_preparation = ChildPreparation()
         self.resources = ResourceWatch(self.recorder.owner_of)
         self.log = FindingLog(config)
         """Every finding of the run: the tally, the JSON report, the hooks."""
@@ -96,13 +96,14 @@ class MpCheckRun:
             if self.subreaper:
                 config.add_cleanup(self.watch.reaper.uninstall)
                 self.watch.reaper.install()
-        if self.settings.mode != "off":
-            # Every Python child answers the stack signal: its report can show its stacks.
-            config.add_cleanup(self._stop_child_stacks)
-            self.child_stacks.install()
-            self.recorder.stack_requests = self.child_stacks.requests
         config.add_cleanup(self.resources.stop)
         self.resources.start()
+        if self.settings.mode != "off":
+            # Every Python child answers the stack signal (its report can show its stacks), keeps
+            # its traceback should it crash, and reports the named resources it makes.
+            config.add_cleanup(self._stop_child_preparation)
+            self.child_preparation.install(self.resources.log_path)
+            self.recorder.child_setup = self.child_preparation.requests
         # The checks of the fixtures' children as they were before this run's conftest files
         # were imported: what the run's own code registers is forgotten at its end.
         checks = config.stash.get(child_checks_key, None)
@@ -111,9 +112,9 @@ class MpCheckRun:
         )
         config.add_cleanup(_sweep_scratch)
 
-    def _stop_child_stacks(self) -> None:
-        self.recorder.stack_requests = None
-        self.child_stacks.uninstall()
+    def _stop_child_preparation(self) -> None:
+        self.recorder.child_setup = None
+        self.child_preparation.uninstall()
 
     def header(self) -> str:
         """The line for pytest's report header."""
@@ -240,12 +241,12 @@ class MpCheckRun:
         no section.
         """
         gone = self.watch.take_gone()
-        if not gone or self.child_stacks.requests is None:
+        if not gone or self.child_preparation.requests is None:
             return
         ended_here = {finding.process.pid for finding in findings}
         deaths = []
         for record, status in gone:
-            traceback = self.child_stacks.crash_traceback(record.pid)  # removes its file
+            traceback = self.child_preparation.crash_traceback(record.pid)  # removes its file
             if mode == "off":
                 continue
             signum = -status if status is not None and status < 0 else None

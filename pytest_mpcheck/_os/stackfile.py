@@ -87,32 +87,3 @@ def record_crashes(directory: str) -> None:
     except BaseException:
         os.close(fd)
         raise
-
-
-def prepare_child(path: str) -> None:
-    """What every child of the pytest process does first: it answers the stack signal into
-    ``path``, and keeps its traceback should it die of a fatal signal (see :func:`record_crashes`).
-    Called by the at-fork callback in a fork child, and by the unpickling of
-    :class:`StackRequests` in a spawn or forkserver child."""
-    answer_quietly(path)
-    with contextlib.suppress(OSError, RuntimeError, ValueError):
-        record_crashes(os.path.dirname(path))
-
-
-class StackRequests:
-    """Put in a process object before a spawn or forkserver start: unpickled in the child, before
-    its target runs, it makes the child answer the stack signal, and keep its traceback should it
-    die of a fatal signal.
-
-    Spawn and forkserver children run no code of the parent's but what they unpickle: the
-    process object itself is the one thing every such child unpickles first, in every context,
-    pool and executor.
-    """
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return prepare_child, (self.path,)

@@ -34,7 +34,7 @@ from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 HANDED_OVER = "<handed over to the session>"
 
 #: The attribute of a process object, while it starts, that prepares its child for stack requests.
-STACK_REQUESTS_ATTRIBUTE = "_pytest_mpcheck_stack_requests"
+CHILD_SETUP_ATTRIBUTE = "_pytest_mpcheck_child_setup"
 
 
 @dataclass
@@ -110,9 +110,9 @@ class OriginRecorder:
         )
         """The line of a test module or conftest.py that led to each thread's start (directly,
         or through the thread that started it)."""
-        self.stack_requests: object | None = None
+        self.child_setup: object | None = None
         """Put in each process object that ``Process.start`` starts by spawn or forkserver, so
-        that the child answers the stack signal (see :mod:`pytest_mpcheck.watch.childstacks`)."""
+        that the child answers the stack signal (see :mod:`pytest_mpcheck.watch.preparation`)."""
         self.threaded_forks = ThreadedForks()
         """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
@@ -404,7 +404,7 @@ class OriginRecorder:
             @functools.wraps(original)
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 previous = recorder._prepare(label)
-                requests = recorder.stack_requests
+                requests = recorder.child_setup
                 # Pickled with the process object for a spawn or forkserver child; a fork child
                 # is prepared by the at-fork callback instead, and never sees it.
                 prepare = (
@@ -413,7 +413,7 @@ class OriginRecorder:
                     and getattr(self, "_start_method", None) != "fork"
                 )
                 if prepare:
-                    vars(self)[STACK_REQUESTS_ATTRIBUTE] = requests
+                    vars(self)[CHILD_SETUP_ATTRIBUTE] = requests
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
@@ -421,7 +421,7 @@ class OriginRecorder:
                     return result
                 finally:
                     if prepare:
-                        vars(self).pop(STACK_REQUESTS_ATTRIBUTE, None)
+                        vars(self).pop(CHILD_SETUP_ATTRIBUTE, None)
                     recorder._finish(previous)
 
             setattr(cls, attribute, wrapper)

@@ -8,8 +8,10 @@ the tracker frees with a warning on the terminal that names no test ("There appe
 shared_memory objects"), long after the test that caused it.
 
 The watch sees these messages where they are sent: it wraps ``ResourceTracker._send`` in the pytest
-process, where its forked children inherit the wrapper, and in the children that the fixtures start
-(:mod:`pytest_mpcheck.fixtures.bootstrap`). The pytest process keeps its own registrations in
+process, where its forked children inherit the wrapper, and in every spawn or forkserver child
+that the pytest process starts (:mod:`pytest_mpcheck.watch.childsetup`, and
+:mod:`pytest_mpcheck.fixtures.bootstrap` for the fixtures' children; the child side is
+:mod:`pytest_mpcheck.watch.resourcelog`). The pytest process keeps its own registrations in
 memory; a child appends one line per message to the session's resource log, which is read after
 each test. After the test, what the test registered and nobody unregistered is a leak when it
 still exists:
@@ -22,16 +24,14 @@ A semaphore of the pytest process itself is not counted: its lock object is stil
 finalizer unregisters it as soon as it is collected), and it is freed when pytest exits.
 
 Each leak is freed (unlinked and unregistered from the tracker, so that the session ends quietly)
-and reported with where it was registered. Children started with spawn or forkserver outside the
-fixtures run no code of the plugin: their resources are not seen.
+and reported with where it was registered. A child of a child started by spawn or forkserver
+(a fresh interpreter that the plugin did not prepare) is not seen.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -40,86 +40,12 @@ from typing import Any
 
 from pytest_mpcheck._os import procfs
 from pytest_mpcheck.findings import ResourceFinding
-
-SHARED_MEMORY = "shared_memory"
-SEMAPHORE = "semaphore"
-_KINDS = (SHARED_MEMORY, SEMAPHORE)
-
-
-_MARK = "_mpcheck_resource_watch"
-"""An attribute of the wrapper: a forked child that inherited it has nothing to install."""
-
-#: What a note of the wrapper is told: ``(tracker, op, kind, name, caller's frame)``, with ``op``
-#: ``"R"`` (registered) or ``"U"`` (unregistered).
-_Note = Callable[[Any, str, str, str, FrameType], None]
-
-
-def _wrap(note: _Note) -> tuple[Callable[..., Any], Callable[[], None]]:
-    """Wrap ``ResourceTracker._send`` so that ``note`` learns each registration and unregistration
-    once it is sent; the ``_send`` that was there, and the function that puts it back.
-
-    Private, but the one place every registration passes, in 3.10 to 3.13 alike. Each run wraps
-    what it finds, so an in-process run inside a test wraps the outer run's wrapper, and both see
-    what the inner run's tests make (as the outer run's process watch sees the processes they
-    start). Should someone else have wrapped it after us when we undo, theirs stays and ours only
-    passes the call on.
-    """
-    cls = resource_tracker.ResourceTracker
-    original: Callable[..., Any] = getattr(cls, "_send")  # noqa: B009
-    active = True
-
-    def _send(self: Any, cmd: str, name: str, rtype: str) -> Any:
-        result = original(self, cmd, name, rtype)
-        if active and rtype in _KINDS and cmd in ("REGISTER", "UNREGISTER"):
-            with contextlib.suppress(Exception):  # the resource is made whatever befalls us
-                note(self, "R" if cmd == "REGISTER" else "U", rtype, name, sys._getframe(1))
-        return result
-
-    def undo() -> None:
-        nonlocal active
-        active = False
-        if getattr(cls, "_send") is _send:  # noqa: B009
-            setattr(cls, "_send", original)  # noqa: B010
-
-    setattr(_send, _MARK, True)
-    setattr(cls, "_send", _send)  # noqa: B010
-    return original, undo
-
-
-def _call_site(frame: FrameType) -> str:
-    """``file:line`` of the user's code that made the resource."""
-    from pytest_mpcheck._os import callsite  # only when a resource is made (sysconfig is not light)
-
-    return callsite.user_site(frame, os.getcwd() + os.sep) or "unknown place"
-
-
-def _clean(text: str) -> str:
-    return text.replace("\t", " ").replace("\n", " ")
-
-
-def _write_log_line(
-    log_fd: int, tracker: Any, op: str, kind: str, name: str, frame: FrameType
-) -> None:
-    """Append one child's registration or unregistration to the session's resource log."""
-    # Which tracker took it: a forked child whose parent had none running starts its own (a
-    # spawned child knows only the descriptor of its parent's: None).
-    tracker_pid = getattr(tracker, "_pid", None) or 0
-    site = _call_site(frame) if op == "R" else ""
-    line = "\t".join((op, str(os.getpid()), kind, _clean(name), _clean(site), str(tracker_pid)))
-    # O_APPEND and one write: the lines of several children never mix.
-    os.write(log_fd, (line + "\n").encode("utf-8", "replace"))
-
-
-def install_in_child(log_path: str) -> None:
-    """Log this child's registrations to the session's resource log (a fixture's child).
-
-    Never undone: the child is no pytest run, and ends with its work.
-    """
-    if getattr(getattr(resource_tracker.ResourceTracker, "_send", None), _MARK, False):
-        return  # a forked child: the run's wrapper and its log's descriptor came with the fork
-    with contextlib.suppress(OSError):
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        _wrap(functools.partial(_write_log_line, log_fd))
+from pytest_mpcheck.watch.resourcelog import (
+    SEMAPHORE,
+    call_site,
+    wrap,
+    write_log_line,
+)
 
 
 def _exists(kind: str, name: str) -> bool:
@@ -177,13 +103,13 @@ class ResourceWatch:
         # Forked children inherit this descriptor (O_APPEND: their lines never mix).
         self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
         self._pid = os.getpid()
-        self._send, self._unwrap = _wrap(self._note)
+        self._send, self._unwrap = wrap(self._note)
 
     def _note(self, tracker: Any, op: str, kind: str, name: str, frame: FrameType) -> None:
         if os.getpid() == self._pid:
-            self._event(op, kind, name, _call_site(frame) if op == "R" else "")
+            self._event(op, kind, name, call_site(frame) if op == "R" else "")
         elif self._log_fd >= 0:  # a forked child: the run reads its lines after the test
-            _write_log_line(self._log_fd, tracker, op, kind, name, frame)
+            write_log_line(self._log_fd, tracker, op, kind, name, frame)
 
     def stop(self) -> None:
         """Put the tracker's ``_send`` back, close and remove the log."""

@@ -1,7 +1,7 @@
 """Every Python child the pytest process starts can be asked for its stacks, without py-spy.
 
 A fork child runs the at-fork callback, a spawn or forkserver child unpickles
-:class:`~pytest_mpcheck._os.stackfile.StackRequests` with its process object (put there by the
+:class:`~pytest_mpcheck.watch.childsetup.ChildSetup` with its process object (put there by the
 wrapper of ``Process.start``, see :mod:`pytest_mpcheck.watch.origins`): either way, before the
 user's code runs, it answers the stack signal by writing the stacks of all its threads to the
 session's stack file. That covers ``Process`` of every context, the workers of ``Pool`` and
@@ -11,7 +11,7 @@ session's stack file. That covers ``Process`` of every context, the workers of `
 A child whose ``faulthandler`` is off (every spawn or forkserver child; a fork child only when
 pytest's own faulthandler plugin is off) also writes its Python traceback to a crash file of its
 own should a fatal signal kill it; the run tells it in the test's report (see
-:meth:`ChildStacks.crash_traceback`).
+:meth:`ChildPreparation.crash_traceback`).
 
 What it costs a child: an ``open`` and a ``sigaction`` or two. The signal is a real-time one that is
 only sent when a report needs the child's stack, after the test, to a process that the watch found
@@ -24,35 +24,32 @@ import contextlib
 import os
 
 from pytest_mpcheck._os import atfork, scratch
-from pytest_mpcheck._os.stackfile import (
-    StackRequests,
-    crash_path,
-    prepare_child,
-    stack_path,
-)
+from pytest_mpcheck._os.stackfile import crash_path, stack_path
+from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
 
 
-class ChildStacks:
+class ChildPreparation:
     """The session's stack file, and what makes each new child answer to it."""
 
     def __init__(self) -> None:
         self.directory: str | None = None
-        self.requests: StackRequests | None = None
+        self.requests: ChildSetup | None = None
         """Put in a spawn or forkserver process object before it starts; ``None`` until
         :meth:`install`."""
 
-    def install(self) -> None:
-        """Create the stack file; children started from now on answer to it."""
+    def install(self, resource_log: str | None) -> None:
+        """Create the stack file; children started from now on answer to it (and report their
+        named resources to ``resource_log``)."""
         self.directory = scratch.make_directory("stacks")
         path = stack_path(self.directory)
         # The children open it: creating a file costs more than opening one.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-        self.requests = StackRequests(path)
+        self.requests = ChildSetup(path, resource_log)
         atfork.register(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
         if self.requests is not None:
-            prepare_child(self.requests.path)
+            prepare(self.requests.stack_path)
 
     def crash_traceback(self, pid: int) -> str | None:
         """The Python traceback that child ``pid`` wrote as a fatal signal killed it, if any.
