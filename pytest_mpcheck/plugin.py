@@ -161,6 +161,7 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
     from pytest_mpcheck.locks import checker as lockcheck
 
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
+    request.node.stash[lockcheck.checker_key] = checker
     yield checker
     run = request.config.stash[run_key]
     lockcheck.finish_test(

@@ -271,6 +271,36 @@ class LockChecker:
         return [f for f in found if f.message not in self._seen], stats
 
 
+#: The lock checker of a test that uses ``mp_locks``: a hang report asks it for a deadlock.
+checker_key = pytest.StashKey["LockChecker"]()
+
+
+def deadlock_details(item: pytest.Item) -> dict[int, str]:
+    """For a test whose children hang: the ``deadlock:`` line of each process in a cycle of
+    processes that wait for each other's checked locks, by pid; empty when there is none."""
+    checker = item.stash.get(checker_key, None)
+    if checker is None:
+        return {}
+    cycle = checker.records().wait_cycle()
+    lines = {}
+    for edge in cycle:
+        held_at = f" (taken at {edge.held.site})" if edge.held.site else ""
+        wait_at = f" (at {edge.wait_site})" if edge.wait_site else ""
+        lines[edge.process.pid] = (
+            f"deadlock:   holds {edge.held.lock!r}{held_at} and waits for {edge.wanted!r}"
+            f"{wait_at}, which {edge.holder} holds"
+        )
+    return lines
+
+
+#: Said once below the report when a deadlock was found.
+DEADLOCK_ADVICE = (
+    "The processes marked 'deadlock' wait for each other's checked locks in a cycle: none can go "
+    "on. How to fix: take these locks in one global order everywhere (mp_locks.assert_ordered() "
+    "checks the order of a run, deadlocked or not)."
+)
+
+
 def finish_test(
     item: pytest.Item,
     checker: LockChecker,

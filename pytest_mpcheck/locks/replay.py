@@ -187,6 +187,18 @@ class ForeignRelease:
     holders: list[Hold]
 
 
+@dataclass
+class WaitEdge:
+    """One process of a deadlock: it holds ``held`` and waits for ``wanted``, which ``holder``
+    holds (the next process of the cycle)."""
+
+    process: ProcessName
+    held: Hold
+    wanted: str
+    wait_site: str | None
+    holder: ProcessName
+
+
 class Replay:
     """Everything the processes of one checker recorded, replayed."""
 
@@ -202,6 +214,8 @@ class Replay:
         """The holds not released yet, by token and process."""
         self._holds: dict[str, list[Hold]] = {}
         self._waiting: dict[str, list[ProcessName]] = {}
+        self._requests: dict[ProcessName, Event] = {}
+        """The request of each process that waits for a lock now."""
         for record in self.processes:
             for token, decl in record.locks.items():
                 self.declared.setdefault(decl.name, {}).setdefault(token, []).append(record.process)
@@ -267,6 +281,7 @@ class Replay:
                     hold.released_by = process
         for process, request in waiting.items():
             self._waiting.setdefault(request.lock, []).append(process)
+            self._requests[process] = request
 
     # -- questions ------------------------------------------------------------------------------
 
@@ -286,6 +301,42 @@ class Replay:
     def holders(self, name: str) -> list[ProcessName]:
         """The processes that hold one lock now."""
         return [process for (_t, process), hold in self.open.items() if hold.lock == name]
+
+    def wait_cycle(self) -> list[WaitEdge]:
+        """Processes that wait for each other's locks in a cycle now (a deadlock), each with what
+        it holds and what it waits for, in the order of the cycle; empty when there is none."""
+        holding: dict[str, list[Hold]] = {}
+        for hold in self.open.values():
+            holding.setdefault(hold.lock, []).append(hold)
+        edges: dict[ProcessName, WaitEdge] = {}
+        for process, request in self._requests.items():
+            holders = [h for h in holding.get(request.lock, []) if h.process != process]
+            mine = [h for h in self.open.values() if h.process == process]
+            if holders and mine:
+                edges[process] = WaitEdge(
+                    process, mine[-1], request.lock, request.site, holders[0].process
+                )
+        for start in edges:
+            path: list[WaitEdge] = []
+            seen: set[ProcessName] = set()
+            current: ProcessName | None = start
+            while current is not None and current in edges and current not in seen:
+                seen.add(current)
+                path.append(edges[current])
+                current = edges[current].holder
+            if current is not None and current in seen:
+                cycle = path[[edge.process for edge in path].index(current) :]
+                # The edge held for the lock the previous one waits for: what it holds in the
+                # cycle, not just any lock it holds.
+                for index, edge in enumerate(cycle):
+                    wanted_by_previous = cycle[index - 1].wanted
+                    held = [
+                        h for h in holding.get(wanted_by_previous, []) if h.process == edge.process
+                    ]
+                    if held:
+                        edge.held = held[0]
+                return cycle
+        return []
 
     @property
     def busy(self) -> set[int]:
