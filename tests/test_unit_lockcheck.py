@@ -23,6 +23,7 @@ from pytest_mpcheck.locks.records import (
     ACQUIRED,
     FILE_SUFFIX,
     FOREIGN,
+    GAVE_UP,
     RECORD,
     RELEASE_FAILED,
     RELEASED,
@@ -348,3 +349,50 @@ def test_lost_records_are_named_by_pid(tmp_path: Path) -> None:
     for name in ("12.mplocks-lost", "7.mplocks-lost", "x.mplocks-lost", "3.mplocks"):
         (tmp_path / name).write_bytes(b"")
     assert lost_records(str(tmp_path)) == [7, 12]
+
+
+# -- a deadlock now ------------------------------------------------------------------------------
+
+
+def test_a_wait_cycle_names_what_each_holds_and_waits_for() -> None:
+    third = ProcessName(103, "third")
+    replay = Replay(
+        [
+            _record(FIRST, [(1, ACQUIRED, "a", "x.py:1"), (3, REQUESTED, "b", "x.py:2")]),
+            _record(OTHER, [(2, ACQUIRED, "b", "x.py:3"), (4, REQUESTED, "a", "x.py:4")]),
+            # Waits for a lock of the cycle, but nobody waits for what it holds: not in it.
+            _record(third, [(2, ACQUIRED, "c", "x.py:5"), (5, REQUESTED, "a", "x.py:6")]),
+        ]
+    )
+    cycle = replay.wait_cycle()
+    assert [
+        (e.process, e.held.lock, e.held.site, e.wanted, e.wait_site, e.holder) for e in cycle
+    ] in (
+        [
+            (FIRST, "a", "x.py:1", "b", "x.py:2", OTHER),
+            (OTHER, "b", "x.py:3", "a", "x.py:4", FIRST),
+        ],
+        [
+            (OTHER, "b", "x.py:3", "a", "x.py:4", FIRST),
+            (FIRST, "a", "x.py:1", "b", "x.py:2", OTHER),
+        ],
+    )
+
+
+def test_no_wait_cycle_when_a_wait_ends_or_nobody_holds() -> None:
+    # The second gave up its wait: no deadlock now (the inversion is another finding).
+    gave_up = Replay(
+        [
+            _record(FIRST, [(1, ACQUIRED, "a"), (3, REQUESTED, "b")]),
+            _record(OTHER, [(2, ACQUIRED, "b"), (4, REQUESTED, "a"), (5, GAVE_UP, "a")]),
+        ]
+    )
+    assert gave_up.wait_cycle() == []
+    # A wait for a lock that its holder will release: a chain, not a cycle.
+    chain = Replay(
+        [
+            _record(FIRST, [(1, ACQUIRED, "a"), (3, REQUESTED, "b")]),
+            _record(OTHER, [(2, ACQUIRED, "b")]),
+        ]
+    )
+    assert chain.wait_cycle() == []
