@@ -19,6 +19,12 @@ from pytest_mpcheck._os.stacks import pyspy_path
 
 pytest_plugins = ["pytester"]
 
+# Bytecode is written, as on a user's machine: with PYTHONDONTWRITEBYTECODE (set in some CI
+# images) each of the suite's ~170 inner pytest runs, and each spawned child, would compile the
+# plugin's modules again (some 0.1 s of CPU per inner run).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 #: Options for an inner ``runpytest_subprocess``: no cache files in the inner project, and a
 #: short grace between SIGTERM and SIGKILL (a child that dies at SIGTERM is not slowed by it).
 FAST_ARGS = ("-p", "no:cacheprovider", "--mp-kill-grace=0.5")

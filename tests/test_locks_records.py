@@ -277,14 +277,14 @@ def test_module_lock_check_reaches_nothing_through_builtins() -> None:
     import builtins
     import sys
 
-    from pytest_mpcheck.locks import modulelocks
+    from pytest_mpcheck.watch import modulelevel
 
-    assert modulelocks._codes_of(pow) == []
-    assert modulelocks._codes_of(print) == []
-    assert modulelocks._reachable_names(pow, builtins) == set()
+    assert modulelevel._codes_of(pow) == []
+    assert modulelevel._codes_of(print) == []
+    assert modulelevel._reachable_names(pow, builtins) == set()
 
     class Callable:
         def __call__(self) -> object:
             return GONE
 
-    assert modulelocks._reachable_names(Callable(), sys.modules[__name__]) == {"GONE"}
+    assert modulelevel._reachable_names(Callable(), sys.modules[__name__]) == {"GONE"}

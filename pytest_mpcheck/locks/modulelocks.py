@@ -7,144 +7,22 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import sys
 from typing import Any
 
-from pytest_mpcheck.locks.checked import CheckedLock
+from pytest_mpcheck.watch.modulelevel import made_again
 
 #: The name under which the plugin registers the check (``module:function``).
 MODULE_LOCK_CHECK = "pytest_mpcheck.locks.modulelocks:module_lock_check"
-
-
-def _code_of(value: Any) -> Any | None:
-    """The code object of a Python function or method (static and class methods too)."""
-    function = getattr(value, "__func__", value)
-    return getattr(function, "__code__", None) if callable(function) else None
-
-
-def _codes_of(value: Any) -> list[Any]:
-    """The code of ``value``: a function's, each method's of a class, a callable's ``__call__``.
-
-    Built-in functions and types implemented in C have none (``pow``, ``print``): nothing of
-    the module is reachable through them.
-    """
-    code = _code_of(value)
-    if code is not None:
-        return [code]
-    if isinstance(value, type):
-        return [c for member in vars(value).values() if (c := _code_of(member)) is not None]
-    call = _code_of(vars(type(value)).get("__call__"))  # a callable instance's class
-    return [call] if call is not None else []
-
-
-def _global_reads(code: Any) -> set[str]:
-    """The global names that ``code`` reads (not attribute names, which share ``co_names``)."""
-    import dis
-
-    return {
-        str(instruction.argval)
-        for instruction in dis.get_instructions(code)
-        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")
-    }
-
-
-def _reachable_names(target: Any, module: Any) -> set[str]:
-    """The global names that ``target`` reads, and those of the functions and classes of
-    ``module`` that it reads, transitively: the module-level objects the child can reach."""
-    names: set[str] = set()
-    pending = _codes_of(target)
-    seen: set[int] = set()
-    while pending:
-        code = pending.pop()
-        if id(code) in seen:
-            continue
-        seen.add(id(code))
-        for name in _global_reads(code):
-            if name in names:
-                continue
-            names.add(name)
-            value = vars(module).get(name)
-            if value is not None and getattr(value, "__module__", None) == module.__name__:
-                pending.extend(_codes_of(value))
-        pending.extend(c for c in code.co_consts if hasattr(c, "co_names"))
-    return names
-
-
-_DISPLAY = {"Synchronized": "Value", "SynchronizedArray": "Array", "SynchronizedString": "Array"}
-
-
-def _shared_kinds() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """``multiprocessing`` types that a module makes again on each import: locks, then others."""
-    import multiprocessing.queues
-    import multiprocessing.sharedctypes
-    import multiprocessing.synchronize as synchronize
-
-    locks = (synchronize.SemLock, synchronize.Condition)
-    others = (
-        synchronize.Event,
-        synchronize.Barrier,
-        multiprocessing.sharedctypes.SynchronizedBase,
-        multiprocessing.queues.Queue,
-        multiprocessing.queues.SimpleQueue,
-    )
-    return locks, others
 
 
 def module_lock_check(target: Any, args: Any, kwargs: Any) -> list[str]:
     """Child check: module-level multiprocessing locks (and queues, values, events) made again.
 
     Runs in each child that ``mp_spawn`` starts, after the target was unpickled (so its module was
-    imported again under spawn and forkserver) and before it runs. A ``multiprocessing`` lock made
-    at module level is then a new semaphore in each child, so it excludes neither the test process
-    nor the other children: this is deterministic, whatever the timing. The same holds for a
-    module-level ``Queue``, ``Value``, ``Array``, ``Event`` or ``Barrier``: each child has its own.
-    Under fork the child inherits the parent's objects, which are shared. Only the objects that
-    the target can reach (the names its code, and the module functions it calls, read) count.
+    imported again under spawn and forkserver) and before it runs; see
+    :mod:`pytest_mpcheck.watch.modulelevel`.
     """
     method = getattr(multiprocessing.current_process(), "_start_method", None)
-    if method in (None, "fork"):
+    if method is None:
         return []
-    module = sys.modules.get(getattr(target, "__module__", None) or "")
-    if module is None:
-        return []
-    locks, others = _shared_kinds()
-    used = _reachable_names(target, module)
-    where = getattr(module, "__file__", None) or module.__name__
-    here = os.getcwd() + os.sep
-    where = where[len(here) :] if where.startswith(here) else where
-    messages = []
-    for attribute, value in sorted(vars(module).items()):
-        inner = value._lock if isinstance(value, CheckedLock) else value
-        if attribute not in used or not isinstance(inner, locks + others):
-            continue
-        kind = _DISPLAY.get(type(inner).__name__, type(inner).__name__)
-        semaphore = getattr(getattr(inner, "_semlock", None), "name", None)
-        made = f"{kind} (semaphore {semaphore})" if semaphore else kind
-        if isinstance(inner, locks):
-            what = (
-                "lock not shared",
-                "the test's lock",
-                "it excludes neither the test process nor the other children, so their critical "
-                "sections can run at the same time",
-                "the lock",
-                f" (or mp_locks.Lock({attribute!r}) to have it checked)",
-            )
-        else:
-            what = (
-                f"{kind} not shared",
-                f"the test's {kind}",
-                "what one process puts in it, the others never see",
-                f"the {kind}",
-                "",
-            )
-        title, whose, effect, thing, checked = what
-        messages.append(
-            f"{title}: the module-level {kind} {attribute!r} of {where} is not {whose} in this "
-            f"child: under the {method!r} start method the child imported {module.__name__!r} "
-            f"again, which made a new {made}; {effect}.\n"
-            f"    How to fix: create {thing} in the test and pass it to each child as an argument, "
-            f"e.g. mp_spawn(target, args=({attribute}, ...)){checked}; for a Pool, pass it with "
-            f"initializer=..., initargs=({attribute},)."
-        )
-    return messages
+    return made_again(target, method, "mp_spawn(target, args=(NAME, ...))")
