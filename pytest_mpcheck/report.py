@@ -173,6 +173,21 @@ def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
     return "\n".join(lines)
 
 
+def format_child_messages(nodeid: str, said: Sequence[tuple[int, str]]) -> str:
+    """The warning for what children found in themselves (a module-level object made again)."""
+    lines = [
+        f"mpcheck: {nodeid}: a child started by spawn or forkserver made a module-level object "
+        "again, which is not shared:"
+    ]
+    pids_by_message: dict[str, list[int]] = {}
+    for pid, message in said:
+        pids_by_message.setdefault(message, []).append(pid)
+    for message, pids in pids_by_message.items():
+        who = f"child pid {pids[0]}" if len(pids) == 1 else f"children {', '.join(map(str, pids))}"
+        lines.append(f"  {who}: {printable(message, lines=True)}")
+    return "\n".join(lines)
+
+
 def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:
     """The lines that name one leaked resource and say what happened to it."""
     what = _RESOURCE_WORDS.get(finding.kind, finding.kind)

@@ -103,7 +103,7 @@ class MpCheckRun:
             # its traceback should it crash, and reports the named resources it makes.
             config.add_cleanup(self._stop_child_preparation)
             self.child_preparation.install(self.resources.log_path)
-            self.recorder.child_setup = self.child_preparation.requests
+            self.recorder.child_setup = self.child_preparation.setup_for
         # The checks of the fixtures' children as they were before this run's conftest files
         # were imported: what the run's own code registers is forgotten at its end.
         checks = config.stash.get(child_checks_key, None)
@@ -181,6 +181,13 @@ class MpCheckRun:
                 internal_error("describing the forks of " + item.nodeid)
             else:
                 warn_at_test(item, message)
+        if mode != "off" and self.child_preparation.installed:
+            try:
+                said = self.child_preparation.read_messages()
+                if said:
+                    warn_at_test(item, report.format_child_messages(item.nodeid, said))
+            except Exception:
+                internal_error("reading what the children of " + item.nodeid + " said")
         if self.recorder.records or self.recorder.generation != self._log_generation:
             # Only children write the log: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation
@@ -241,7 +248,7 @@ class MpCheckRun:
         no section.
         """
         gone = self.watch.take_gone()
-        if not gone or self.child_preparation.requests is None:
+        if not gone or not self.child_preparation.installed:
             return
         ended_here = {finding.process.pid for finding in findings}
         deaths = []

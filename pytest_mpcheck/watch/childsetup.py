@@ -1,13 +1,16 @@
 """What every child of the pytest process runs first, before the user's code (child side).
 
 A fork child runs :func:`prepare` from the at-fork callback of
-:class:`~pytest_mpcheck.watch.preparation.ChildPreparation`; a spawn or forkserver child unpickles a
-:class:`ChildSetup` with its process object, which calls it. Either way the child:
+:class:`~pytest_mpcheck.watch.preparation.ChildPreparation`; a spawn or forkserver child
+unpickles a :class:`ChildSetup` with its process object, which calls it. Either way the child:
 
 - answers the stack signal, writing the stacks of all its threads to the session's stack file;
 - keeps its Python traceback, should a fatal signal kill it (where its faulthandler is off);
 - reports the named resources it makes to the session's resource log (a spawn or forkserver
-  child; a fork child inherited the run's wrapper).
+  child; a fork child inherited the run's wrapper);
+- says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
+  can reach that the re-import of its module made again (a spawn or forkserver child), in the
+  session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
 
 Light on purpose: every such child imports this module.
 """
@@ -19,10 +22,20 @@ import os
 
 from pytest_mpcheck._os.stackfile import answer_quietly, record_crashes
 
+#: How the fix passes an object to a plain ``Process`` (``NAME``: the object's name).
+PLAIN_CALL = "Process(target=..., args=(NAME, ...))"
 
-def prepare(stack_path: str, resource_log: str | None = None) -> None:
+
+def prepare(
+    stack_path: str,
+    resource_log: str | None = None,
+    messages: str | None = None,
+    target: object = None,
+    method: str | None = None,
+) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
-    have given (its stack, its traceback, its resources): it never keeps it from running."""
+    have given (its stack, its traceback, its resources, its messages): it never keeps it from
+    running."""
     answer_quietly(stack_path)
     with contextlib.suppress(OSError, RuntimeError, ValueError):
         record_crashes(os.path.dirname(stack_path))
@@ -31,22 +44,60 @@ def prepare(stack_path: str, resource_log: str | None = None) -> None:
 
         with contextlib.suppress(Exception):
             resourcelog.install_in_child(resource_log)
+    if messages is not None and target is not None and method is not None:
+        with contextlib.suppress(Exception):
+            _check_module_level(messages, target, method)
+
+
+def _check_module_level(messages: str, target: object, method: str) -> None:
+    import json
+
+    from pytest_mpcheck.watch.modulelevel import made_again
+
+    found = made_again(target, method, PLAIN_CALL)
+    if not found:
+        return
+    fd = os.open(messages, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        for message in found:
+            # One line per message, written at once (O_APPEND): lines of children never mix.
+            line = f"{os.getpid()}\t{json.dumps(message)}\n"
+            os.write(fd, line.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
 
 
 class ChildSetup:
     """Put in a process object before a spawn or forkserver start: unpickled in the child, before
-    its target runs, it calls :func:`prepare` there.
+    its target runs (the target, unpickled first, has imported its module), it calls
+    :func:`prepare` there.
 
     Spawn and forkserver children run no code of the parent's but what they unpickle: the
     process object itself is the one thing every such child unpickles first, in every context,
     pool and executor.
     """
 
-    __slots__ = ("resource_log", "stack_path")
+    __slots__ = ("messages", "method", "resource_log", "stack_path", "target")
 
-    def __init__(self, stack_path: str, resource_log: str | None) -> None:
+    def __init__(
+        self,
+        stack_path: str,
+        resource_log: str | None,
+        messages: str | None = None,
+        target: object = None,
+        method: str | None = None,
+    ) -> None:
         self.stack_path = stack_path
         self.resource_log = resource_log
+        self.messages = messages
+        self.target = target
+        self.method = method
 
-    def __reduce__(self) -> tuple[object, tuple[str, str | None]]:
-        return prepare, (self.stack_path, self.resource_log)
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return prepare, (
+            self.stack_path,
+            self.resource_log,
+            self.messages,
+            self.target,
+            self.method,
+        )

@@ -110,9 +110,9 @@ class OriginRecorder:
         )
         """The line of a test module or conftest.py that led to each thread's start (directly,
         or through the thread that started it)."""
-        self.child_setup: object | None = None
-        """Put in each process object that ``Process.start`` starts by spawn or forkserver, so
-        that the child answers the stack signal (see :mod:`pytest_mpcheck.watch.preparation`)."""
+        self.child_setup: Callable[[Any], object | None] | None = None
+        """What to put in each process object that ``Process.start`` starts by spawn or
+        forkserver, so that the child is prepared (see :mod:`pytest_mpcheck.watch.preparation`)."""
         self.threaded_forks = ThreadedForks()
         """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
@@ -404,16 +404,19 @@ class OriginRecorder:
             @functools.wraps(original)
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 previous = recorder._prepare(label)
-                requests = recorder.child_setup
+                setup_for = recorder.child_setup
                 # Pickled with the process object for a spawn or forkserver child; a fork child
                 # is prepared by the at-fork callback instead, and never sees it.
-                prepare = (
-                    is_process_start
-                    and requests is not None
+                setup = (
+                    setup_for(self)
+                    if is_process_start
+                    and setup_for is not None
                     and getattr(self, "_start_method", None) != "fork"
+                    else None
                 )
+                prepare = setup is not None
                 if prepare:
-                    vars(self)[CHILD_SETUP_ATTRIBUTE] = requests
+                    vars(self)[CHILD_SETUP_ATTRIBUTE] = setup
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):

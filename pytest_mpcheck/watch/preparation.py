@@ -21,35 +21,88 @@ left over and checked is still that child (see :mod:`pytest_mpcheck._os.stacks`)
 from __future__ import annotations
 
 import contextlib
+import json
+import multiprocessing
 import os
+from typing import Any
 
 from pytest_mpcheck._os import atfork, scratch
 from pytest_mpcheck._os.stackfile import crash_path, stack_path
 from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
 
+#: The session's message log: what prepared children say of themselves (see
+#: :mod:`pytest_mpcheck.watch.childsetup`).
+MESSAGES_NAME = "messages.log"
+
 
 class ChildPreparation:
-    """The session's stack file, and what makes each new child answer to it."""
+    """The session's stack file and message log, and what prepares each new child."""
 
     def __init__(self) -> None:
         self.directory: str | None = None
-        self.requests: ChildSetup | None = None
-        """Put in a spawn or forkserver process object before it starts; ``None`` until
-        :meth:`install`."""
+        self._stack_path: str | None = None
+        self._resource_log: str | None = None
+        self._messages: str | None = None
+        self._messages_read = 0
+
+    @property
+    def installed(self) -> bool:
+        """Whether children started now are prepared."""
+        return self._stack_path is not None
 
     def install(self, resource_log: str | None) -> None:
-        """Create the stack file; children started from now on answer to it (and report their
-        named resources to ``resource_log``)."""
+        """Create the stack file and the message log; children started from now on are
+        prepared (and report their named resources to ``resource_log``)."""
         self.directory = scratch.make_directory("stacks")
-        path = stack_path(self.directory)
-        # The children open it: creating a file costs more than opening one.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-        self.requests = ChildSetup(path, resource_log)
+        # The children open them: creating a file costs more than opening one.
+        for path in (stack_path(self.directory), os.path.join(self.directory, MESSAGES_NAME)):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+        self._stack_path = stack_path(self.directory)
+        self._messages = os.path.join(self.directory, MESSAGES_NAME)
+        self._resource_log = resource_log
         atfork.register(self._after_fork_in_child)
 
+    def setup_for(self, process: Any) -> ChildSetup | None:
+        """What to put in ``process`` (a spawn or forkserver one) before it starts."""
+        if self._stack_path is None:
+            return None
+        method = getattr(process, "_start_method", None)
+        if method is None:  # multiprocessing.Process: the default context's method
+            with contextlib.suppress(Exception):
+                method = multiprocessing.get_start_method(allow_none=True)
+        return ChildSetup(
+            self._stack_path,
+            self._resource_log,
+            self._messages,
+            getattr(process, "_target", None),
+            method,
+        )
+
     def _after_fork_in_child(self) -> None:
-        if self.requests is not None:
-            prepare(self.requests.stack_path)
+        if self._stack_path is not None:
+            prepare(self._stack_path)
+
+    def read_messages(self) -> list[tuple[int, str]]:
+        """What children wrote to the message log since the last call: ``(pid, message)``."""
+        if self._messages is None:
+            return []
+        try:
+            if os.stat(self._messages).st_size <= self._messages_read:
+                return []
+            with open(self._messages, "rb") as log:
+                log.seek(self._messages_read)
+                data = log.read()
+        except OSError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for the next call
+        self._messages_read += len(complete)
+        found = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            pid, _, text = line.partition("\t")
+            if pid.isdigit():
+                with contextlib.suppress(ValueError):
+                    found.append((int(pid), str(json.loads(text))))
+        return found
 
     def crash_traceback(self, pid: int) -> str | None:
         """The Python traceback that child ``pid`` wrote as a fatal signal killed it, if any.
@@ -70,9 +123,10 @@ class ChildPreparation:
         return text.strip() or None
 
     def uninstall(self) -> None:
-        """Stop preparing children and remove the file (children still alive keep theirs open)."""
+        """Stop preparing children and remove the files (children still alive keep theirs
+        open)."""
         atfork.unregister(self._after_fork_in_child)
-        self.requests = None
+        self._stack_path = self._messages = None
         if self.directory is not None:
             with contextlib.suppress(OSError):
                 scratch.remove_directory(self.directory)
