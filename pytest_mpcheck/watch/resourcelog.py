@@ -12,10 +12,14 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
 from multiprocessing import resource_tracker
-from types import FrameType
-from typing import Any
+
+# Not typing.TYPE_CHECKING: a spawned child that never imports typing would pay for it here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
 
 SHARED_MEMORY = "shared_memory"
 SEMAPHORE = "semaphore"
@@ -25,9 +29,10 @@ KINDS = (SHARED_MEMORY, SEMAPHORE)
 _MARK = "_mpcheck_resource_watch"
 """An attribute of the wrapper: a forked child that inherited it has nothing to install."""
 
-#: What a note of the wrapper is told: ``(tracker, op, kind, name, caller's frame)``, with ``op``
-#: ``"R"`` (registered) or ``"U"`` (unregistered).
-_Note = Callable[[Any, str, str, str, FrameType], None]
+if TYPE_CHECKING:
+    #: What a note of the wrapper is told: ``(tracker, op, kind, name, caller's frame)``, with
+    #: ``op`` ``"R"`` (registered) or ``"U"`` (unregistered).
+    _Note = Callable[[Any, str, str, str, FrameType], None]
 
 
 def wrap(note: _Note) -> tuple[Callable[..., Any], Callable[[], None]]:
