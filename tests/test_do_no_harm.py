@@ -346,27 +346,52 @@ def test_a_process_whose_main_thread_exited_is_not_a_zombie(pytester: pytest.Pyt
 
 @linux_only
 def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
-    # procfs hands a task's children out a page at a time: 800 pids do not fit in one read.
+    # procfs hands a task's children out a page at a time: hundreds of pids do not fit in one
+    # read. The test process starts children until their pids ("%d " each) fill more than a
+    # page, and checks that its own children file then is longer than one (800 children were
+    # not always enough: with 4-digit pids they fill 4,000 bytes). The children are `cat` on a
+    # pipe that stays open, started with posix_spawn: forks of the pytest process cost a copy of
+    # its page tables and a py-spy stack each when reported, which prove nothing more here.
     pytester.makepyfile(
         test_many="""
-        import os, signal
+        import os, shutil
 
-        def test_forks_800():
+        def test_starts_hundreds():
+            cat = shutil.which("cat")
             r, w = os.pipe()
-            for _ in range(800):
-                if os.fork() == 0:
-                    os.close(w)
-                    os.read(r, 1)  # until the pipe closes
-                    os._exit(0)
+            pids, size = [], 0
+            while size <= 4096:
+                pid = os.posix_spawn(cat, ["cat"], dict(os.environ),
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)])
+                pids.append(pid)
+                size += len(str(pid)) + 1
             os.close(r)
+            fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+            os.close(fd)
+            assert len(data) > 4096
+            assert sorted(map(int, data.split())) == sorted(pids)
+            with open("started", "w") as out:
+                out.write(str(len(pids)))
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
     result.assert_outcomes(passed=1, errors=1)
+    started = int((pytester.path / "started").read_text())
+    assert started >= 512  # a Linux pid has at most 7 digits: 4096 bytes hold 512 of them
     result.stdout.fnmatch_lines(
-        ["mpcheck: test_many.py::test_forks_800 left 800 processes behind (800 leaked)"]
+        [
+            f"mpcheck: test_many.py::test_starts_hundreds left {started} processes behind "
+            f"({started} leaked)",
+            "leaked process * 'cat': still running, *",
+            "    command:    cat",
+            "    started at: test_many.py:8 by os.posix_spawn",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
     )
-    result.stdout.fnmatch_lines(["mpcheck: 800 processes started by tests, 800 leaked*"])
+    result.stdout.fnmatch_lines([f"mpcheck: {started} processes started by tests, {started} leaked*"])
 
 
 def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester) -> None:
