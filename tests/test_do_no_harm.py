@@ -391,7 +391,9 @@ def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
             "    ended by:   SIGTERM (ended by mpcheck)",
         ]
     )
-    result.stdout.fnmatch_lines([f"mpcheck: {started} processes started by tests, {started} leaked*"])
+    result.stdout.fnmatch_lines(
+        [f"mpcheck: {started} processes started by tests, {started} leaked*"]
+    )
 
 
 def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester) -> None:

@@ -297,11 +297,17 @@ def stacks_of(
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
+        tried = False
         if text is None and pyspy:
-            text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
+            # Once the time is spent, py-spy is not run: the report says there was no time,
+            # not that py-spy could not attach.
+            left = min(5.0, deadline - time.monotonic())
+            tried = left > 0
+            if tried:
+                text = pyspy_stack(pid, left)
         state, wchan = kernel[pid]
         words = waiting_in(text, wchan) if state != "running" else None
-        result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=pyspy)
+        result[pid] = Stack(text=text, waiting_in=words, pyspy_tried=tried)
     return result
 
 
