@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import psutil
@@ -59,34 +60,19 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
     assert not psutil.pid_exists(pid)
 
 
-def test_zombie_is_reported_as_unreaped(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_zombie="""
+#: Leftovers of every kind, one module each, for one inner run (an interpreter start is most of
+#: the cost of a run): each test's report is checked in its own teardown error.
+LEFTOVERS = {
+    "test_zombie": """
         import subprocess, time
         kept = []  # a Popen object that is garbage collected polls its child in __del__
 
         def test_never_waited():
             kept.append(subprocess.Popen(["true"]))
             time.sleep(0.3)
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "mpcheck: test_zombie.py::test_never_waited left 1 process behind (1 unreaped)",
-            "unreaped process * 'true': exited but never joined or waited for (zombie), "
-            "state zombie, age *",
-            "    started at: test_zombie.py:5 by subprocess.Popen",
-            "    ended by:   reaped by mpcheck",
-        ]
-    )
-
-
-def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
+        """,
     # The article's lock example starts three processes and never joins them.
-    pytester.makepyfile(
-        test_seed_lock="""
+    "test_seed_lock": """
         from multiprocessing import Process, Lock
         lck = Lock()
 
@@ -103,24 +89,8 @@ def test_seed_article_lock_example_is_caught(pytester: pytest.Pytester) -> None:
             for item in items:
                 p = Process(target=func_print, args=(item,))
                 p.start()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    # Each Process.start() reaps the children that have already finished, so the first two
-    # may be gone by then; the last one is always left running or unreaped.
-    result.stdout.fnmatch_lines(
-        [
-            "mpcheck: test_seed_lock.py::test_article_lock_example left * behind*",
-            "* process * 'Process-3': *",
-            "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
-        ]
-    )
-
-
-def test_popen_and_new_session_children(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_popen="""
+        """,
+    "test_popen": """
         import subprocess
 
         def test_popen_never_waited():
@@ -128,27 +98,8 @@ def test_popen_and_new_session_children(pytester: pytest.Pytester) -> None:
 
         def test_new_session_child():
             subprocess.Popen(["sleep", "61"], start_new_session=True)
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2, errors=2)
-    result.stdout.fnmatch_lines(
-        [
-            "mpcheck: test_popen.py::test_popen_never_waited left 1 process behind (1 leaked)",
-            "leaked process * 'sleep': still running*",
-            "    command:    sleep 60",
-            "    started at: test_popen.py:4 by subprocess.Popen",
-            "mpcheck: test_popen.py::test_new_session_child left 1 process behind (1 leaked)",
-            "    command:    sleep 61",
-            "    started at: test_popen.py:7 by subprocess.Popen",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-        ]
-    )
-
-
-def test_double_forked_orphan_is_found(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_orphan="""
+        """,
+    "test_orphan": """
         import os, time
 
         def test_daemonizes():
@@ -160,23 +111,8 @@ def test_double_forked_orphan_is_found(pytester: pytest.Pytester) -> None:
                     time.sleep(60)
                 os._exit(0)
             os.waitpid(pid, 0)
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "mpcheck: test_orphan.py::test_daemonizes left 1 process behind (1 leaked)",
-            "leaked process *: still running*",
-            "    started by: unknown: an orphan that reparented to pytest*",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-        ]
-    )
-
-
-def test_child_ignoring_sigterm_is_killed(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_stubborn="""
+        """,
+    "test_stubborn": """
         import multiprocessing, signal, time
         from pathlib import Path
 
@@ -195,11 +131,105 @@ def test_child_ignoring_sigterm_is_killed(pytester: pytest.Pytester) -> None:
         def test_gone_by_the_next_test():
             import psutil
             assert not psutil.pid_exists(int(Path("pid").read_text()))
-        """
+        """,
+    "test_both": """
+        import subprocess, pytest
+
+        @pytest.fixture
+        def broken():
+            yield
+            raise RuntimeError("the user's own teardown error")
+
+        def test_leaks(broken):
+            subprocess.Popen(["sleep", "67"])
+        """,
+    # A forkserver child carries the forkserver's command line; it is no helper.
+    "test_fs": """
+        import multiprocessing, time
+
+        def forever():
+            time.sleep(60)
+
+        def test_never_joined():
+            multiprocessing.get_context("forkserver").Process(target=forever).start()
+        """,
+}
+
+
+def _teardown_error(result: pytest.RunResult, test: str) -> pytest.LineMatcher:
+    """The lines of the teardown error of ``test`` (a function name), up to the next section."""
+    lines = result.stdout.lines
+    (start,) = [
+        i
+        for i, line in enumerate(lines)
+        if re.fullmatch(rf"_+ ERROR at teardown of {test} _+", line)
+    ]
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith(("____", "====")):
+        end += 1
+    return pytest.LineMatcher(lines[start:end])
+
+
+def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**LEFTOVERS)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=90)
+    result.assert_outcomes(passed=9, errors=8)
+
+    _teardown_error(result, "test_never_waited").fnmatch_lines(
+        [
+            "mpcheck: test_zombie.py::test_never_waited left 1 process behind (1 unreaped)",
+            "unreaped process * 'true': exited but never joined or waited for (zombie), "
+            "state zombie, age *",
+            "    started at: test_zombie.py:5 by subprocess.Popen",
+            "    ended by:   reaped by mpcheck",
+        ]
     )
-    result = pytester.runpytest_subprocess("--mp-kill-grace=0.2", timeout=60)
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)"])
+    # Each Process.start() reaps the children that have already finished, so the first two
+    # may be gone by then; the last one is always left running or unreaped.
+    _teardown_error(result, "test_article_lock_example").fnmatch_lines(
+        [
+            "mpcheck: test_seed_lock.py::test_article_lock_example left * behind*",
+            "* process * 'Process-3': *",
+            "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
+        ]
+    )
+    _teardown_error(result, "test_popen_never_waited").fnmatch_lines(
+        [
+            "mpcheck: test_popen.py::test_popen_never_waited left 1 process behind (1 leaked)",
+            "leaked process * 'sleep': still running*",
+            "    command:    sleep 60",
+            "    started at: test_popen.py:4 by subprocess.Popen",
+        ]
+    )
+    _teardown_error(result, "test_new_session_child").fnmatch_lines(
+        [
+            "mpcheck: test_popen.py::test_new_session_child left 1 process behind (1 leaked)",
+            "    command:    sleep 61",
+            "    started at: test_popen.py:7 by subprocess.Popen",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+    _teardown_error(result, "test_daemonizes").fnmatch_lines(
+        [
+            "mpcheck: test_orphan.py::test_daemonizes left 1 process behind (1 leaked)",
+            "leaked process *: still running*",
+            "    started by: unknown: an orphan that reparented to pytest*",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
+    )
+    _teardown_error(result, "test_stubborn").fnmatch_lines(
+        ["    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)"]
+    )
+    _teardown_error(result, "test_leaks").fnmatch_lines(
+        [
+            "E       RuntimeError: the user's own teardown error",
+            "*Captured mpcheck teardown*",
+            "mpcheck: test_both.py::test_leaks left 1 process behind (1 leaked)",
+        ]
+    )
+    _teardown_error(result, "test_never_joined").fnmatch_lines(
+        ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
+    )
 
 
 def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
@@ -350,51 +380,6 @@ def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pyteste
     assert finding["nodeid"] == "test_json.py::test_leaks"
     assert finding["process"]["cmdline"] == "sleep 66"
     assert finding["process"]["started_at"] == "test_json.py:4"
-
-
-def test_teardown_error_is_kept_and_findings_are_added(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_both="""
-        import subprocess, pytest
-
-        @pytest.fixture
-        def broken():
-            yield
-            raise RuntimeError("the user's own teardown error")
-
-        def test_leaks(broken):
-            subprocess.Popen(["sleep", "67"])
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "E       RuntimeError: the user's own teardown error",
-            "*Captured mpcheck teardown*",
-            "mpcheck: test_both.py::test_leaks left 1 process behind (1 leaked)",
-        ]
-    )
-
-
-def test_leaked_forkserver_child_is_found(pytester: pytest.Pytester) -> None:
-    # A forkserver child carries the forkserver's command line; it is no helper.
-    pytester.makepyfile(
-        test_fs="""
-        import multiprocessing, time
-
-        def forever():
-            time.sleep(60)
-
-        def test_never_joined():
-            multiprocessing.get_context("forkserver").Process(target=forever).start()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
-    )
 
 
 @pytest.mark.parametrize(
