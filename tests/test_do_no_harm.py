@@ -108,17 +108,17 @@ def test_bad_subreaper_value_is_a_usage_error(pytester: pytest.Pytester) -> None
     )
 
 
-@linux_only
-def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Pytester) -> None:
-    # Principle 3, as a bounded stress test: two threads start short-lived children while the
-    # orphan reaper runs on every SIGCHLD. Every status must reach its own caller.
-    pytester.makepyfile(
-        test_race="""
+#: Exit statuses that must reach their own callers while the orphan reaper runs on every SIGCHLD
+#: (principle 3), one module each, for one inner run with the subreaper on.
+STATUSES = {
+    # As a bounded stress test: two threads start short-lived children, for 2 s (about 1,200
+    # children on a loaded 2-core machine; each costs 1.5 ms of CPU, so 4 s cost 2 s more).
+    "test_race": """
         import subprocess, threading, time
 
         def test_two_threads():
             wrong = []
-            deadline = time.monotonic() + 4
+            deadline = time.monotonic() + 2
 
             def loop():
                 while time.monotonic() < deadline:
@@ -132,19 +132,10 @@ def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Py
             for t in threads:
                 t.join()
             assert wrong == []
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
-
-
-@linux_only
-def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
+        """,
     # multiprocess, billiard and loky have their own copy of spawnv_passfds, which calls
     # _posixsubprocess.fork_exec: the child it starts is no orphan, and its status stays.
-    pytester.makepyfile(
-        test_fork_exec="""
+    "test_fork_exec": """
         import multiprocessing.util, os, sys, time, types
 
         ours = getattr(multiprocessing.util.spawnv_passfds, "__wrapped__",
@@ -158,21 +149,11 @@ def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
             time.sleep(0.5)  # it exits, SIGCHLD comes, the orphan reaper runs
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 7
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1)
-
-
-@linux_only
-def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
-    pytester: pytest.Pytester,
-) -> None:
+        """,
     # Found by CPython's test_forkserver_sigkill under the plugin: a process that the forkserver
     # forked reparents to pytest when the forkserver is killed. Its Popen reads the exit status
     # from the forkserver, never waits for it: a true orphan, reaped, and not the test's zombie.
-    pytester.makepyfile(
-        test_forkserver_death="""
+    "test_forkserver_death": """
         import multiprocessing, os, signal, time
         from multiprocessing import forkserver
 
@@ -185,10 +166,17 @@ def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
             time.sleep(1)  # p is orphaned, exits and reparents to pytest (the subreaper)
             p.join(10)
             assert p.exitcode in (0, 255)
-        """
-    )
+        """,
+}
+
+
+@linux_only
+def test_exit_statuses_reach_their_callers_under_the_subreaper(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**STATUSES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
+    # The orphaned forkserver child is no test's zombie (and nothing else was left).
     result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])
 
 

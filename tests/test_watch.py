@@ -156,14 +156,12 @@ LEFTOVERS = {
 }
 
 
-def _teardown_error(result: pytest.RunResult, test: str) -> pytest.LineMatcher:
-    """The lines of the teardown error of ``test`` (a function name), up to the next section."""
+def teardown_error(result: pytest.RunResult, test: str) -> pytest.LineMatcher:
+    """The lines of the one teardown error of ``test`` (named as pytest's header names it), up to
+    the next section: a report is checked where its test's error shows it."""
     lines = result.stdout.lines
-    (start,) = [
-        i
-        for i, line in enumerate(lines)
-        if re.fullmatch(rf"_+ ERROR at teardown of {test} _+", line)
-    ]
+    header = re.compile(rf"_+ ERROR at teardown of {re.escape(test)} _+")
+    (start,) = [i for i, line in enumerate(lines) if header.fullmatch(line)]
     end = start + 1
     while end < len(lines) and not lines[end].startswith(("____", "====")):
         end += 1
@@ -175,7 +173,7 @@ def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> 
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=90)
     result.assert_outcomes(passed=9, errors=8)
 
-    _teardown_error(result, "test_never_waited").fnmatch_lines(
+    teardown_error(result, "test_never_waited").fnmatch_lines(
         [
             "mpcheck: test_zombie.py::test_never_waited left 1 process behind (1 unreaped)",
             "unreaped process * 'true': exited but never joined or waited for (zombie), "
@@ -186,14 +184,14 @@ def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> 
     )
     # Each Process.start() reaps the children that have already finished, so the first two
     # may be gone by then; the last one is always left running or unreaped.
-    _teardown_error(result, "test_article_lock_example").fnmatch_lines(
+    teardown_error(result, "test_article_lock_example").fnmatch_lines(
         [
             "mpcheck: test_seed_lock.py::test_article_lock_example left * behind*",
             "* process * 'Process-3': *",
             "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
         ]
     )
-    _teardown_error(result, "test_popen_never_waited").fnmatch_lines(
+    teardown_error(result, "test_popen_never_waited").fnmatch_lines(
         [
             "mpcheck: test_popen.py::test_popen_never_waited left 1 process behind (1 leaked)",
             "leaked process * 'sleep': still running*",
@@ -201,7 +199,7 @@ def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> 
             "    started at: test_popen.py:4 by subprocess.Popen",
         ]
     )
-    _teardown_error(result, "test_new_session_child").fnmatch_lines(
+    teardown_error(result, "test_new_session_child").fnmatch_lines(
         [
             "mpcheck: test_popen.py::test_new_session_child left 1 process behind (1 leaked)",
             "    command:    sleep 61",
@@ -209,7 +207,7 @@ def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> 
             "    ended by:   SIGTERM (ended by mpcheck)",
         ]
     )
-    _teardown_error(result, "test_daemonizes").fnmatch_lines(
+    teardown_error(result, "test_daemonizes").fnmatch_lines(
         [
             "mpcheck: test_orphan.py::test_daemonizes left 1 process behind (1 leaked)",
             "leaked process *: still running*",
@@ -217,17 +215,17 @@ def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> 
             "    ended by:   SIGTERM (ended by mpcheck)",
         ]
     )
-    _teardown_error(result, "test_stubborn").fnmatch_lines(
+    teardown_error(result, "test_stubborn").fnmatch_lines(
         ["    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)"]
     )
-    _teardown_error(result, "test_leaks").fnmatch_lines(
+    teardown_error(result, "test_leaks").fnmatch_lines(
         [
             "E       RuntimeError: the user's own teardown error",
             "*Captured mpcheck teardown*",
             "mpcheck: test_both.py::test_leaks left 1 process behind (1 leaked)",
         ]
     )
-    _teardown_error(result, "test_never_joined").fnmatch_lines(
+    teardown_error(result, "test_never_joined").fnmatch_lines(
         ["mpcheck: test_fs.py::test_never_joined left 1 process behind (1 leaked)"]
     )
 
