@@ -60,8 +60,9 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
     assert not psutil.pid_exists(pid)
 
 
-#: Leftovers of every kind, one module each, for one inner run (an interpreter start is most of
-#: the cost of a run): each test's report is checked in its own teardown error.
+#: Leftovers of every kind, the mp_check marker and ignored processes, one module each, for one
+#: inner run (an interpreter start is most of the cost of a run): each test's report is checked
+#: in its own teardown error.
 LEFTOVERS = {
     "test_zombie": """
         import subprocess, time
@@ -143,6 +144,47 @@ LEFTOVERS = {
         def test_leaks(broken):
             subprocess.Popen(["sleep", "67"])
         """,
+    # The marker relaxes the check of one test: off leaves its process alone, warn warns.
+    "test_off": """
+        import os, signal, subprocess
+        import pytest
+        from pathlib import Path
+
+        @pytest.mark.mp_check("off")
+        def test_allowed_to_leave_it():
+            Path("off-pid").write_text(str(subprocess.Popen(["sleep", "60"]).pid))
+
+        @pytest.mark.mp_check("warn")
+        def test_only_warns():
+            subprocess.Popen(["sleep", "62"])
+
+        def test_it_was_not_ended():
+            pid = int(Path("off-pid").read_text())
+            os.kill(pid, 0)  # still running: mode off leaves it alone
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        """,
+    # Processes the ini value mp_ignore names, or the hook vetoes, are no leaks (see
+    # IGNORE_INI and VETO_CONFTEST).
+    "test_ignore": """
+        import subprocess
+
+        procs = []
+
+        def test_ignored_by_ini():
+            procs.append(subprocess.Popen(["sleep", "63"]))
+
+        def test_vetoed_by_hook():
+            procs.append(subprocess.Popen(["sleep", "64"]))
+
+        def test_not_ignored():
+            subprocess.Popen(["sleep", "65"])
+
+        def test_cleanup():
+            for p in procs:
+                p.kill()
+                p.wait()
+        """,
     # A forkserver child carries the forkserver's command line; it is no helper.
     "test_fs": """
         import multiprocessing, time
@@ -154,6 +196,20 @@ LEFTOVERS = {
             multiprocessing.get_context("forkserver").Process(target=forever).start()
         """,
 }
+
+
+IGNORE_INI = """
+[pytest]
+mp_ignore =
+    sleep 63*
+"""
+
+VETO_CONFTEST = """
+def pytest_mpcheck_ignore_process(config, item, process):
+    if process.cmdline == "sleep 64":
+        return True
+    return None
+"""
 
 
 def teardown_error(result: pytest.RunResult, test: str) -> pytest.LineMatcher:
@@ -168,10 +224,20 @@ def teardown_error(result: pytest.RunResult, test: str) -> pytest.LineMatcher:
     return pytest.LineMatcher(lines[start:end])
 
 
-def test_leftovers_of_every_kind_fail_their_tests(pytester: pytest.Pytester) -> None:
+def test_leftovers_of_every_kind_the_marker_and_ignored_processes(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(IGNORE_INI)
+    pytester.makeconftest(VETO_CONFTEST)
     pytester.makepyfile(**LEFTOVERS)
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=90)
-    result.assert_outcomes(passed=9, errors=8)
+    result.assert_outcomes(passed=16, errors=9, warnings=1)
+    result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_off.py::test_only_warns left*"])
+    teardown_error(result, "test_not_ignored").fnmatch_lines(
+        ["*ERROR at teardown of test_not_ignored*", "    command:    sleep 65"]
+    )
+    result.stdout.no_fnmatch_line("*command:    sleep 63*")
+    result.stdout.no_fnmatch_line("*command:    sleep 64*")
 
     teardown_error(result, "test_never_waited").fnmatch_lines(
         [
@@ -253,32 +319,7 @@ def test_warn_mode_and_its_escalation(pytester: pytest.Pytester) -> None:
     escalated.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
 
 
-def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_off="""
-        import os, signal, subprocess
-        import pytest
-        from pathlib import Path
-
-        @pytest.mark.mp_check("off")
-        def test_allowed_to_leave_it():
-            Path("pid").write_text(str(subprocess.Popen(["sleep", "60"]).pid))
-
-        @pytest.mark.mp_check("warn")
-        def test_only_warns():
-            subprocess.Popen(["sleep", "62"])
-
-        def test_it_was_not_ended():
-            pid = int(Path("pid").read_text())
-            os.kill(pid, 0)  # still running: mode off leaves it alone
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=3, warnings=1)
-    result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_off.py::test_only_warns left*"])
-
+def test_off_mode(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_off="""
         import subprocess
@@ -302,52 +343,6 @@ def test_off_mode_and_marker(pytester: pytest.Pytester) -> None:
         ]
     )
     result.stdout.no_fnmatch_line("*ERROR at teardown*")
-
-
-def test_mp_ignore_patterns_and_the_veto_hook(pytester: pytest.Pytester) -> None:
-    pytester.makeini(
-        """
-        [pytest]
-        mp_ignore =
-            sleep 63*
-        """
-    )
-    pytester.makeconftest(
-        """
-        def pytest_mpcheck_ignore_process(config, item, process):
-            if process.cmdline == "sleep 64":
-                return True
-            return None
-        """
-    )
-    pytester.makepyfile(
-        test_ignore="""
-        import subprocess
-
-        procs = []
-
-        def test_ignored_by_ini():
-            procs.append(subprocess.Popen(["sleep", "63"]))
-
-        def test_vetoed_by_hook():
-            procs.append(subprocess.Popen(["sleep", "64"]))
-
-        def test_not_ignored():
-            subprocess.Popen(["sleep", "65"])
-
-        def test_cleanup():
-            for p in procs:
-                p.kill()
-                p.wait()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=4, errors=1)
-    result.stdout.fnmatch_lines(
-        ["*ERROR at teardown of test_not_ignored*", "    command:    sleep 65"]
-    )
-    result.stdout.no_fnmatch_line("*command:    sleep 63*")
-    result.stdout.no_fnmatch_line("*command:    sleep 64*")
 
 
 def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pytester) -> None:
