@@ -154,40 +154,13 @@ def test_in_process_runs_leave_nothing_alive(pytester: pytest.Pytester, outer: s
     assert fork_callbacks[-1] <= fork_callbacks[0] + 1, fork_callbacks
 
 
-def test_outer_resource_check_works_after_an_in_process_run(pytester: pytest.Pytester) -> None:
+def test_in_process_runs_and_the_outer_resource_check(pytester: pytest.Pytester) -> None:
+    # One outer session: an in-process run fails its own test and frees the segment, so the
+    # outer test left nothing; after it and a clean in-process run, the outer resource check
+    # still finds the outer test's own leak.
     pytester.makeconftest('pytest_plugins = ["pytester"]')
     pytester.makepyfile(
-        test_outer="""
-        from multiprocessing import shared_memory
-
-        def test_in_process_run(pytester):
-            pytester.makepyfile(test_inner="def test_nothing(): pass")
-            pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
-
-        def test_forgets_unlink():
-            segment = shared_memory.SharedMemory(create=True, size=4096)
-            segment.close()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*ERROR at teardown of test_forgets_unlink*",
-            "mpcheck: test_outer.py::test_forgets_unlink left 1 named resource behind*",
-            "leaked shared memory segment '/*': never unlinked",
-            "    made at:    test_outer.py:8 by the test process",
-        ]
-    )
-
-
-def test_in_process_run_sees_its_own_leak_and_the_outer_run_stays_quiet(
-    pytester: pytest.Pytester,
-) -> None:
-    # The inner run fails its own test and frees the segment: the outer test left nothing.
-    pytester.makeconftest('pytest_plugins = ["pytester"]')
-    pytester.makepyfile(
-        test_outer="""
+        test_inner_leak="""
         def test_in_process_run(pytester):
             pytester.makepyfile(
                 test_inner='''
@@ -200,8 +173,33 @@ def test_in_process_run_sees_its_own_leak_and_the_outer_run_stays_quiet(
             result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
             result.assert_outcomes(passed=1, errors=1)
             result.stdout.fnmatch_lines(["leaked shared memory segment '/*': never unlinked"])
-        """
+        """,
+        test_outer="""
+        from multiprocessing import shared_memory
+
+        def test_in_process_run(pytester):
+            pytester.makepyfile(test_inner="def test_nothing(): pass")
+            pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+        def test_forgets_unlink():
+            segment = shared_memory.SharedMemory(create=True, size=4096)
+            segment.close()
+        """,
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1)
-    assert "named resource" not in result.stdout.str()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_forgets_unlink*",
+            "mpcheck: test_outer.py::test_forgets_unlink left 1 named resource behind*",
+            "leaked shared memory segment '/*': never unlinked",
+            "    made at:    test_outer.py:8 by the test process",
+        ]
+    )
+    # The in-process run's leak was its own: the outer run blames its test for nothing, and
+    # counts only the outer test's segment.
+    result.stdout.no_fnmatch_line("*test_inner_leak.py::*")
+    assert sum(line.startswith("leaked shared memory segment") for line in result.stdout.lines) == 1
+    result.stdout.fnmatch_lines(
+        ["mpcheck: 1 named resource (shared memory, semaphores) left behind"]
+    )
