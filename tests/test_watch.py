@@ -375,70 +375,74 @@ def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pyteste
     assert finding["process"]["started_at"] == "test_json.py:4"
 
 
-@pytest.mark.parametrize(
-    ("method", "inner"),
-    # Where py-spy's stack of a forked or a spawned child starts differs; without py-spy the
-    # report is the same under every method.
-    [("fork", WITH_PYSPY), ("spawn", WITH_PYSPY), ("fork", WITHOUT_PYSPY)],
-    indirect=["inner"],
-)
+#: A test that leaves a Python child and a program running, under the start method METHOD.
+STACK = """
+import multiprocessing, os, subprocess, time
+import psutil
+
+def wait_for_ever():
+    open("ready-METHOD", "w").close()
+    time.sleep(60)
+
+def test_leaks_a_python_child_and_a_program_METHOD():
+    context = multiprocessing.get_context("METHOD")
+    child = context.Process(target=wait_for_ever, name="sleeper")
+    child.start()
+    subprocess.Popen(["sleep", "60"])
+    # Until the child is in its sleep: it made the file, then nothing but sleep blocks.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+        os.path.exists("ready-METHOD") and psutil.Process(child.pid).status() == "sleeping"
+    ):
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("inner", [WITH_PYSPY, WITHOUT_PYSPY], indirect=True)
 def test_leaked_python_child_is_reported_with_its_stack(
-    pytester: pytest.Pytester, method: str, inner: InnerRun
+    pytester: pytest.Pytester, inner: InnerRun
 ) -> None:
     # What the child was still doing when its test ended is what tells a person why it never
-    # finished; a program that is not Python (sleep) has no Python stack to show.
-    pytester.makepyfile(
-        test_stack=f"""
-        import multiprocessing, os, subprocess, time
-        import psutil
-
-        def wait_for_ever():
-            open("ready", "w").close()
-            time.sleep(60)
-
-        def test_leaks_a_python_child_and_a_program():
-            context = multiprocessing.get_context({method!r})
-            child = context.Process(target=wait_for_ever, name="sleeper")
-            child.start()
-            subprocess.Popen(["sleep", "60"])
-            # Until the child is in its sleep: it made the file, then nothing but sleep blocks.
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (
-                os.path.exists("ready") and psutil.Process(child.pid).status() == "sleeping"
-            ):
-                time.sleep(0.01)
-        """
-    )
+    # finished; a program that is not Python (sleep) has no Python stack to show. Where py-spy's
+    # stack of a forked or a spawned child starts differs (one inner run has both); without
+    # py-spy the report is the same under every method.
+    methods = ["fork", "spawn"] if inner.pyspy else ["fork"]
+    pytester.makepyfile(**{f"test_stack_{m}": STACK.replace("METHOD", m) for m in methods})
     result = inner(*FAST_ARGS, timeout=90)
-    result.assert_outcomes(passed=1, errors=1)
-    if inner.pyspy:
-        result.stdout.fnmatch_lines(
-            [
-                "leaked process * 'sleeper': still running, *",
-                "    started at: test_stack.py:11 by multiprocessing.Process.start",
-                "    ended by:   SIGTERM (ended by mpcheck)",
-                "    waiting in: sleeping (time.sleep)*",
-                "    stack (most recent call last):",
-                "      Thread * 'MainThread'*",
-                '        File "test_stack.py", line 6, in wait_for_ever',
-                "          time.sleep(60)",
-                "",
-                "leaked process * 'sleep': still running, *",
-                "    command:    sleep 60",
-                "    started at: test_stack.py:12 by subprocess.Popen",
-                "    ended by:   SIGTERM (ended by mpcheck)",
-                "",
-                "How to fix:*",
+    result.assert_outcomes(passed=len(methods), errors=len(methods))
+    for method in methods:
+        report = teardown_error(result, f"test_leaks_a_python_child_and_a_program_{method}")
+        if inner.pyspy:
+            report.fnmatch_lines(
+                [
+                    "leaked process * 'sleeper': still running, *",
+                    f"    started at: test_stack_{method}.py:11 by multiprocessing.Process.start",
+                    "    ended by:   SIGTERM (ended by mpcheck)",
+                    "    waiting in: sleeping (time.sleep)*",
+                    "    stack (most recent call last):",
+                    "      Thread * 'MainThread'*",
+                    f'        File "test_stack_{method}.py", line 6, in wait_for_ever',
+                    "          time.sleep(60)",
+                    "",
+                    "leaked process * 'sleep': still running, *",
+                    "    command:    sleep 60",
+                    f"    started at: test_stack_{method}.py:12 by subprocess.Popen",
+                    "    ended by:   SIGTERM (ended by mpcheck)",
+                    "",
+                    "How to fix:*",
+                ]
+            )
+            text = "\n".join(report.lines)
+            program = text[
+                text.index("leaked process", text.index("'sleeper'")) : text.index("How to")
             ]
-        )
-        text = result.stdout.str()
-        program = text[text.index("leaked process", text.index("'sleeper'")) : text.index("How to")]
-        assert "'sleep'" in program
-        assert "stack (most recent call last)" not in program
-    else:
-        result.stdout.fnmatch_lines(
-            [
-                "leaked process * 'sleeper': still running, *",
-                "    no Python stack: not started by an mp_* fixture, and py-spy is not installed*",
-            ]
-        )
+            assert "'sleep'" in program
+            assert "stack (most recent call last)" not in program
+        else:
+            report.fnmatch_lines(
+                [
+                    "leaked process * 'sleeper': still running, *",
+                    "    no Python stack: not started by an mp_* fixture, and py-spy is not "
+                    "installed*",
+                ]
+            )
