@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import FAST_ARGS
+from tests.test_watch import teardown_error
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs")
 
@@ -17,6 +18,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pytester) -> None:
     # Principle 1: in warn mode nothing is signalled or reaped while the run goes on; what is
     # still running at the end of the session is ended then, and said once.
+    linux = sys.platform.startswith("linux")
     pytester.makepyfile(
         test_warn="""
         import multiprocessing, os, subprocess, time
@@ -35,10 +37,13 @@ def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pyteste
             pid = int(Path("zombie").read_text())
             # not reaped: the status is still there for whoever waits
             assert os.waitpid(pid, os.WNOHANG)[0] == pid
-        """
+        """,
+        # The same run shows that warn mode keeps the semantics of the process tree (Linux):
+        # see test_warn_mode_keeps_process_tree_semantics.
+        **({"test_tree": TREE} if linux else {}),
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=warn", timeout=60)
-    result.assert_outcomes(passed=2, warnings=1)
+    result.assert_outcomes(passed=2 + linux, warnings=1)
     result.stdout.fnmatch_lines(
         [
             "*mpcheck: process watch warn*subreaper off (mode warn only observes*",
@@ -62,37 +67,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+#: A test that ends a child and then checks that none of its own children remain: with the
+#: plugin observing, the orphaned grandchild goes where it would without it (not to pytest).
+TREE = """
+import multiprocessing, os, subprocess, time
+import psutil
+
+def spawn_worker(conn):
+    conn.send(subprocess.Popen(["sleep", "30"]).pid)
+    time.sleep(30)
+
+def test_orphans_leave_the_tree():
+    here, there = multiprocessing.Pipe()
+    p = multiprocessing.get_context("fork").Process(target=spawn_worker, args=(there,))
+    p.start()
+    worker = here.recv()
+    p.kill()
+    p.join()
+    try:
+        assert worker not in [c.pid for c in psutil.Process().children(recursive=True)]
+    finally:
+        os.kill(worker, 9)
+"""
+
+
 @linux_only
 def test_warn_mode_keeps_process_tree_semantics(pytester: pytest.Pytester) -> None:
-    # A test that ends a child and then checks that none of its own children remain: with the
-    # plugin observing, the orphaned grandchild goes where it would without it (not to pytest).
-    pytester.makepyfile(
-        test_tree="""
-        import multiprocessing, os, subprocess, time
-        import psutil
-
-        def spawn_worker(conn):
-            conn.send(subprocess.Popen(["sleep", "30"]).pid)
-            time.sleep(30)
-
-        def test_orphans_leave_the_tree():
-            here, there = multiprocessing.Pipe()
-            p = multiprocessing.get_context("fork").Process(target=spawn_worker, args=(there,))
-            p.start()
-            worker = here.recv()
-            p.kill()
-            p.join()
-            try:
-                assert worker not in [c.pid for c in psutil.Process().children(recursive=True)]
-            finally:
-                os.kill(worker, 9)
-        """
-    )
+    pytester.makepyfile(test_tree=TREE)
     without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:mpcheck")
     without.assert_outcomes(passed=1)
-    for args in (("--mp-check=warn",), ("--mp-subreaper=off",)):
-        result = pytester.runpytest_subprocess(*FAST_ARGS, *args, timeout=60)
-        result.assert_outcomes(passed=1)
+    # With --mp-check=warn it passes too: test_warn_observes_only_and_the_session_end_ends_it
+    # runs it with its own warn-mode project.
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=off", timeout=60)
+    result.assert_outcomes(passed=1)
     on = pytester.runpytest_subprocess(
         *FAST_ARGS, "--mp-check=warn", "--mp-subreaper=on", timeout=60
     )
@@ -101,24 +108,24 @@ def test_warn_mode_keeps_process_tree_semantics(pytester: pytest.Pytester) -> No
 
 
 def test_bad_subreaper_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--mp-subreaper=sometimes", timeout=60)
+    result = pytester.runpytest_inprocess("--mp-subreaper=sometimes")  # no process started
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*'sometimes' is not a valid mp-subreaper value. Valid values: auto, on, off"]
     )
 
 
-@linux_only
-def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Pytester) -> None:
-    # Principle 3, as a bounded stress test: two threads start short-lived children while the
-    # orphan reaper runs on every SIGCHLD. Every status must reach its own caller.
-    pytester.makepyfile(
-        test_race="""
+#: Exit statuses that must reach their own callers while the orphan reaper runs on every SIGCHLD
+#: (principle 3), one module each, for one inner run with the subreaper on.
+STATUSES = {
+    # As a bounded stress test: two threads start short-lived children, for 2 s (about 1,200
+    # children on a loaded 2-core machine; each costs 1.5 ms of CPU, so 4 s cost 2 s more).
+    "test_race": """
         import subprocess, threading, time
 
         def test_two_threads():
             wrong = []
-            deadline = time.monotonic() + 4
+            deadline = time.monotonic() + 2
 
             def loop():
                 while time.monotonic() < deadline:
@@ -132,19 +139,10 @@ def test_threads_starting_processes_keep_their_exit_statuses(pytester: pytest.Py
             for t in threads:
                 t.join()
             assert wrong == []
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
-
-
-@linux_only
-def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
+        """,
     # multiprocess, billiard and loky have their own copy of spawnv_passfds, which calls
     # _posixsubprocess.fork_exec: the child it starts is no orphan, and its status stays.
-    pytester.makepyfile(
-        test_fork_exec="""
+    "test_fork_exec": """
         import multiprocessing.util, os, sys, time, types
 
         ours = getattr(multiprocessing.util.spawnv_passfds, "__wrapped__",
@@ -158,21 +156,11 @@ def test_a_fork_exec_child_keeps_its_status(pytester: pytest.Pytester) -> None:
             time.sleep(0.5)  # it exits, SIGCHLD comes, the orphan reaper runs
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 7
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1)
-
-
-@linux_only
-def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
-    pytester: pytest.Pytester,
-) -> None:
+        """,
     # Found by CPython's test_forkserver_sigkill under the plugin: a process that the forkserver
     # forked reparents to pytest when the forkserver is killed. Its Popen reads the exit status
     # from the forkserver, never waits for it: a true orphan, reaped, and not the test's zombie.
-    pytester.makepyfile(
-        test_forkserver_death="""
+    "test_forkserver_death": """
         import multiprocessing, os, signal, time
         from multiprocessing import forkserver
 
@@ -185,43 +173,18 @@ def test_a_forkserver_child_orphaned_by_its_forkserver_is_reaped(
             time.sleep(1)  # p is orphaned, exits and reparents to pytest (the subreaper)
             p.join(10)
             assert p.exitcode in (0, 255)
-        """
-    )
+        """,
+}
+
+
+@linux_only
+def test_exit_statuses_reach_their_callers_under_the_subreaper(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**STATUSES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
+    # The orphaned forkserver child is no test's zombie (and nothing else was left).
     result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])
-
-
-def test_helpers_of_other_families_are_helpers(pytester: pytest.Pytester) -> None:
-    # Principle 4: a tracker is known by what it runs, whichever family's it is; a fork of the
-    # pytest process is never a helper.
-    pkg = pytester.mkpydir("otherfamily")
-    (pkg / "resource_tracker.py").write_text(
-        "import signal, sys\n"
-        "def main(fd):\n"
-        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # trackers ignore SIGTERM\n"
-        "    sys.stdin.read()  # until the pytest process ends\n"
-    )
-    pytester.makepyfile(
-        test_family="""
-        import os, subprocess, sys, time
-
-        tracker = None
-
-        def test_first_use_starts_the_tracker():
-            global tracker
-            tracker = subprocess.Popen(
-                [sys.executable, "-c", "from otherfamily.resource_tracker import main; main(3)"],
-                stdin=subprocess.PIPE,
-            )
-
-        def test_the_tracker_is_still_there():
-            assert tracker.poll() is None
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2)
-    result.stdout.no_fnmatch_line("*leaked process*")
 
 
 def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytester) -> None:
@@ -268,11 +231,35 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
     result.stdout.no_fnmatch_line("*started by: unknown*")
 
 
-def test_unittest_setupclass_owns_its_pool(pytester: pytest.Pytester) -> None:
+#: A tracker of another multiprocessing family: known by what it runs (principle 4).
+OTHER_FAMILY_TRACKER = (
+    "import signal, sys\n"
+    "def main(fd):\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # trackers ignore SIGTERM\n"
+    "    sys.stdin.read()  # until the pytest process ends\n"
+)
+
+#: Who owns a process, one module each, for one inner run.
+OWNERS = {
+    # Principle 4: a tracker is known by what it runs, whichever family's it is.
+    "test_family": """
+        import os, subprocess, sys, time
+
+        tracker = None
+
+        def test_first_use_starts_the_tracker():
+            global tracker
+            tracker = subprocess.Popen(
+                [sys.executable, "-c", "from otherfamily.resource_tracker import main; main(3)"],
+                stdin=subprocess.PIPE,
+            )
+
+        def test_the_tracker_is_still_there():
+            assert tracker.poll() is None
+        """,
     # setUpClass owns what it starts, as a class-scoped fixture does; its pool replacing a
     # worker during a test is the class's, not that test's.
-    pytester.makepyfile(
-        test_unit="""
+    "test_unit": """
         import multiprocessing, unittest
 
         def square(n):
@@ -307,10 +294,34 @@ def test_unittest_setupclass_owns_its_pool(pytester: pytest.Pytester) -> None:
             @unittest.skip("not today")
             def test_skipped(self):
                 pass
-        """
-    )
+        """,
+}
+
+#: A process whose main thread exited is still running, not a zombie (Linux: pthread_exit).
+LEADER_EXITED = """
+    import ctypes, os, threading, time
+
+    def test_leaves_one():
+        if os.fork() == 0:
+            threading.Thread(target=time.sleep, args=(60,)).start()
+            ctypes.CDLL(None).pthread_exit(None)  # only the main thread ends
+        time.sleep(0.3)
+    """
+
+
+def test_helpers_setupclass_and_a_leader_that_exited(pytester: pytest.Pytester) -> None:
+    # Three stories of one inner run (an interpreter start is most of the cost of each): the
+    # tracker of another family is a helper, setUpClass owns its processes, and a process whose
+    # main thread exited is a leak.
+    linux = sys.platform.startswith("linux")
+    (pytester.mkpydir("otherfamily") / "resource_tracker.py").write_text(OTHER_FAMILY_TRACKER)
+    pytester.makepyfile(**OWNERS, **({"test_leader": LEADER_EXITED} if linux else {}))
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=3, skipped=1, errors=1)
+    result.assert_outcomes(passed=5 + linux, skipped=1, errors=1 + linux)
+    # The tracker is reported nowhere: not at the end of its tests, not at the end of the
+    # session (a report of it would name its test or show its command line).
+    result.stdout.no_fnmatch_line("*test_family.py::*")
+    result.stdout.no_fnmatch_line("*otherfamily*")
     result.stdout.fnmatch_lines(
         [
             "mpcheck: setUpClass of TestForgets (finalized at the teardown of "
@@ -318,55 +329,66 @@ def test_unittest_setupclass_owns_its_pool(pytester: pytest.Pytester) -> None:
         ]
     )
     result.stdout.no_fnmatch_line("*TestWithPool*left*")
-
-
-@linux_only
-def test_a_process_whose_main_thread_exited_is_not_a_zombie(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_leader="""
-        import ctypes, os, threading, time
-
-        def test_leaves_one():
-            if os.fork() == 0:
-                threading.Thread(target=time.sleep, args=(60,)).start()
-                ctypes.CDLL(None).pthread_exit(None)  # only the main thread ends
-            time.sleep(0.3)
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "mpcheck: test_leader.py::test_leaves_one left 1 process behind (1 leaked)",
-            "leaked process *: still running, state running (its main thread has exited)*",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-        ]
-    )
+    if linux:
+        teardown_error(result, "test_leaves_one").fnmatch_lines(
+            [
+                "mpcheck: test_leader.py::test_leaves_one left 1 process behind (1 leaked)",
+                "leaked process *: still running, state running (its main thread has exited)*",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+            ]
+        )
 
 
 @linux_only
 def test_hundreds_of_children_are_all_found(pytester: pytest.Pytester) -> None:
-    # procfs hands a task's children out a page at a time: 800 pids do not fit in one read.
+    # procfs hands a task's children out a page at a time: hundreds of pids do not fit in one
+    # read. The test process starts children until their pids ("%d " each) fill more than a
+    # page, and checks that its own children file then is longer than one (800 children were
+    # not always enough: with 4-digit pids they fill 4,000 bytes). The children are `cat` on a
+    # pipe that stays open, started with posix_spawn: forks of the pytest process cost a copy of
+    # its page tables and a py-spy stack each when reported, which prove nothing more here.
     pytester.makepyfile(
         test_many="""
-        import os, signal
+        import os, shutil
 
-        def test_forks_800():
+        def test_starts_hundreds():
+            cat = shutil.which("cat")
             r, w = os.pipe()
-            for _ in range(800):
-                if os.fork() == 0:
-                    os.close(w)
-                    os.read(r, 1)  # until the pipe closes
-                    os._exit(0)
+            pids, size = [], 0
+            while size <= 4096:
+                pid = os.posix_spawn(cat, ["cat"], dict(os.environ),
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)])
+                pids.append(pid)
+                size += len(str(pid)) + 1
             os.close(r)
+            fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+            os.close(fd)
+            assert len(data) > 4096
+            assert sorted(map(int, data.split())) == sorted(pids)
+            with open("started", "w") as out:
+                out.write(str(len(pids)))
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
     result.assert_outcomes(passed=1, errors=1)
+    started = int((pytester.path / "started").read_text())
+    assert started >= 512  # a Linux pid has at most 7 digits: 4096 bytes hold 512 of them
     result.stdout.fnmatch_lines(
-        ["mpcheck: test_many.py::test_forks_800 left 800 processes behind (800 leaked)"]
+        [
+            f"mpcheck: test_many.py::test_starts_hundreds left {started} processes behind "
+            f"({started} leaked)",
+            "leaked process * 'cat': still running, *",
+            "    command:    cat",
+            "    started at: test_many.py:8 by os.posix_spawn",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+        ]
     )
-    result.stdout.fnmatch_lines(["mpcheck: 800 processes started by tests, 800 leaked*"])
+    result.stdout.fnmatch_lines(
+        [f"mpcheck: {started} processes started by tests, {started} leaked*"]
+    )
 
 
 def test_a_fault_inside_the_plugin_changes_no_outcome(pytester: pytest.Pytester) -> None:

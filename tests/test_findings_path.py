@@ -65,12 +65,11 @@ def test_session_end_finding_reaches_the_hook(pytester: pytest.Pytester) -> None
     assert document["summary"]["ended"] == 1
 
 
-def test_a_process_reported_by_a_test_is_seen_again_when_the_session_ends_it(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makeconftest(HOOKS)
-    pytester.makepyfile(
-        test_kept="""
+#: Findings of every kind that a test makes, one module each, for one inner run with the HOOKS
+#: conftest: a process kept running (seen again when the session ends it), a named resource, a
+#: hang and a lock-order inversion.
+KINDS = {
+    "test_kept": """
         import subprocess
         import pytest
 
@@ -79,34 +78,8 @@ def test_a_process_reported_by_a_test_is_seen_again_when_the_session_ends_it(
         @pytest.mark.mp_check("warn")
         def test_keeps_one():
             KEPT.append(subprocess.Popen(["sleep", "72"]))
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
-    result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(
-        [
-            "HOOK process test_kept.py::test_keeps_one leaked 'sleep 72' ended_by=None "
-            "reported_by=None",
-            "HOOK process None leaked 'sleep 72' ended_by=SIGTERM "
-            "reported_by=test_kept.py::test_keeps_one",
-        ]
-    )
-    document = json.loads((pytester.path / "report.json").read_text())
-    # Counted once as leaked (by its test), once as ended (by the session).
-    assert document["summary"]["leaked"] == 1
-    assert document["summary"]["ended"] == 1
-    assert [f["reported_by"] for f in document["findings"]] == [
-        None,
-        "test_kept.py::test_keeps_one",
-    ]
-
-
-def test_resource_and_hang_findings_reach_the_hooks_and_the_report(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makeconftest(HOOKS)
-    pytester.makepyfile(
-        test_kinds="""
+        """,
+    "test_kinds": """
         import time
         from multiprocessing import shared_memory
 
@@ -121,31 +94,8 @@ def test_resource_and_hang_findings_reach_the_hooks_and_the_report(
         @pytest.mark.mp_join_timeout(0.5)
         def test_hung_child(mp_spawn):
             mp_spawn(hang, name="sleeper").join()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=90)
-    result.assert_outcomes(passed=1, failed=1, errors=1)
-    result.stdout.fnmatch_lines_random(
-        [
-            "HOOK resource test_kinds.py::test_forgets_unlink shared_memory freed=True",
-            "HOOK process test_kinds.py::test_hung_child hung * ended_by=SIG* reported_by=None",
-        ]
-    )
-    document = json.loads((pytester.path / "report.json").read_text())
-    assert document["summary"]["resources"] == 1
-    assert document["summary"]["hung"] == 1
-    assert [f["owner"] for f in document["resource_findings"]] == [
-        "test_kinds.py::test_forgets_unlink"
-    ]
-    assert [(f["kind"], f["nodeid"]) for f in document["findings"]] == [
-        ("hung", "test_kinds.py::test_hung_child")
-    ]
-
-
-def test_lock_findings_reach_the_hook_and_the_report(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(HOOKS)
-    pytester.makepyfile(
-        test_order="""
+        """,
+    "test_order": """
         def nested(first, second):
             with first:
                 with second:
@@ -155,13 +105,56 @@ def test_lock_findings_reach_the_hook_and_the_report(pytester: pytest.Pytester) 
             a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
             mp_spawn(nested, args=(a, b)).join()
             mp_spawn(nested, args=(b, a)).join()
-        """
+        """,
+}
+
+
+def test_findings_of_every_kind_reach_the_hooks_and_the_report(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(HOOKS)
+    pytester.makepyfile(**KINDS)
+    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=90)
+    result.assert_outcomes(passed=3, failed=1, errors=2, warnings=1)
+    document = json.loads((pytester.path / "report.json").read_text())
+
+    # A process reported by a test is seen again when the session ends it.
+    result.stdout.fnmatch_lines(
+        [
+            "HOOK process test_kept.py::test_keeps_one leaked 'sleep 72' ended_by=None "
+            "reported_by=None",
+            "HOOK process None leaked 'sleep 72' ended_by=SIGTERM "
+            "reported_by=test_kept.py::test_keeps_one",
+        ]
     )
-    result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
+    kept = [
+        f
+        for f in document["findings"]
+        if "test_kept.py::test_keeps_one" in (f["nodeid"], f["reported_by"])
+    ]
+    # Counted once as leaked (by its test), once as ended (by the session); the hung child is
+    # the other process ended.
+    assert document["summary"]["leaked"] == 1
+    assert document["summary"]["ended"] == 2
+    assert [f["reported_by"] for f in kept] == [None, "test_kept.py::test_keeps_one"]
+
+    # Resource and hang findings.
+    result.stdout.fnmatch_lines_random(
+        [
+            "HOOK resource test_kinds.py::test_forgets_unlink shared_memory freed=True",
+            "HOOK process test_kinds.py::test_hung_child hung * ended_by=SIG* reported_by=None",
+        ]
+    )
+    assert document["summary"]["resources"] == 1
+    assert document["summary"]["hung"] == 1
+    assert [f["owner"] for f in document["resource_findings"]] == [
+        "test_kinds.py::test_forgets_unlink"
+    ]
+    assert [(f["kind"], f["nodeid"]) for f in document["findings"] if f not in kept] == [
+        ("hung", "test_kinds.py::test_hung_child")
+    ]
+
+    # Lock findings.
     result.stdout.fnmatch_lines(["HOOK lock test_order.py::test_inversion lock-order inversion a"])
-    locks = json.loads((pytester.path / "report.json").read_text())["locks"]
-    (finding,) = locks["findings"]
+    (finding,) = document["locks"]["findings"]
     assert (finding["nodeid"], finding["kind"], finding["lock"]) == (
         "test_order.py::test_inversion",
         "lock-order inversion",

@@ -46,7 +46,14 @@ def test_spawned(mp_spawn, mp_locks):
     assert p.result == 2
 """
 
-#: The session that makes the in-process runs: ten with the plugin, ten with ``-p no:mpcheck``.
+#: How many in-process runs with the plugin, and then without it. Five (each costs about 0.2 s of
+#: CPU): the first three import what the others reuse, so two runs of each kind are counted, and
+#: that is enough. Runs that each kept a copy of the plugin (about 1,900 objects) would show 3,800
+#: objects more with it than without, against a tolerance of 500; a Config or an at-fork callback
+#: kept by a run is seen from one run on.
+IN_PROCESS_RUNS = 5
+
+#: The session that makes the in-process runs: with the plugin, then with ``-p no:mpcheck``.
 #: Objects are counted before each run, after the teardown of the previous test (pytester holds
 #: its runs until then), from the fourth run on: the first runs import what the others reuse, and
 #: the package ``pytest_mpcheck``, which this session imports, keeps the last run's copy of each of
@@ -65,7 +72,7 @@ import pytest
 
 from pytest_mpcheck._os import atfork
 
-RUNS = 10
+RUNS = {IN_PROCESS_RUNS}
 INNER = {INNER!r}
 INNER_FIXTURES = {INNER_FIXTURES!r}
 configs = {{"on": [], "off": []}}
@@ -130,13 +137,14 @@ def test_in_process_runs_leave_nothing_alive(pytester: pytest.Pytester, outer: s
     if outer == "no plugin":
         args += ["-p", "no:mpcheck"]
     result = pytester.runpytest_subprocess(*args, timeout=180)
-    result.assert_outcomes(passed=21)
+    result.assert_outcomes(passed=2 * IN_PROCESS_RUNS + 1)
     measured = json.loads((pytester.path / "measured.json").read_text())
-    assert measured["configs"] == 10
+    assert measured["configs"] == IN_PROCESS_RUNS
     # The crisp check: the Config of every finished run is collected.
     assert measured["alive"] == {"on": 0, "off": 0}
-    # Over seven runs, no more objects kept with the plugin than without it: a fixed tolerance for
-    # the noise of the count, far below one copy of the plugin (about 1,900 objects) per run.
+    # Over the counted runs, no more objects kept with the plugin than without it: a fixed
+    # tolerance for the noise of the count, far below one copy of the plugin (about 1,900 objects)
+    # per run.
     retained = measured["retained"]
     assert retained["on"] <= retained["off"] + 500, retained
     # Each run takes its at-fork callback away at its cleanup: forks do not pay for past runs.
@@ -146,40 +154,13 @@ def test_in_process_runs_leave_nothing_alive(pytester: pytest.Pytester, outer: s
     assert fork_callbacks[-1] <= fork_callbacks[0] + 1, fork_callbacks
 
 
-def test_outer_resource_check_works_after_an_in_process_run(pytester: pytest.Pytester) -> None:
+def test_in_process_runs_and_the_outer_resource_check(pytester: pytest.Pytester) -> None:
+    # One outer session: an in-process run fails its own test and frees the segment, so the
+    # outer test left nothing; after it and a clean in-process run, the outer resource check
+    # still finds the outer test's own leak.
     pytester.makeconftest('pytest_plugins = ["pytester"]')
     pytester.makepyfile(
-        test_outer="""
-        from multiprocessing import shared_memory
-
-        def test_in_process_run(pytester):
-            pytester.makepyfile(test_inner="def test_nothing(): pass")
-            pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
-
-        def test_forgets_unlink():
-            segment = shared_memory.SharedMemory(create=True, size=4096)
-            segment.close()
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*ERROR at teardown of test_forgets_unlink*",
-            "mpcheck: test_outer.py::test_forgets_unlink left 1 named resource behind*",
-            "leaked shared memory segment '/*': never unlinked",
-            "    made at:    test_outer.py:8 by the test process",
-        ]
-    )
-
-
-def test_in_process_run_sees_its_own_leak_and_the_outer_run_stays_quiet(
-    pytester: pytest.Pytester,
-) -> None:
-    # The inner run fails its own test and frees the segment: the outer test left nothing.
-    pytester.makeconftest('pytest_plugins = ["pytester"]')
-    pytester.makepyfile(
-        test_outer="""
+        test_inner_leak="""
         def test_in_process_run(pytester):
             pytester.makepyfile(
                 test_inner='''
@@ -192,8 +173,33 @@ def test_in_process_run_sees_its_own_leak_and_the_outer_run_stays_quiet(
             result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
             result.assert_outcomes(passed=1, errors=1)
             result.stdout.fnmatch_lines(["leaked shared memory segment '/*': never unlinked"])
-        """
+        """,
+        test_outer="""
+        from multiprocessing import shared_memory
+
+        def test_in_process_run(pytester):
+            pytester.makepyfile(test_inner="def test_nothing(): pass")
+            pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+        def test_forgets_unlink():
+            segment = shared_memory.SharedMemory(create=True, size=4096)
+            segment.close()
+        """,
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=1)
-    assert "named resource" not in result.stdout.str()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_forgets_unlink*",
+            "mpcheck: test_outer.py::test_forgets_unlink left 1 named resource behind*",
+            "leaked shared memory segment '/*': never unlinked",
+            "    made at:    test_outer.py:8 by the test process",
+        ]
+    )
+    # The in-process run's leak was its own: the outer run blames its test for nothing, and
+    # counts only the outer test's segment.
+    result.stdout.no_fnmatch_line("*test_inner_leak.py::*")
+    assert sum(line.startswith("leaked shared memory segment") for line in result.stdout.lines) == 1
+    result.stdout.fnmatch_lines(
+        ["mpcheck: 1 named resource (shared memory, semaphores) left behind"]
+    )

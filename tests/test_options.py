@@ -1,4 +1,9 @@
-"""Options, ini values and markers: what is accepted, and clear errors for the rest."""
+"""Options, ini values and markers: what is accepted, and clear errors for the rest.
+
+The inner runs that start no process run in this process (``runpytest_inprocess``): each run's
+plugin state is its own (tests/test_run_state.py), and an interpreter start is most of the cost
+of a run that only parses options.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def test_bad_option_is_a_usage_error(
     pytester: pytest.Pytester, args: list[str], message: str
 ) -> None:
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess(*args, timeout=60)
+    result = pytester.runpytest_inprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     result.stderr.no_fnmatch_line("*Traceback*")
@@ -46,7 +51,7 @@ def test_bad_option_is_a_usage_error(
 def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmp_check = sometimes\n")
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess(timeout=60)
+    result = pytester.runpytest_inprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["ERROR: ini value mp_check: 'sometimes' is not a valid mp-check mode. Valid modes: *"]
@@ -56,12 +61,12 @@ def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
 def test_command_line_wins_over_ini(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmp_check = off\nmp_settle = 0.1\nmp_kill_grace = 0.4\n")
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess("--mp-check=warn", timeout=60)
+    result = pytester.runpytest_inprocess("--mp-check=warn")
     result.stdout.fnmatch_lines(["mpcheck: process watch warn, settle 0.1s, kill grace 0.4s;*"])
 
 
 def test_markers_are_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--markers", timeout=60)
+    result = pytester.runpytest_inprocess("--markers")
     result.stdout.fnmatch_lines(
         [
             '@pytest.mark.mp_check(mode): "warn" or "off" for this test only*',
@@ -72,7 +77,7 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
 
 
 def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--help", timeout=60)
+    result = pytester.runpytest_inprocess("--help")
     result.stdout.fnmatch_lines(
         [
             "multiprocessing checks (pytest-mpcheck):",
@@ -104,7 +109,7 @@ def test_bad_marker_arguments_fail_that_test_only(pytester: pytest.Pytester) -> 
             pass
         """
     )
-    result = pytester.runpytest_subprocess(timeout=60)
+    result = pytester.runpytest_inprocess()
     result.assert_outcomes(passed=1, errors=3)
     result.stdout.fnmatch_lines(
         [

@@ -10,11 +10,14 @@ import pytest
 
 PASSES = "def test_nothing():\n    pass\n"
 
+# The runs that stop at a usage error run in-process (tests/test_options.py says why); the one that
+# needs a mount namespace, and the one whose summary line is checked, in a process of their own.
+
 
 def test_report_path_is_a_directory(pytester: pytest.Pytester) -> None:
     pytester.mkdir("out")
     pytester.makepyfile(PASSES)
-    result = pytester.runpytest_subprocess("--mp-report=out", timeout=60)
+    result = pytester.runpytest_inprocess("--mp-report=out")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -29,7 +32,7 @@ def test_report_parent_is_a_file(pytester: pytest.Pytester) -> None:
     pytester.makefile(".txt", afile="not a directory")
     pytester.makeini("[pytest]\nmp_report = afile.txt/sub/report.json\n")
     pytester.makepyfile(PASSES)
-    result = pytester.runpytest_subprocess(timeout=60)
+    result = pytester.runpytest_inprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -86,6 +89,8 @@ def test_report_that_cannot_be_written_at_the_end(pytester: pytest.Pytester) -> 
             assert False
         """
     )
+    # In a process of its own: in-process, pytest adds a warning that its module pytest_mpcheck
+    # cannot be rewritten, and the last line a user reads would not be the one they see.
     result = pytester.runpytest_subprocess(
         "-p", "no:randomly", "--mp-report=out/r.json", timeout=60
     )

@@ -8,23 +8,39 @@ import json
 import pytest
 
 from tests.conftest import FAST_ARGS
+from tests.test_watch import teardown_error
 
-
-def test_escapes_in_a_command_line_cannot_forge_log_lines(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_forge="""
+#: Two leaked processes whose command lines are hard to show, one module each, for one inner run.
+COMMAND_LINES = {
+    "test_forge": """
         import subprocess, sys
 
         KEPT = []
 
-        def test_leaks():
+        def test_leaks_control_characters():
             argv = [sys.executable, "-c", "import time; time.sleep(60)",
                     "\\x1b[2J\\x1b[Hcleared", "one\\n::error::forged\\x08back\\x9b31m"]
             KEPT.append(subprocess.Popen(argv))
-        """
-    )
+        """,
+    "test_huge": """
+        import subprocess, sys
+
+        KEPT = []
+
+        def test_leaks_a_huge_command_line():
+            argv = [sys.executable, "-c", "import time; time.sleep(60)"] + ["x" * 99] * 1000
+            KEPT.append(subprocess.Popen(argv))
+        """,
+}
+
+
+def test_escapes_in_a_command_line_and_a_huge_one_cut(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**COMMAND_LINES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-report=report.json", timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
+    result.assert_outcomes(passed=2, errors=2)
+    findings = json.loads((pytester.path / "report.json").read_text())["findings"]
+
+    # Escapes in a command line cannot forge log lines.
     result.stdout.fnmatch_lines(
         [
             "    command:    * -c import time; time.sleep(60) "
@@ -35,33 +51,23 @@ def test_escapes_in_a_command_line_cannot_forge_log_lines(pytester: pytest.Pytes
     for control in ("\x1b", "\x08", "\x9b"):
         assert control not in text
     assert not any(line.startswith("::error::") for line in result.stdout.lines)
-    document = json.loads((pytester.path / "report.json").read_text())
     # the test's own finding (a global keeps the Popen: the session ends it, and says so again)
-    finding = document["findings"][0]
+    finding = next(
+        f for f in findings if f["nodeid"] == "test_forge.py::test_leaks_control_characters"
+    )
     assert finding["process"]["cmdline"].endswith(
         "\x1b[2J\x1b[Hcleared one\n::error::forged\x08back\x9b31m"
     )
 
-
-def test_a_huge_command_line_is_cut(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_huge="""
-        import subprocess, sys
-
-        KEPT = []
-
-        def test_leaks():
-            argv = [sys.executable, "-c", "import time; time.sleep(60)"] + ["x" * 99] * 1000
-            KEPT.append(subprocess.Popen(argv))
-        """
-    )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-report=report.json", timeout=60)
-    result.assert_outcomes(passed=1, errors=1)
-    whole = json.loads((pytester.path / "report.json").read_text())["findings"][0]["process"]
+    # A huge command line is cut.
+    whole = next(
+        f for f in findings if f["nodeid"] == "test_huge.py::test_leaks_a_huge_command_line"
+    )["process"]
     assert len(whole["cmdline"]) > 100_000
     assert whole["cmdline"].endswith(" " + "x" * 99)
     # the report's line (with CI=true pytest repeats the whole message in its short summary)
-    command = next(line for line in result.stdout.lines if line.startswith("    command:"))
+    section = teardown_error(result, "test_leaks_a_huge_command_line").lines
+    command = next(line for line in section if line.startswith("    command:"))
     cut = len(whole["cmdline"]) - 1000
     assert command == (
         f"    command:    {whole['cmdline'][:1000]}... [{cut} more characters cut; "

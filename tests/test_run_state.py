@@ -74,64 +74,62 @@ def test_two_runs(pytester):
 '''
 
 
-def test_two_in_process_runs_are_independent(pytester: pytest.Pytester) -> None:
+#: The outer session's second test: in-process runs that each undo what they changed.
+UNDO = """
+import multiprocessing.process
+import os
+import signal
+import subprocess
+from multiprocessing import resource_tracker
+
+
+class Keep:
+    def __init__(self):
+        self.registered = []
+
+    def pytest_configure(self, config):
+        self.config = config
+
+    def pytest_sessionstart(self, session):
+        plugin = session.config.pluginmanager.get_plugin("mpcheck-run")
+        self.registered.append(plugin is not None)
+
+
+def patched():
+    return (
+        subprocess.Popen.__init__,
+        multiprocessing.process.BaseProcess.start,
+        os.fork,
+        resource_tracker.ResourceTracker._send,
+        signal.getsignal(signal.SIGCHLD),
+    )
+
+
+def test_inner_runs(pytester):
+    before = patched()
+    pytester.makepyfile(test_inner="def test_nothing(): pass")
+    for _ in range(2):
+        keep = Keep()
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[keep])
+        result.assert_outcomes(passed=1)
+        # Registered while its config lived, taken away with it.
+        assert keep.registered == [True]
+        assert keep.config.pluginmanager.get_plugin("mpcheck-run") is None
+        # What the inner run wrapped is the outer run's again.
+        assert patched() == before
+"""
+
+
+def test_in_process_runs_are_independent_and_undo_what_they_changed(
+    pytester: pytest.Pytester,
+) -> None:
+    # Both stories in one outer session (an interpreter start is most of the cost of each).
     pytester.makeconftest('pytest_plugins = ["pytester"]')
-    pytester.makepyfile(test_runs=RUNS)
+    pytester.makepyfile(test_runs=RUNS, test_undo=UNDO)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     # The inner runs' findings are theirs: the outer run sees their processes start (they are
     # its test's too) but blames nothing, the inner runs having ended what they found.
     result.stdout.fnmatch_lines(
         ["mpcheck: * processes started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"]
     )
-
-
-def test_a_run_undoes_what_it_changed_when_its_config_ends(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["pytester"]')
-    pytester.makepyfile(
-        test_runs="""
-        import multiprocessing.process
-        import os
-        import signal
-        import subprocess
-        from multiprocessing import resource_tracker
-
-
-        class Keep:
-            def __init__(self):
-                self.registered = []
-
-            def pytest_configure(self, config):
-                self.config = config
-
-            def pytest_sessionstart(self, session):
-                plugin = session.config.pluginmanager.get_plugin("mpcheck-run")
-                self.registered.append(plugin is not None)
-
-
-        def patched():
-            return (
-                subprocess.Popen.__init__,
-                multiprocessing.process.BaseProcess.start,
-                os.fork,
-                resource_tracker.ResourceTracker._send,
-                signal.getsignal(signal.SIGCHLD),
-            )
-
-
-        def test_inner_runs(pytester):
-            before = patched()
-            pytester.makepyfile(test_inner="def test_nothing(): pass")
-            for _ in range(2):
-                keep = Keep()
-                result = pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[keep])
-                result.assert_outcomes(passed=1)
-                # Registered while its config lived, taken away with it.
-                assert keep.registered == [True]
-                assert keep.config.pluginmanager.get_plugin("mpcheck-run") is None
-                # What the inner run wrapped is the outer run's again.
-                assert patched() == before
-        """
-    )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=1)

@@ -25,7 +25,6 @@ def test_leaks():
     "blanket",
     [
         pytest.param(("-o", "filterwarnings=error"), id="ini"),
-        pytest.param(("-W", "error"), id="command-line"),
         pytest.param(("-W", "error::pytest.PytestWarning"), id="pytest-warnings"),
     ],
 )
@@ -59,19 +58,31 @@ def test_filter_naming_the_category_escalates(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_warn.py::test_leaks left*"])
 
 
-def test_lock_finding_in_warn_mode_under_a_blanket_error_filter(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_locks="""
-        def test_inversion(mp_locks):
-            a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
-            with a, b:
-                pass
-            with b, a:
-                pass
-        """
-    )
+LOCK_INVERSION = """
+def test_inversion(mp_locks):
+    a, b = mp_locks.Lock("a"), mp_locks.Lock("b")
+    with a, b:
+        pass
+    with b, a:
+        pass
+"""
+
+
+def test_command_line_blanket_filter_keeps_process_and_lock_warnings(
+    pytester: pytest.Pytester,
+) -> None:
+    # The blanket filter of the command line, with a leaked process and a lock finding in one
+    # run (an interpreter start is most of the cost of each).
+    pytester.makepyfile(test_warn=LEAKS, test_locks=LOCK_INVERSION)
     result = pytester.runpytest_subprocess(
         *FAST_ARGS, "-W", "error", "--mp-check=warn", "-p", "no:randomly", timeout=60
     )
-    result.assert_outcomes(passed=1, warnings=1)
+    result.assert_outcomes(passed=2, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= warnings summary =*",
+            "test_warn.py:*",
+            "*MpCheckWarning: mpcheck: test_warn.py::test_leaks left 1 process behind (1 leaked)",
+        ]
+    )
     result.stdout.fnmatch_lines(["*MpCheckWarning: mpcheck: test_locks.py::test_inversion*"])

@@ -85,44 +85,45 @@ def test_no_thread_in_the_test_process():
 """
 
 
-def test_clean_code_passes_without_warnings(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_clean=CLEAN_CODE)
+#: A test that kills a parent and then checks that its worker, orphaned, is gone once killed:
+#: the orphan reparented to pytest (the subreaper, Linux only) and is reaped as it dies.
+ORPHANS = """
+import multiprocessing, os, signal, subprocess, time
+import psutil
+
+def parent(conn):
+    worker = subprocess.Popen(["sleep", "60"])
+    conn.send(worker.pid)
+    time.sleep(60)
+
+def test_kill_parent_then_its_worker():
+    here, there = multiprocessing.Pipe()
+    p = multiprocessing.get_context("fork").Process(target=parent, args=(there,))
+    p.start()
+    worker = here.recv()
+    p.kill()
+    p.join()
+    # the worker is now an orphan; it reparented to pytest (the subreaper)
+    assert psutil.Process(worker).ppid() == os.getpid()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not psutil.pid_exists(worker), "the dead orphan was left a zombie"
+"""
+
+
+def test_clean_code_passes_without_warnings_and_orphans_are_reaped(
+    pytester: pytest.Pytester,
+) -> None:
+    # One inner run for both (an interpreter start is most of the cost of a run); the orphans'
+    # test, Linux only, runs under -W error too.
+    linux = sys.platform.startswith("linux")
+    pytester.makepyfile(test_clean=CLEAN_CODE, **({"test_orphans": ORPHANS} if linux else {}))
     # -W error: a thread of the plugin would turn fork into a DeprecationWarning on 3.12+.
     result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=12, warnings=0)
+    result.assert_outcomes(passed=12 + linux, warnings=0)
     result.stdout.no_fnmatch_line("*warnings summary*")
     result.stdout.fnmatch_lines(
         ["mpcheck: * started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended*"]
     )
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper is Linux only")
-def test_orphans_are_reaped_as_they_die(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_orphans="""
-        import multiprocessing, os, signal, subprocess, time
-        import psutil
-
-        def parent(conn):
-            worker = subprocess.Popen(["sleep", "60"])
-            conn.send(worker.pid)
-            time.sleep(60)
-
-        def test_kill_parent_then_its_worker():
-            here, there = multiprocessing.Pipe()
-            p = multiprocessing.get_context("fork").Process(target=parent, args=(there,))
-            p.start()
-            worker = here.recv()
-            p.kill()
-            p.join()
-            # the worker is now an orphan; it reparented to pytest (the subreaper)
-            assert psutil.Process(worker).ppid() == os.getpid()
-            os.kill(worker, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while psutil.pid_exists(worker) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not psutil.pid_exists(worker), "the dead orphan was left a zombie"
-        """
-    )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
-    result.assert_outcomes(passed=1)

@@ -378,15 +378,21 @@ def stacks_of(pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True) -> 
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)
+        tried = False
         if text is None and pyspy:
-            text = pyspy_stack(pid, min(5.0, deadline - time.monotonic()))
+            # Once the time is spent, py-spy is not run: the report says there was no time,
+            # not that py-spy could not attach.
+            left = min(5.0, deadline - time.monotonic())
+            tried = left > 0
+            if tried:
+                text = pyspy_stack(pid, left)
         state, wchan = kernel[pid]
         words = waiting_in(text, wchan) if state != "running" else None
         found = pitfall(text)
         result[pid] = Stack(
             text=text,
             waiting_in=words,
-            pyspy_tried=pyspy,
+            pyspy_tried=tried,
             pitfall=found[1] if found is not None else None,
         )
     return result
