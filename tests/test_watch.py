@@ -377,7 +377,7 @@ def test_finding_hook_sees_each_finding_and_json_report(pytester: pytest.Pyteste
 
 #: A test that leaves a Python child and a program running, under the start method METHOD.
 STACK = """
-import multiprocessing, os, subprocess, time
+import multiprocessing, os, subprocess, sys, time
 import psutil
 
 def wait_for_ever():
@@ -389,10 +389,12 @@ def test_leaks_a_python_child_and_a_program_METHOD():
     child = context.Process(target=wait_for_ever, name="sleeper")
     child.start()
     subprocess.Popen(["sleep", "60"])
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # program"])
     # Until the child is in its sleep: it made the file, then nothing but sleep blocks.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (
         os.path.exists("ready-METHOD") and psutil.Process(child.pid).status() == "sleeping"
+        and psutil.Process(python.pid).status() == "sleeping"
     ):
         time.sleep(0.01)
 """
@@ -403,46 +405,47 @@ def test_leaked_python_child_is_reported_with_its_stack(
     pytester: pytest.Pytester, inner: InnerRun
 ) -> None:
     # What the child was still doing when its test ended is what tells a person why it never
-    # finished; a program that is not Python (sleep) has no Python stack to show. Where py-spy's
-    # stack of a forked or a spawned child starts differs (one inner run has both); without
-    # py-spy the report is the same under every method.
-    methods = ["fork", "spawn"] if inner.pyspy else ["fork"]
+    # finished. A child of multiprocessing gives its own stack, with py-spy or without, under
+    # every method (both in one inner run); a Python program run by subprocess is read by py-spy
+    # only; a program that is not Python (sleep) has no Python stack to show.
+    methods = ["fork", "spawn"]
     pytester.makepyfile(**{f"test_stack_{m}": STACK.replace("METHOD", m) for m in methods})
     result = inner(*FAST_ARGS, timeout=90)
     result.assert_outcomes(passed=len(methods), errors=len(methods))
     for method in methods:
         report = teardown_error(result, f"test_leaks_a_python_child_and_a_program_{method}")
+        report.fnmatch_lines(
+            [
+                "leaked process * 'sleeper': still running, *",
+                f"    started at: test_stack_{method}.py:11 by multiprocessing.Process.start",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    waiting in: sleeping (time.sleep)*",
+                "    stack (most recent call last):",
+                "      Thread 0x* (main thread), most recent call last:",
+                f'        File "*test_stack_{method}.py", line 6, in wait_for_ever',
+                "          time.sleep(60)",
+                "",
+            ]
+        )
+        text = "\n".join(report.lines)
+        program = text[text.index("    command:    sleep 60") :]
+        assert "stack (most recent call last)" not in program[: program.index("leaked process")]
+        python = pytest.LineMatcher(
+            text[text.index("-c import time; time.sleep(60)  # program") :].splitlines()
+        )
         if inner.pyspy:
-            report.fnmatch_lines(
+            python.fnmatch_lines(
                 [
-                    "leaked process * 'sleeper': still running, *",
-                    f"    started at: test_stack_{method}.py:11 by multiprocessing.Process.start",
-                    "    ended by:   SIGTERM (ended by mpcheck)",
-                    "    waiting in: sleeping (time.sleep)*",
                     "    stack (most recent call last):",
-                    "      Thread * 'MainThread'*",
-                    f'        File "test_stack_{method}.py", line 6, in wait_for_ever',
-                    "          time.sleep(60)",
-                    "",
-                    "leaked process * 'sleep': still running, *",
-                    "    command:    sleep 60",
-                    f"    started at: test_stack_{method}.py:12 by subprocess.Popen",
-                    "    ended by:   SIGTERM (ended by mpcheck)",
-                    "",
-                    "How to fix:*",
+                    "      Thread * (idle), most recent call last:",
+                    '        File "<string>", line 1, in <module>',
                 ]
             )
-            text = "\n".join(report.lines)
-            program = text[
-                text.index("leaked process", text.index("'sleeper'")) : text.index("How to")
-            ]
-            assert "'sleep'" in program
-            assert "stack (most recent call last)" not in program
         else:
-            report.fnmatch_lines(
+            python.fnmatch_lines(
                 [
-                    "leaked process * 'sleeper': still running, *",
-                    "    no Python stack: not started by an mp_* fixture, and py-spy is not "
-                    "installed*",
+                    "    no Python stack: it does not answer the stack signal (the children that "
+                    "pytest starts through multiprocessing or os.fork do), and py-spy is not "
+                    "installed; *",
                 ]
             )
