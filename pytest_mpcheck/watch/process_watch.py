@@ -153,6 +153,11 @@ class ProcessWatch:
 
     def _looks_like_helper(self, pid: int) -> bool:
         command = procfs.cmdline(pid)
+        if not command and procfs.state(pid) not in (None, "Z"):
+            # Empty while an exec loads the new program (tens of ms on a loaded machine): a
+            # tracker started a moment ago would be taken for the test's.
+            poll_until(lambda: bool(procfs.cmdline(pid)) or procfs.state(pid) in (None, "Z"), 0.5)
+            command = procfs.cmdline(pid)
         if command == procfs.own_cmdline():
             return False  # a fork of this process (or of this xdist worker): never a helper
         if self._helper_pids is None:
