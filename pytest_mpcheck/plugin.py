@@ -162,8 +162,9 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
 
     checker = lockcheck.LockChecker(mp_test.context, title=request.node.nodeid)
     request.node.stash[lockcheck.checker_key] = checker
-    yield checker
     run = request.config.stash[run_key]
+    checker.exit_status = run.exit_status_of
+    yield checker
     lockcheck.finish_test(
         request.node,
         checker,

@@ -38,7 +38,7 @@ from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
 from pytest_mpcheck.watch.origins import OriginRecorder
 from pytest_mpcheck.watch.preparation import ChildPreparation
-from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn
+from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
 from pytest_mpcheck.watch.resources import ResourceWatch
 
 # Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
@@ -239,6 +239,11 @@ class MpCheckRun:
             pytest.fail(message, pytrace=False)
         else:
             warn_at_test(item, message)
+
+    def exit_status_of(self, pid: int) -> int | None:
+        """The exit status of a child that the run recorded, where its process object read it."""
+        record = self.recorder.records.get(pid)
+        return exit_status(record) if record is not None else None
 
     def _report_deaths(self, item: pytest.Item, findings: list[Finding], mode: str) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or

@@ -550,7 +550,9 @@ def test_problems_found_and_clean_uses_pass(pytester: pytest.Pytester, implement
             "mpcheck: test_problems.py::test_killed_holding[[]fork[]]: 1 lock problem",
             "",
             "held at exit: victim (pid *) ended holding lock 'k' (acquired at "
-            f"{victim} at +*s); any other process that takes it waits forever",
+            f"{victim} at +*s); any other process that takes it waits forever; it was ended by "
+            "SIGKILL (kill(), or the kernel's OOM killer) while it held the lock: a process ended "
+            "from outside never releases what it holds, so the lock can no longer be trusted",
             "  How to fix: release the lock in a `finally:` block*",
             "*ERROR at teardown of test_release_not_held[[]fork[]]*",
             "release of a lock not held: releaser (pid *) released lock 'r' at "

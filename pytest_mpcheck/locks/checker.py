@@ -85,6 +85,9 @@ class LockChecker:
         self.t0 = time.monotonic_ns()
         self._locks: dict[str, CheckedLock] = {}
         self._seen: set[str] = set()
+        self.exit_status: Callable[[int], int | None] | None = None
+        """How a child of the test process ended (its exit status, where known): set by
+        ``mp_locks`` from the run's start records."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A child that gets the checker and makes a lock of its own makes a lock that is not
@@ -130,7 +133,7 @@ class LockChecker:
     def _checks(self, replay: Replay, current_test: bool = False) -> Checks:
         me = ProcessName(os.getpid(), multiprocessing.current_process().name)
         checks = Checks(replay, self.t0, {lock.token: me for lock in self._locks.values()})
-        checks.held_at_exit(current_test)
+        checks.held_at_exit(current_test, self.exit_status)
         return checks
 
     def findings(self) -> list[LockFinding]:

@@ -13,7 +13,7 @@ As the kernel's lockdep does for kernel locks:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pytest_mpcheck._os import procfs
@@ -67,6 +67,29 @@ class LockFinding:
 
     def __str__(self) -> str:
         return self.message
+
+
+#: How a process is usually sent each signal that ends it from outside.
+_SENT_BY = {
+    "SIGTERM": "terminate()",
+    "SIGKILL": "kill(), or the kernel's OOM killer",
+    "SIGINT": "Ctrl-C, or os.kill",
+}
+
+
+def _ended_from_outside(signum: int) -> str:
+    """The end of a held-at-exit message for a holder that a signal ended."""
+    import signal
+
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    how = _SENT_BY.get(name, "a signal")
+    return (
+        f"; it was ended by {name} ({how}) while it held the lock: a process ended from outside "
+        "never releases what it holds, so the lock can no longer be trusted"
+    )
 
 
 class Checks:
@@ -146,8 +169,14 @@ class Checks:
             RELEASE_NOT_HELD, event.lock, text, [event.process, *(h.process for h in holders)]
         )
 
-    def held_at_exit(self, current_test: bool) -> None:
-        """Find the holds of processes that ended; ``current_test``: also this process's."""
+    def held_at_exit(
+        self, current_test: bool, exit_status: Callable[[int], int | None] | None = None
+    ) -> None:
+        """Find the holds of processes that ended; ``current_test``: also this process's.
+
+        ``exit_status`` tells how a child of the test process ended, where it is known: one
+        ended from outside by a signal (``terminate()``, ``kill()``) is named as such.
+        """
         me = os.getpid()
         open_holds = sorted(self.replay.open.items(), key=lambda kv: kv[1].start)
         for (_token, process), hold in open_holds:
@@ -165,6 +194,9 @@ class Checks:
                 f"{process} ended holding lock {hold.lock!r} ({self._hold_text(hold)}); any "
                 f"other process that takes it waits forever"
             )
+            status = exit_status(process.pid) if exit_status is not None else None
+            if status is not None and status < 0:
+                text += _ended_from_outside(-status)
             self._add(HELD_AT_EXIT, hold.lock, text, [process])
 
     def order(self) -> None:

@@ -77,7 +77,7 @@ def _started_from(record: StartRecord | None) -> str | None:
     return record.test_site
 
 
-def _exit_status(record: StartRecord) -> int | None:
+def exit_status(record: StartRecord) -> int | None:
     """The exit status its process object read when it reaped it (never waits itself)."""
     handle = record.handle() if record.handle is not None else None
     if handle is None:
@@ -491,7 +491,7 @@ class ProcessWatch:
         for pid in gone:
             record = self.recorder.records.get(pid)
             if record is not None and not record.helper:
-                self.gone.append((record, _exit_status(record)))
+                self.gone.append((record, exit_status(record)))
         self.recorder.forget(gone)
         # Those still running outlive the test (a wider-scoped fixture's): from now on their pids
         # are checked against their create time.
