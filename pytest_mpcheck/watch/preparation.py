@@ -1,17 +1,19 @@
-"""Every Python child the pytest process starts can be asked for its stacks, without py-spy.
+"""Every child the pytest process starts is prepared before the user's code runs (session side).
 
 A fork child runs the at-fork callback, a spawn or forkserver child unpickles
 :class:`~pytest_mpcheck.watch.childsetup.ChildSetup` with its process object (put there by the
-wrapper of ``Process.start``, see :mod:`pytest_mpcheck.watch.origins`): either way, before the
-user's code runs, it answers the stack signal by writing the stacks of all its threads to the
-session's stack file. That covers ``Process`` of every context, the workers of ``Pool`` and
-``ProcessPoolExecutor``, and ``os.fork``; a program that a child runs with ``exec`` (a
-``subprocess``) is a program of its own, read with py-spy where it is installed.
+wrapper of ``Process.start``, see :mod:`pytest_mpcheck.watch.origins`). Either way it answers
+the stack signal by writing the stacks of all its threads to the session's stack file. That
+covers ``Process`` of every context, the workers of ``Pool`` and ``ProcessPoolExecutor``, and
+``os.fork``; a program that a child runs with ``exec`` (a ``subprocess``) is a program of its own,
+read with py-spy where it is installed.
 
 A child whose ``faulthandler`` is off (every spawn or forkserver child; a fork child only when
 pytest's own faulthandler plugin is off) also writes its Python traceback to a crash file of its
 own should a fatal signal kill it; the run tells it in the test's report (see
-:meth:`ChildPreparation.crash_traceback`).
+:meth:`ChildPreparation.crash_traceback`). A spawn or forkserver child also reports the named
+resources it makes, and the module-level ``multiprocessing`` objects it made again, to the
+session's logs (see :mod:`pytest_mpcheck.watch.childsetup`).
 
 What it costs a child: an ``open`` and a ``sigaction`` or two. The signal is a real-time one that is
 only sent when a report needs the child's stack, after the test, to a process that the watch found
