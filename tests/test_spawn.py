@@ -9,18 +9,16 @@ import pytest
 
 from pytest_mpcheck._os import procfs
 from tests.conftest import STRICT_ARGS, wait_until
+from tests.sections import section
 
 METHODS = ("fork", "spawn", "forkserver")
 
-CHILDREN = """
+# The targets live in a module of their own that does not import pytest: a spawned child (and a
+# child of the forkserver) imports the module of its target, and pytest would cost it ~0.2s.
+TARGETS = """
 import multiprocessing
-import os
 import sys
 import time
-
-import pytest
-
-from pytest_mpcheck import RemoteTraceback
 
 
 def square(n):
@@ -51,6 +49,16 @@ def hang(ready=None):
     if ready is not None:
         open(ready, "w").close()
     time.sleep(60)
+"""
+
+CHILDREN = """
+import os
+import time
+
+import pytest
+
+from children import boom, hang, leave, shout, square, whoami
+from pytest_mpcheck import RemoteTraceback
 
 
 def wait_for_file(path):
@@ -98,7 +106,7 @@ def test_error_read(mp_spawn):
     assert isinstance(error, ValueError)
     assert str(error) == "bad 1"
     assert isinstance(error.__cause__, RemoteTraceback)
-    assert 'test_children.py", line {boom}, in boom' in p.traceback
+    assert '/children.py", line {boom}, in boom' in p.traceback
     assert 'raise ValueError(f"bad {x}")' in p.traceback
     assert p.output == "about to fail"
     assert p.exitcode == 1
@@ -174,94 +182,99 @@ bootstrap.register_child_check("childchecks:unlucky")
 """
 
 
-# One inner run per start method, so that pytest-xdist spreads them.
-@pytest.mark.parametrize("method", METHODS)
-def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester, method: str) -> None:
-    children = CHILDREN.replace("{boom}", str(line_of(CHILDREN, 'raise ValueError(f"bad {x}")')))
-    pytester.makepyfile(test_children=children, childchecks=CHECKS, conftest=CONFTEST)
-    boom = line_of(children, 'raise ValueError(f"bad {x}")')
-    sleep = line_of(children, "time.sleep(60)")
-    hung_start = line_of(children, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
-    forgotten_start = line_of(children, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
+def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
+    # One inner run for the three methods: one pytest start instead of three.
+    boom = line_of(TARGETS, 'raise ValueError(f"bad {x}")')
+    sleep = line_of(TARGETS, "time.sleep(60)")
+    hung_start = line_of(CHILDREN, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
+    forgotten_start = line_of(CHILDREN, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
+    pytester.makepyfile(
+        test_children=CHILDREN.replace("{boom}", str(boom)),
+        children=TARGETS,
+        childchecks=CHECKS,
+        conftest=CONFTEST,
+    )
     result = pytester.runpytest_subprocess(
-        f"--mp-start-methods={method}", *STRICT_ARGS, timeout=120
+        f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
-    # 14 tests; the last 5 fail (in the call or at teardown).
-    result.assert_outcomes(passed=13, failed=1, errors=4)
-    m = f"[[]{method}[]]"
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_fails_on_error{m}*",
-            f"mpcheck: test_children.py::test_fails_on_error{m}: child process failed",
-            "",
-            "'thrower' (pid *) raised ValueError: bad 3",
-            "Traceback (most recent call last):",
-            f'  File "*test_children.py", line {boom}, in boom',
-            '    raise ValueError(f"bad {x}")',
-            "ValueError: bad 3",
-            "",
-            "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
-            "to check it yourself.)",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_fails_on_exit_code{m}*",
-            f"mpcheck: test_children.py::test_fails_on_exit_code{m}: child process failed",
-            "",
-            "'leaver' (pid *) exited with code 4",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_child_check{m}*",
-            "'unlucky' (pid *):",
-            "    13 brings bad luck",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*_ test_hung_join{m} _*",
-            "mpcheck: 'sleeper' (pid *) did not finish: join() waited 1s (the join timeout)",
-            "",
-            "hung process * 'sleeper': hung, state sleeping, age *s",
-            "    command:*",
-            f"    started at: test_children.py:{hung_start} by multiprocessing.Process.start",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-            "    join() timed out: the child hung or is too slow",
-            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
-            "    stack (most recent call last):",
-            "      Thread 0x* (main thread), most recent call last:",
-            f'        File "*test_children.py", line {sleep}, in hang',
-            "          time.sleep(60)",
-            "",
-            "The join timeout is 1s (--mp-join-timeout, ini mp_join_timeout, "
-            "@pytest.mark.mp_join_timeout(seconds)).*",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_never_joined{m}*",
-            f"mpcheck: test_children.py::test_never_joined{m}: 'forgotten' (pid *) "
-            "still running at teardown",
-            "",
-            "hung process * 'forgotten': hung, state sleeping, age *s",
-            "*",
-            f"    started at: test_children.py:{forgotten_start} by *",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-            "    still running at the end of the test: it hung, or the test never joined it",
-        ]
-    )
+    # 14 tests per method; the last 5 fail (in the call or at teardown).
+    result.assert_outcomes(passed=13 * 3, failed=1 * 3, errors=4 * 3)
+    for method in METHODS:
+        m = f"[{method}]"
+        section(result, f"ERROR at teardown of test_fails_on_error{m}").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_fails_on_error[[]{method}[]]*",
+                f"mpcheck: test_children.py::test_fails_on_error[[]{method}[]]: "
+                "child process failed",
+                "",
+                "'thrower' (pid *) raised ValueError: bad 3",
+                "Traceback (most recent call last):",
+                f'  File "*/children.py", line {boom}, in boom',
+                '    raise ValueError(f"bad {x}")',
+                "ValueError: bad 3",
+                "",
+                "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
+                "to check it yourself.)",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_fails_on_exit_code{m}").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_fails_on_exit_code[[]{method}[]]*",
+                f"mpcheck: test_children.py::test_fails_on_exit_code[[]{method}[]]: "
+                "child process failed",
+                "",
+                "'leaver' (pid *) exited with code 4",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_child_check{m}").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_child_check[[]{method}[]]*",
+                "'unlucky' (pid *):",
+                "    13 brings bad luck",
+            ]
+        )
+        section(result, f"test_hung_join{m}").fnmatch_lines(
+            [
+                f"*_ test_hung_join[[]{method}[]] _*",
+                "mpcheck: 'sleeper' (pid *) did not finish: join() waited 1s (the join timeout)",
+                "",
+                "hung process * 'sleeper': hung, state sleeping, age *s",
+                "    command:*",
+                f"    started at: test_children.py:{hung_start} by multiprocessing.Process.start",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    join() timed out: the child hung or is too slow",
+                "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+                "    stack (most recent call last):",
+                "      Thread 0x* (main thread), most recent call last:",
+                f'        File "*/children.py", line {sleep}, in hang',
+                "          time.sleep(60)",
+                "",
+                "The join timeout is 1s (--mp-join-timeout, ini mp_join_timeout, "
+                "@pytest.mark.mp_join_timeout(seconds)).*",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_never_joined{m}").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_never_joined[[]{method}[]]*",
+                f"mpcheck: test_children.py::test_never_joined[[]{method}[]]: 'forgotten' "
+                "(pid *) still running at teardown",
+                "",
+                "hung process * 'forgotten': hung, state sleeping, age *s",
+                "*",
+                f"    started at: test_children.py:{forgotten_start} by *",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    still running at the end of the test: it hung, or the test never joined it",
+            ]
+        )
     # The hung children were ended by the fixture, not found again by the process watch.
-    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 2 hung, 2 ended by mpcheck"])
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 6 hung, 6 ended by mpcheck"])
 
 
+# No pytest import: a spawned child imports this module for its target (the method is an option).
 DEATH = """
 import os
 import signal
 import time
-
-import pytest
 
 PIDFILE = {pidfile!r}
 
@@ -273,7 +286,6 @@ def hang():
     time.sleep(60)
 
 
-@pytest.mark.mp_start_methods({method!r})
 def test_pytest_dies(mp_spawn):
     mp_spawn(hang)
     deadline = time.monotonic() + 30
@@ -286,8 +298,8 @@ def test_pytest_dies(mp_spawn):
 @pytest.mark.parametrize("method", METHODS)
 def test_children_die_with_pytest(pytester: pytest.Pytester, method: str) -> None:
     pidfile = str(pytester.path / "child.pid")
-    pytester.makepyfile(test_death=DEATH.format(pidfile=pidfile, method=method))
-    result = pytester.runpytest_subprocess(*STRICT_ARGS, timeout=60)
+    pytester.makepyfile(test_death=DEATH.format(pidfile=pidfile))
+    result = pytester.runpytest_subprocess(f"--mp-start-methods={method}", *STRICT_ARGS, timeout=60)
     assert result.ret == -signal.SIGKILL
     with open(pidfile) as pid_text:
         child = int(pid_text.read())
