@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import STRICT_ARGS
+from tests.sections import section
 
 METHODS = ("fork", "spawn", "forkserver")
 
-POOLS = """
-import concurrent.futures
+# The tasks live in a module of their own that does not import pytest: a worker started by spawn
+# (or by the forkserver) imports the module of its task, and pytest would cost it ~0.2s.
+TASKS = """
 import multiprocessing
-import os
 import time
-
-import pytest
 
 
 def square(n):
@@ -28,14 +27,6 @@ def boom(n):
 def hang(n):
     open("hanging", "w").close()
     time.sleep(60)
-
-
-def wait_for_hang():
-    # Until a worker runs hang (it is then in its sleep, or about to be).
-    deadline = time.monotonic() + 60
-    while not os.path.exists("hanging") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.remove("hanging")
 
 
 def shout(n):
@@ -54,6 +45,24 @@ def remember(value):
 
 def remembered(n):
     return REMEMBERED
+"""
+
+POOLS = """
+import concurrent.futures
+import os
+import time
+
+import pytest
+
+from tasks import boom, hang, remember, remembered, shout, square, whoami
+
+
+def wait_for_hang():
+    # Until a worker runs hang (it is then in its sleep, or about to be).
+    deadline = time.monotonic() + 60
+    while not os.path.exists("hanging") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.remove("hanging")
 
 
 def test_pool(mp_pool):
@@ -124,71 +133,72 @@ def test_executor_hangs(mp_executor):
 """
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_pools_and_executors(pytester: pytest.Pytester, method: str) -> None:
-    pytester.makepyfile(test_pools=POOLS)
+def test_pools_and_executors(pytester: pytest.Pytester) -> None:
+    # One inner run for the three methods: one pytest start instead of three.
+    pytester.makepyfile(test_pools=POOLS, tasks=TASKS)
     result = pytester.runpytest_subprocess(
-        f"--mp-start-methods={method}", *STRICT_ARGS, timeout=120
+        f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
     # Those that lose an error or hang pass their call, then fail at teardown.
-    result.assert_outcomes(passed=11, errors=4)
-    m = f"[[]{method}[]]"
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_pool_error_lost{m}*",
-            f"mpcheck: test_pools.py::test_pool_error_lost{m}: an error of a task was lost",
-            "",
-            "pool task boom(3) raised, and its result was never fetched:",
-            "Traceback (most recent call last):",
-            '  File "*test_pools.py", line *, in boom',
-            '    raise ValueError(f"bad {n}")',
-            "ValueError: bad 3",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_pool_hangs{m}*",
-            f"mpcheck: test_pools.py::test_pool_hangs{m}: a pool did not finish within the "
-            "join timeout (1s): 1 busy worker; unfinished tasks:",
-            "    hang(1)",
-            "",
-            "hung process * '*PoolWorker-*': hung, state sleeping, age *s",
-            "*",
-            "    started at: test_pools.py:* by multiprocessing.Process.start",
-            "    ended by:   *",
-            "    a worker of a pool still busy after the join timeout",
-            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
-            "    stack (most recent call last):",
-            "      Thread 0x* (main thread), most recent call last:",
-            "*",
-            '        File "*test_pools.py", line *, in hang',
-            "          time.sleep(60)",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_executor_error_lost{m}*",
-            f"mpcheck: test_pools.py::test_executor_error_lost{m}: an error of a task was lost",
-            "",
-            "executor task boom(5) raised, and its result was never fetched:",
-            "Traceback (most recent call last):",
-            '  File "*test_pools.py", line *, in boom',
-            "ValueError: bad 5",
-        ]
-    )
-    result.stdout.fnmatch_lines(
-        [
-            f"*ERROR at teardown of test_executor_hangs{m}*",
-            f"mpcheck: test_pools.py::test_executor_hangs{m}: an executor did not finish within "
-            "the join timeout (1s): 1 busy worker; unfinished tasks:",
-            "    hang(1)",
-            "",
-            "hung process * '*': hung, state sleeping, age *s",
-            "*",
-            "    a worker of an executor still busy after the join timeout",
-            "*",
-            '        File "*test_pools.py", line *, in hang',
-        ]
-    )
+    result.assert_outcomes(passed=11 * 3, errors=4 * 3)
+    for method in METHODS:
+        m = f"[[]{method}[]]"
+        section(result, f"ERROR at teardown of test_pool_error_lost[{method}]").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_error_lost{m}*",
+                f"mpcheck: test_pools.py::test_pool_error_lost{m}: an error of a task was lost",
+                "",
+                "pool task boom(3) raised, and its result was never fetched:",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in boom',
+                '    raise ValueError(f"bad {n}")',
+                "ValueError: bad 3",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_pool_hangs[{method}]").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_hangs{m}*",
+                f"mpcheck: test_pools.py::test_pool_hangs{m}: a pool did not finish within the "
+                "join timeout (1s): 1 busy worker; unfinished tasks:",
+                "    hang(1)",
+                "",
+                "hung process * '*PoolWorker-*': hung, state sleeping, age *s",
+                "*",
+                "    started at: test_pools.py:* by multiprocessing.Process.start",
+                "    ended by:   *",
+                "    a worker of a pool still busy after the join timeout",
+                "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
+                "    stack (most recent call last):",
+                "      Thread 0x* (main thread), most recent call last:",
+                "*",
+                '        File "*/tasks.py", line *, in hang',
+                "          time.sleep(60)",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_executor_error_lost[{method}]").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_executor_error_lost{m}*",
+                f"mpcheck: test_pools.py::test_executor_error_lost{m}: an error of a task was lost",
+                "",
+                "executor task boom(5) raised, and its result was never fetched:",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in boom',
+                "ValueError: bad 5",
+            ]
+        )
+        section(result, f"ERROR at teardown of test_executor_hangs[{method}]").fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_executor_hangs{m}*",
+                f"mpcheck: test_pools.py::test_executor_hangs{m}: an executor did not finish "
+                "within the join timeout (1s): 1 busy worker; unfinished tasks:",
+                "    hang(1)",
+                "",
+                "hung process * '*': hung, state sleeping, age *s",
+                "*",
+                "    a worker of an executor still busy after the join timeout",
+                "*",
+                '        File "*/tasks.py", line *, in hang',
+            ]
+        )
     # Only the busy worker of each is reported; the pools' workers were ended, none leaked.
-    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 2 hung, 2 ended by mpcheck"])
+    result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 6 hung, 6 ended by mpcheck"])
