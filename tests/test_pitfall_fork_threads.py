@@ -14,15 +14,20 @@ import pytest
 #: left out of the inner runs, so that the counts are the plugin's own on every version.
 WITHOUT_PYTHONS_OWN = ("-W", "ignore:This process:DeprecationWarning")
 
+# The target of the children lives in a module that does not import pytest: a spawned child (and
+# a child of the forkserver) imports the module of its target, and pytest would cost it ~0.2s.
+WORKERS = """
+def work():
+    pass
+"""
+
 FORK_WITH_THREADS = """
 import os
 import threading
 
 import pytest
 
-
-def work():
-    pass
+from workers import work
 
 
 def fork_and_wait():
@@ -87,93 +92,81 @@ def headline(test: str) -> str:
     )
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-@pytest.mark.parametrize("mode", ["fail", "warn"])
-def test_fork_with_threads_is_a_warning(pytester: pytest.Pytester, method: str, mode: str) -> None:
-    pytester.makepyfile(test_forks=FORK_WITH_THREADS)
-    result = pytester.runpytest_subprocess(
-        f"--mp-start-methods={method}",
-        f"--mp-check={mode}",
-        "-p",
-        "no:randomly",
-        *WITHOUT_PYTHONS_OWN,
-        timeout=120,
+#: A test of the inner module marked off: its fork with a thread alive is not reported.
+MARKED_OFF = """
+
+@pytest.mark.mp_check("off")
+def test_marked_off(poller):
+    fork_and_wait()
+"""
+
+#: Every method in one inner run: under fork ``mp_spawn`` forks the pytest process (a warning),
+#: under spawn and forkserver it does not; ``os.fork`` warns whatever the method of the fixtures.
+ALL_METHODS = "--mp-start-methods=fork,spawn,forkserver"
+
+
+def run_forks(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_forks=FORK_WITH_THREADS + MARKED_OFF, workers=WORKERS)
+    return pytester.runpytest_subprocess(
+        *args, "-p", "no:randomly", *WITHOUT_PYTHONS_OWN, timeout=120
     )
-    result.assert_outcomes(passed=3, warnings=1 if method != "fork" else 2)
-    lines = []
-    if method == "fork":  # mp_spawn forks only under fork
-        lines += [
-            headline("test_mp_spawn_with_a_thread[[]fork[]]"),
-            f"    fork at test_forks.py:{line_of('the forks')} (multiprocessing.Process.start, "
-            "2 times); threads alive:",
-            f"      'waiter': started at test_forks.py:{line_of('the waiter')} by this test",
-            FIX,
-        ]
-    lines += [
+
+
+def expected_warnings() -> list[str]:
+    """The two warnings of the inner module when the fixtures run under fork, in their order."""
+    return [
+        headline("test_mp_spawn_with_a_thread[[]fork[]]"),
+        f"    fork at test_forks.py:{line_of('the forks')} (multiprocessing.Process.start, "
+        "2 times); threads alive:",
+        f"      'waiter': started at test_forks.py:{line_of('the waiter')} by this test",
+        FIX,
         headline("test_os_fork_with_a_fixture_thread"),
         f"    fork at test_forks.py:{line_of('the fork')} (os.fork, once); threads alive:",
         f"      'poller', daemon: started at test_forks.py:{line_of('the poller')} by "
         "module-scoped fixture 'poller'",
         FIX,
     ]
-    result.stdout.fnmatch_lines(lines)
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_fork_with_threads_is_a_warning(pytester: pytest.Pytester, mode: str) -> None:
+    result = run_forks(pytester, ALL_METHODS, f"--mp-check={mode}")
+    # 3 tests under each method, the os.fork test and the test marked off.
+    result.assert_outcomes(passed=3 * 2 + 2, warnings=2)
+    result.stdout.fnmatch_lines(expected_warnings())
     result.stdout.no_fnmatch_line("*test_threads_started_after_the_fork*")
+    result.stdout.no_fnmatch_line("*test_mp_spawn_with_a_thread[[]spawn[]]*")
+    result.stdout.no_fnmatch_line("*test_mp_spawn_with_a_thread[[]forkserver[]]*")
+    result.stdout.no_fnmatch_line("*test_marked_off*")  # mp_check("off"): not reported
 
 
 def test_no_warning_when_the_check_is_off(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_forks=FORK_WITH_THREADS
-        + "\n\n@pytest.mark.mp_check('off')\ndef test_marked_off(poller):\n    fork_and_wait()\n"
-    )
-    result = pytester.runpytest_subprocess(
-        "--mp-start-methods=fork",
-        "-p",
-        "no:randomly",
-        "-k",
-        "marked_off",
-        *WITHOUT_PYTHONS_OWN,
-        timeout=120,
-    )
-    result.assert_outcomes(passed=1)
-    result.stdout.no_fnmatch_line("*MpCheckWarning*")
-    result = pytester.runpytest_subprocess(
-        "--mp-start-methods=fork",
-        "--mp-check=off",
-        "-p",
-        "no:randomly",
-        *WITHOUT_PYTHONS_OWN,
-        timeout=120,
-    )
+    # (A test marked mp_check("off") is checked in test_fork_with_threads_is_a_warning.)
+    result = run_forks(pytester, "--mp-start-methods=fork", "--mp-check=off")
     result.assert_outcomes(passed=4)
     result.stdout.no_fnmatch_line("*MpCheckWarning*")
 
 
 def test_only_an_error_filter_naming_the_plugin_escalates(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_forks=FORK_WITH_THREADS)
-    result = pytester.runpytest_subprocess(
-        "--mp-start-methods=spawn",
-        "-W",
-        "error",
-        "-p",
-        "no:randomly",
-        *WITHOUT_PYTHONS_OWN,
-        timeout=120,
+    result = run_forks(pytester, "--mp-start-methods=fork", "-W", "error")
+    result.assert_outcomes(passed=4, warnings=2)
+    result.stdout.fnmatch_lines(expected_warnings())
+    result = run_forks(
+        pytester, "--mp-start-methods=fork", "-W", "error::pytest_mpcheck.MpCheckWarning"
     )
-    result.assert_outcomes(passed=3, warnings=1)
-    result = pytester.runpytest_subprocess(
-        "--mp-start-methods=spawn",
-        "-W",
-        "error::pytest_mpcheck.MpCheckWarning",
-        "-p",
-        "no:randomly",
-        *WITHOUT_PYTHONS_OWN,
-        timeout=120,
-    )
-    result.assert_outcomes(passed=3, errors=1)  # the test passed, the warning is an error
+    # The tests passed, the warnings are errors.
+    result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(
         [
             "E  *pytest_mpcheck.errors.MpCheckWarning: mpcheck: "
+            "test_forks.py::test_mp_spawn_with_a_thread[[]fork[]]: forked while other threads *",
+            "E  *pytest_mpcheck.errors.MpCheckWarning: mpcheck: "
             "test_forks.py::test_os_fork_with_a_fixture_thread: forked while other threads *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "ERROR test_forks.py::test_mp_spawn_with_a_thread[[]fork[]] - *",
             "ERROR test_forks.py::test_os_fork_with_a_fixture_thread - *",
         ]
     )
