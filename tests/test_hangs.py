@@ -8,8 +8,22 @@ import pytest
 
 from pytest_mpcheck._os import procfs
 from tests.conftest import STRICT_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
+from tests.sections import section
 
+# The children's target lives in a module that does not import pytest: a spawned child (and a
+# child of the forkserver) imports the module of its target, and pytest would cost it ~0.2s.
 # Each child writes its pid to a file, so that the outer test can check that none survived.
+TARGETS = """
+import os
+import time
+
+
+def hang(pids):
+    with open(pids, "a") as out:
+        out.write(f"{os.getpid()}\\n")
+    time.sleep(60)
+"""
+
 HUNG = """
 import multiprocessing
 import os
@@ -17,41 +31,38 @@ import time
 
 import pytest
 
+from hung import hang
+
 PIDS = {pids!r}
 
 
-def note_pid():
-    with open(PIDS, "a") as out:
-        out.write(f"{{os.getpid()}}\\n")
-
-
-def hang():
-    note_pid()
-    time.sleep(60)
+def pids_written():
+    if not os.path.exists(PIDS):
+        return 0
+    with open(PIDS) as pids:
+        return len(pids.read().split())
 
 
 def wait_for_children(count):
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if os.path.exists(PIDS):
-            with open(PIDS) as pids:
-                if len(pids.read().split()) >= count:
-                    return
+    while pids_written() < count and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
 # The children start in a fixture of the test, outside pytest-timeout's time (func_only): the
 # timeout is what hangs, not how long a spawned interpreter takes to start on a loaded machine.
 @pytest.fixture
-def children(mp_spawn):
-    child = mp_spawn(hang, name="stuck")
-    plain = multiprocessing.get_context({method!r}).Process(target=hang, name="plain")
+def children(mp_spawn, mp_start_method):
+    before = pids_written()
+    child = mp_spawn(hang, (PIDS,), name="stuck")
+    plain = multiprocessing.get_context(mp_start_method).Process(
+        target=hang, args=(PIDS,), name="plain"
+    )
     plain.start()
-    wait_for_children(2)
+    wait_for_children(before + 2)
     return child, plain
 
 
-@pytest.mark.mp_start_methods({method!r})
 def test_join_of_a_hung_child(children):
     child, plain = children
     child.join(timeout=120)
@@ -66,11 +77,11 @@ STUCK_TEST = """
 
 @pytest.fixture
 def stuck_child(mp_spawn):
-    mp_spawn(hang, name="stuck")
-    wait_for_children(3)  # the two of the first test, and this one
+    before = pids_written()
+    mp_spawn(hang, (PIDS,), name="stuck")
+    wait_for_children(before + 1)
 
 
-@pytest.mark.mp_start_methods({method!r})
 def test_the_test_itself_is_stuck(stuck_child):
     time.sleep(60)
 """
@@ -92,59 +103,73 @@ def _assert_all_gone(pids: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "inner"),
+    ("methods", "inner"),
     [
         # The start method changes how the fixture's child is prepared for its stack; py-spy
-        # reads the plain child's stack whatever the method.
-        ("fork", WITH_PYSPY),
-        ("spawn", WITH_PYSPY),
-        ("forkserver", WITH_PYSPY),
-        ("fork", WITHOUT_PYSPY),
+        # reads the plain child's stack whatever the method. The methods share one inner run.
+        (("fork", "spawn", "forkserver"), WITH_PYSPY),
+        (("fork",), WITHOUT_PYSPY),
     ],
+    ids=["every-method-with-py-spy", "fork-without-py-spy"],
     indirect=["inner"],
 )
-def test_timeout_signal_method(pytester: pytest.Pytester, method: str, inner: InnerRun) -> None:
+def test_timeout_signal_method(
+    pytester: pytest.Pytester, methods: tuple[str, ...], inner: InnerRun
+) -> None:
     pids = pytester.path / "pids"
-    pytester.makepyfile(test_hung=HUNG.format(pids=str(pids), method=method))
-    result = inner("--timeout=2", "--timeout-method=signal", *FUNC_ONLY, *STRICT_ARGS, timeout=60)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "E * Failed: Timeout (>2.0s) from pytest-timeout.",
-            "*- Captured mpcheck call -*",
-            f"mpcheck: test_hung.py::test_join_of_a_hung_child[[]{method}[]]: pytest-timeout "
-            "(2s, signal method): 2 child processes of the test still running; their stacks, "
-            "then ended",
-            "",
-            "hung process * 'stuck': hung, state sleeping, age *s",
-            "*",
-            "    started at: test_hung.py:* by multiprocessing.Process.start",
-            "    ended by:   SIGTERM (ended by mpcheck)",
-            "    still running when pytest-timeout's 2s timeout (signal method) expired",
-            "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
-            "    stack (most recent call last):",
-            "      Thread 0x* (main thread), most recent call last:",
-            '        File "*test_hung.py", line *, in hang',
-            "          time.sleep(60)",
-            "",
-            "hung process * 'plain': hung, state sleeping, age *s",
-        ]
+    pytester.makepyfile(test_hung=HUNG.format(pids=str(pids)), hung=TARGETS)
+    result = inner(
+        f"--mp-start-methods={','.join(methods)}",
+        "--timeout=2",
+        "--timeout-method=signal",
+        *FUNC_ONLY,
+        *STRICT_ARGS,
+        timeout=60 * len(methods),
     )
-    if inner.pyspy:
-        # Not started by a fixture: py-spy reads its stack.
-        result.stdout.fnmatch_lines(
+    result.assert_outcomes(passed=1, failed=len(methods))
+    for method in methods:
+        report = section(result, f"test_join_of_a_hung_child[{method}]")
+        report.fnmatch_lines(
             [
-                "hung process * 'plain': hung, *",
+                "E * Failed: Timeout (>2.0s) from pytest-timeout.",
+                "*- Captured mpcheck call -*",
+                f"mpcheck: test_hung.py::test_join_of_a_hung_child[[]{method}[]]: pytest-timeout "
+                "(2s, signal method): 2 child processes of the test still running; their stacks, "
+                "then ended",
+                "",
+                "hung process * 'stuck': hung, state sleeping, age *s",
                 "*",
+                "    started at: test_hung.py:* by multiprocessing.Process.start",
+                "    ended by:   SIGTERM (ended by mpcheck)",
+                "    still running when pytest-timeout's 2s timeout (signal method) expired",
+                "    waiting in: sleeping (time.sleep) [[]kernel: *[]]",
                 "    stack (most recent call last):",
-                "      Thread *, most recent call last:",
-                '        File "*test_hung.py", line *, in hang',
+                "      Thread 0x* (main thread), most recent call last:",
+                '        File "*/hung.py", line *, in hang',
+                "          time.sleep(60)",
+                "",
+                "hung process * 'plain': hung, state sleeping, age *s",
             ]
         )
-    else:
-        result.stdout.fnmatch_lines(
-            ["    no Python stack: not started by an mp_* fixture, and py-spy is not installed*"]
-        )
+        if inner.pyspy:
+            # Not started by a fixture: py-spy reads its stack.
+            report.fnmatch_lines(
+                [
+                    "hung process * 'plain': hung, *",
+                    "*",
+                    "    stack (most recent call last):",
+                    "      Thread *, most recent call last:",
+                    '        File "*hung.py", line *, in hang',  # (py-spy: relative to the rootdir)
+                ]
+            )
+        else:
+            report.fnmatch_lines(
+                [
+                    "    no Python stack: not started by an mp_* fixture, and py-spy is not "
+                    "installed*"
+                ]
+            )
+    assert len(_pids(pids)) == 2 * len(methods)
     _assert_all_gone(_pids(pids))
 
 
@@ -154,11 +179,15 @@ def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
     # test_timeout_signal_method checks under every method.
     method = "fork"
     pids = pytester.path / "pids"
-    source = HUNG.format(pids=str(pids), method=method) + STUCK_TEST.format(method=method)
-    pytester.makepyfile(test_hung=source)
+    pytester.makepyfile(test_hung=HUNG.format(pids=str(pids)) + STUCK_TEST, hung=TARGETS)
     # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
     result = pytester.runpytest_subprocess(
-        "--timeout=3", "--timeout-method=thread", *FUNC_ONLY, *STRICT_ARGS, timeout=60
+        f"--mp-start-methods={method}",
+        "--timeout=3",
+        "--timeout-method=thread",
+        *FUNC_ONLY,
+        *STRICT_ARGS,
+        timeout=60,
     )
     # The first test goes on once its children are ended, and fails at teardown; in the last
     # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
@@ -173,7 +202,7 @@ def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
             "",
             "hung process * 'stuck': hung, state sleeping, age *s",
             "*",
-            '        File "*test_hung.py", line *, in hang',
+            '        File "*/hung.py", line *, in hang',
             "          time.sleep(60)",
             "",
             "hung process * 'plain': hung, state sleeping, age *s",
@@ -186,7 +215,7 @@ def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
             "*+ mpcheck: before pytest-timeout ends pytest +*",
             f"mpcheck: test_hung.py::test_the_test_itself_is_stuck[[]{method}[]]: *",
             "*",
-            '        File "*test_hung.py", line *, in hang',
+            '        File "*/hung.py", line *, in hang',
             "*+ Timeout +*",
         ]
     )
