@@ -1,4 +1,9 @@
-"""The start-method matrix: ids, the option, the ini value, the marker, and bad input."""
+"""The start-method matrix: ids, the option, the ini value, the marker, and bad input.
+
+The inner runs that start no process run in this process (``runpytest_inprocess``): each run's
+plugin state is its own (tests/test_run_state.py), and an interpreter start is most of the cost
+of a run that starts no child.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,23 @@ from tests.conftest import STRICT_ARGS
 
 FAST = (*STRICT_ARGS, "-v")
 
+#: As :data:`FAST`, for a run in this process: pytest warns there that it cannot rewrite the
+#: asserts of pytest_mpcheck, which this process imported long before (the only warning let be).
+IN_PROCESS = (*FAST, "-W", "ignore::pytest.PytestAssertRewriteWarning")
+
+# The children's target lives in a module that does not import pytest: a spawned child (and a
+# child of the forkserver) imports the module of its target, and pytest would cost it ~0.2s.
+DOUBLING = """
+def double(n):
+    return 2 * n
+"""
+
 MATRIX = """
 import multiprocessing
 
 import pytest
+
+from doubling import double
 
 
 def test_context(mp_context, mp_start_method):
@@ -34,10 +52,6 @@ def test_parametrized(mp_context, x):
     pass
 
 
-def double(n):
-    return 2 * n
-
-
 def test_every_fixture_follows(mp_spawn, mp_pool, mp_executor, mp_start_method):
     assert mp_spawn(double, (2,)).result == 4
     assert mp_pool(1)._ctx.get_start_method() == mp_start_method
@@ -46,7 +60,7 @@ def test_every_fixture_follows(mp_spawn, mp_pool, mp_executor, mp_start_method):
 
 
 def test_option_runs_each_test_once_per_method(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_matrix=MATRIX)
+    pytester.makepyfile(test_matrix=MATRIX, doubling=DOUBLING)
     result = pytester.runpytest_subprocess(
         "--mp-start-methods=fork,spawn,forkserver", *FAST, timeout=60
     )
@@ -68,8 +82,8 @@ def test_option_runs_each_test_once_per_method(pytester: pytest.Pytester) -> Non
 
 def test_ini_value(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmp_start_methods = forkserver spawn\n")
-    pytester.makepyfile(test_matrix=MATRIX)
-    result = pytester.runpytest_subprocess(*FAST, "-k", "context", timeout=60)
+    pytester.makepyfile(test_matrix=MATRIX, doubling=DOUBLING)
+    result = pytester.runpytest_inprocess(*IN_PROCESS, "-k", "context")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
@@ -87,7 +101,7 @@ def test_default_is_the_platforms_method_and_ids_unchanged(pytester: pytest.Pyte
             assert mp_context.get_start_method() == mp_start_method
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_inprocess(*IN_PROCESS)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["test_default.py::test_context PASSED*"])
 
@@ -96,8 +110,8 @@ AVAILABLE = ", ".join(multiprocessing.get_all_start_methods())
 
 
 def test_unknown_method_in_option(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_matrix=MATRIX)
-    result = pytester.runpytest_subprocess("--mp-start-methods=fork,threads", timeout=60)
+    pytester.makepyfile(test_matrix=MATRIX, doubling=DOUBLING)
+    result = pytester.runpytest_inprocess("--mp-start-methods=fork,threads")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -109,8 +123,8 @@ def test_unknown_method_in_option(pytester: pytest.Pytester) -> None:
 
 def test_unknown_method_in_ini(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmp_start_methods = spawn, vfork\n")
-    pytester.makepyfile(test_matrix=MATRIX)
-    result = pytester.runpytest_subprocess(timeout=60)
+    pytester.makepyfile(test_matrix=MATRIX, doubling=DOUBLING)
+    result = pytester.runpytest_inprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -145,7 +159,7 @@ def test_bad_markers_fail_only_their_test(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest_subprocess(*FAST, timeout=60)
+    result = pytester.runpytest_inprocess(*IN_PROCESS)
     result.assert_outcomes(passed=1, errors=4)
     result.stdout.fnmatch_lines_random(
         [
