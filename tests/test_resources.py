@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tests.conftest import FAST_ARGS
+from tests.sections import section
 
 #: What the resource tracker prints when it frees leftovers as the session ends.
 TRACKER_WARNING = "resource_tracker: There appear to be"
@@ -63,50 +64,52 @@ def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytest
     assert TRACKER_WARNING not in result.stderr.str()
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_clean_shared_memory_and_locks_pass(pytester: pytest.Pytester, method: str) -> None:
+CLEAN = """
+import multiprocessing
+from multiprocessing import shared_memory
+
+CONTEXT = multiprocessing.get_context({method!r})
+KEPT = CONTEXT.Lock()
+
+def attach_and_write(name):
+    segment = shared_memory.SharedMemory(name=name)
+    segment.buf[0] = 7
+    segment.close()
+
+def make_locks():
+    for _ in range(3):
+        with CONTEXT.Lock():
+            pass
+
+def test_segment_shared_then_unlinked():
+    segment = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        p = CONTEXT.Process(target=attach_and_write, args=(segment.name,))
+        p.start()
+        p.join()
+        assert segment.buf[0] == 7
+    finally:
+        segment.close()
+        segment.unlink()
+
+def test_locks_in_a_child_and_in_a_global():
+    global KEPT
+    KEPT = CONTEXT.Lock()
+    p = CONTEXT.Process(target=make_locks)
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+"""
+
+
+def test_clean_shared_memory_and_locks_pass(pytester: pytest.Pytester) -> None:
     # A segment the children attach to and the test unlinks, a lock that lives in a global (its
-    # object frees it when collected or at exit), locks made and collected in a child.
-    pytester.makepyfile(
-        test_clean=f"""
-        import multiprocessing
-        from multiprocessing import shared_memory
-
-        CONTEXT = multiprocessing.get_context({method!r})
-        KEPT = CONTEXT.Lock()
-
-        def attach_and_write(name):
-            segment = shared_memory.SharedMemory(name=name)
-            segment.buf[0] = 7
-            segment.close()
-
-        def make_locks():
-            for _ in range(3):
-                with CONTEXT.Lock():
-                    pass
-
-        def test_segment_shared_then_unlinked():
-            segment = shared_memory.SharedMemory(create=True, size=16)
-            try:
-                p = CONTEXT.Process(target=attach_and_write, args=(segment.name,))
-                p.start()
-                p.join()
-                assert segment.buf[0] == 7
-            finally:
-                segment.close()
-                segment.unlink()
-
-        def test_locks_in_a_child_and_in_a_global():
-            global KEPT
-            KEPT = CONTEXT.Lock()
-            p = CONTEXT.Process(target=make_locks)
-            p.start()
-            p.join()
-            assert p.exitcode == 0
-        """
-    )
+    # object frees it when collected or at exit), locks made and collected in a child: one
+    # module per start method, in one inner run.
+    methods = ("fork", "spawn", "forkserver")
+    pytester.makepyfile(**{f"test_clean_{m}": CLEAN.format(method=m) for m in methods})
     result = pytester.runpytest_subprocess(*FAST_ARGS, "-W", "error", timeout=90)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=2 * len(methods))
     assert "named resource" not in result.stdout.str()
     assert TRACKER_WARNING not in result.stderr.str()
 
@@ -160,40 +163,49 @@ def test_semaphore_of_a_child_that_left_through_os_exit(pytester: pytest.Pyteste
     assert "Call unlink()" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_segment_made_in_a_fixture_child(pytester: pytest.Pytester, method: str) -> None:
-    # Children that mp_spawn starts note their registrations under every start method.
-    pytester.makepyfile(
-        test_child="""
-        from multiprocessing import shared_memory
+SEGMENT_IN_A_CHILD = """
+from multiprocessing import shared_memory
 
-        def make_segment():
-            segment = shared_memory.SharedMemory(create=True, size=64)
-            segment.close()
-            return segment.name
+def make_segment():
+    segment = shared_memory.SharedMemory(create=True, size=64)
+    segment.close()
+    return segment.name
 
-        def test_child_forgets_unlink(mp_spawn):
-            child = mp_spawn(make_segment, name="maker")
-            child.join()
-            open("name", "w").write(child.result)
-            open("pid", "w").write(str(child.pid))
-        """
+def test_child_forgets_unlink(mp_spawn, mp_start_method):
+    child = mp_spawn(make_segment, name="maker")
+    child.join()
+    open(f"name-{mp_start_method}", "w").write(child.result)
+    open(f"pid-{mp_start_method}", "w").write(str(child.pid))
+"""
+
+
+@pytest.mark.parametrize(
+    "methods", [("fork",), ("spawn", "forkserver")], ids=["fork", "spawn-forkserver"]
+)
+def test_segment_made_in_a_fixture_child(
+    pytester: pytest.Pytester, methods: tuple[str, ...]
+) -> None:
+    # Children that mp_spawn starts note their registrations under every start method. Under
+    # fork the run must have no tracker of its own yet: fork has an inner run to itself.
+    pytester.makepyfile(test_child=SEGMENT_IN_A_CHILD)
+    result = pytester.runpytest_subprocess(
+        *FAST_ARGS, f"--mp-start-methods={','.join(methods)}", timeout=90
     )
-    result = pytester.runpytest_subprocess(*FAST_ARGS, f"--mp-start-methods={method}", timeout=90)
-    result.assert_outcomes(passed=1, errors=1)
-    name = (pytester.path / "name").read_text()
-    pid = (pytester.path / "pid").read_text()
-    result.stdout.fnmatch_lines(
-        [
-            f"leaked shared memory segment '/{name}': never unlinked",
-            f"    made at:    test_child.py:4 by process {pid}",
-            # A forked child of a pytest process with no tracker running starts its own.
-            "    freed by:   the resource tracker process*"
-            if method == "fork"
-            else "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
-        ]
-    )
-    if method != "fork":  # (the child's own tracker warns when it likes)
+    result.assert_outcomes(passed=len(methods), errors=len(methods))
+    for method in methods:
+        name = (pytester.path / f"name-{method}").read_text()
+        pid = (pytester.path / f"pid-{method}").read_text()
+        section(result, f"ERROR at teardown of test_child_forgets_unlink[{method}]").fnmatch_lines(
+            [
+                f"leaked shared memory segment '/{name}': never unlinked",
+                f"    made at:    test_child.py:4 by process {pid}",
+                # A forked child of a pytest process with no tracker running starts its own.
+                "    freed by:   the resource tracker process*"
+                if method == "fork"
+                else "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
+            ]
+        )
+    if methods != ("fork",):  # (the child's own tracker warns when it likes)
         assert TRACKER_WARNING not in result.stderr.str()
 
 
