@@ -129,7 +129,9 @@ def expected_warnings() -> list[str]:
 # decides only whether the forks are reported ("off" or not, run.end_test); which start is a fork
 # with threads does not depend on it: warn mode runs under fork, where both warnings are.
 @pytest.mark.parametrize(
-    ("mode", "methods"), [("fail", ("fork", "spawn", "forkserver")), ("warn", ("fork",))]
+    ("mode", "methods"),
+    [("fail", ("fork", "spawn", "forkserver")), ("warn", ("fork",))],
+    ids=["fail-every-method", "warn-fork"],
 )
 def test_fork_with_threads_is_a_warning(
     pytester: pytest.Pytester, mode: str, methods: tuple[str, ...]
