@@ -199,3 +199,76 @@ def test_two_fixture_findings_of_one_teardown_read_as_one_report(pytester: pytes
     assert _numbers_out(both.replace("test_unjoined_and_inversion", "T")) == _numbers_out(
         "\n\n".join(alone)
     )
+
+
+STUBBORN_POPEN = """
+import subprocess
+import sys
+
+import pytest
+
+# Ignores SIGTERM: the plugin kills it.
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+@pytest.fixture
+def child():
+    process = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\\n"
+    yield process
+    print(f"returncode {process.returncode}")
+    process.stdout.close()
+
+
+def test_wait(child):
+    child.wait()
+"""
+
+
+@pytest.mark.parametrize("method", ["signal", "thread"])
+def test_a_child_ended_for_pytest_timeout_is_reaped_by_mpcheck(
+    pytester: pytest.Pytester, method: str
+) -> None:
+    # The test waits in Popen.wait() when pytest-timeout's time is up; the plugin kills the
+    # child. With the signal method the wait never resumes (pytest-timeout fails the test from
+    # the handler): the plugin reaps the child itself, and its Popen knows how it ended. (The
+    # thread method's wait resumes and reaps it: checked alike.)
+    pytester.makepyfile(test_popen=STUBBORN_POPEN)
+    timeout = {"signal": 2, "thread": 3}[method]
+    result = pytester.runpytest_subprocess(
+        f"--timeout={timeout}", f"--timeout-method={method}", *FUNC_ONLY, *FAST_ARGS, timeout=60
+    )
+    report = [
+        f"mpcheck: test_popen.py::test_wait: pytest-timeout ({timeout}s, {method} method): 1 "
+        "child process of the test still running; their stacks, then ended",
+        "",
+        "hung process * 'python*': hung, state sleeping, age *s",
+        "    command:    * -c import signal, time; signal.signal(signal.SIGTERM, *",
+        "    started at: test_popen.py:* by subprocess.Popen",
+        "    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)",
+        f"    still running when pytest-timeout's {timeout}s timeout ({method} method) expired",
+    ]
+    if method == "signal":
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            [
+                "E * Failed: Timeout (>2.0s) from pytest-timeout.",
+                "*- Captured mpcheck call -*",
+                *report,
+            ]
+        )
+    else:
+        # The wait returned once the child was ended; the test fails at teardown for it.
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(["*+ mpcheck: before pytest-timeout ends pytest +*", *report])
+    result.stdout.fnmatch_lines(
+        [
+            "*- Captured stdout teardown -*",
+            "returncode -9",
+            "mpcheck: * started by tests, 0 leaked, 0 unreaped, 1 hung, 1 ended by mpcheck",
+        ]
+    )
+    assert "unreaped process" not in result.stdout.str()
