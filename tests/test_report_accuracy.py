@@ -272,3 +272,132 @@ def test_a_child_ended_for_pytest_timeout_is_reaped_by_mpcheck(
         ]
     )
     assert "unreaped process" not in result.stdout.str()
+
+
+POOL_WITH_ONE_HUNG_TASK = """
+import time
+
+import pytest
+
+BARRIER = None
+
+
+def keep(barrier):
+    global BARRIER
+    BARRIER = barrier
+
+
+def meet(_):
+    BARRIER.wait(timeout=30)
+
+
+def hang(_):
+    time.sleep(60)
+
+
+@pytest.fixture
+def pool(mp_pool, mp_context):
+    pool = mp_pool(3, initializer=keep, initargs=(mp_context.Barrier(3),))
+    # Each of the three workers has started and run a task: all wait for the next one.
+    pool.map(meet, range(3), chunksize=1)
+    return pool
+
+
+def test_hung_task(pool):
+    pool.apply(hang, (1,))
+
+
+@pytest.mark.mp_join_timeout(1)
+def test_library_task_at_teardown(pool):
+    pool.apply_async(time.sleep, (60,))
+"""
+
+
+def _blocks(text: str, first: str) -> list[list[str]]:
+    """The lines of each process of a report whose first line starts with ``first``."""
+    return [b.splitlines() for b in text.split("\n\n") if b.startswith(first)]
+
+
+def _assert_pool_worker(block: list[str], kind: str, why: str, waiting_in: str) -> None:
+    """The lines of one worker of a pool that mpcheck terminated."""
+    state = {"hung": "hung", "leaked": "still running"}[kind]
+    patterns = [
+        rf"{kind} process \d+ 'ForkPoolWorker-\d+': {state}, state sleeping, age [\d.]+s",
+        r"    command:    \(a fork of the pytest process\) .*",
+        r"    started at: test_pool\.py:\d+ by multiprocessing\.Process\.start",
+        r"    ended by:   terminate\(\) of its multiprocessing Pool \(called by mpcheck\)",
+        re.escape(f"    {why}"),
+        waiting_in,
+        r"    stack \(most recent call last\):",
+    ]
+    for pattern, line in zip(patterns, block[: len(patterns)], strict=True):
+        assert re.fullmatch(pattern, line), (pattern, "\n".join(block))
+
+
+HUNG_WORKER_WAITS = r"    waiting in: sleeping \(time\.sleep\) \[kernel: .*\]"
+IDLE_WORKER_WAITS = re.escape(
+    "    waiting in: its pool's task queue (an idle worker, waiting for a task)"
+)
+
+
+@pytest.mark.parametrize("method", ["signal", "thread"])
+def test_idle_workers_beside_a_hung_one_are_not_hung(
+    pytester: pytest.Pytester, method: str
+) -> None:
+    # One worker runs a task that hangs, the two others wait for a task: only the first hung.
+    pytester.makepyfile(test_pool=POOL_WITH_ONE_HUNG_TASK)
+    # The thread method acts before pytest-timeout's os._exit (a quarter of the timeout, at most
+    # 2s): time enough to read three stacks on a loaded machine.
+    timeout = {"signal": 2, "thread": 8}[method]
+    args: tuple[str, ...] = (
+        f"--timeout={timeout}",
+        f"--timeout-method={method}",
+        *FUNC_ONLY,
+        *FAST_ARGS,
+    )
+    if method == "thread":
+        args += ("-k", "test_hung_task")  # os._exit ends the run
+    result = pytester.runpytest_subprocess(*args, timeout=60)
+    output = result.stdout.str()
+    headline = (
+        f"mpcheck: test_pool.py::test_hung_task: pytest-timeout ({timeout}s, {method} method): "
+        "3 child processes of the test still running; their stacks, then ended"
+    )
+    assert headline in output.splitlines()
+    start = output.index(headline)
+    report = output[start : output.index("The stacks show where each child was", start)]
+    why = f"still running when pytest-timeout's {timeout}s timeout ({method} method) expired"
+    [hung] = _blocks(report, "hung process")
+    _assert_pool_worker(hung, "hung", why, HUNG_WORKER_WAITS)
+    assert '        File "' + str(pytester.path / "test_pool.py") + '", line 18, in hang' in hung
+    assert "          time.sleep(60)" in hung
+    idle = _blocks(report, "leaked process")
+    assert len(idle) == 2, report
+    for block in idle:
+        _assert_pool_worker(block, "leaked", why, IDLE_WORKER_WAITS)
+        assert "          task = get()" in block
+    if method == "thread":
+        return
+    # The pool that mpcheck terminated is not waited for again at teardown (its task never ends).
+    # test_hung_task fails for its timeout only; test_library_task_at_teardown at teardown.
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    assert "did not finish within the join timeout (30s)" not in output
+
+    # A task that is a library function shows no code of the test: the idle workers still are
+    # told from the busy one.
+    section = _error_section(output, "test_library_task_at_teardown")
+    assert section.startswith(
+        "mpcheck: test_pool.py::test_library_task_at_teardown: a pool did not finish within the "
+        "join timeout (1s): 1 busy worker; unfinished tasks:\n    sleep(60)\n\nhung process "
+    ), section
+    [busy] = _blocks(section, "hung process")
+    _assert_pool_worker(
+        busy,
+        "hung",
+        "a worker of a pool still busy after the join timeout",
+        r"    waiting in: a multiprocessing pool",
+    )
+    assert _blocks(section, "leaked process") == []
+    result.stdout.fnmatch_lines(
+        ["mpcheck: 6 processes started by tests, 2 leaked, 0 unreaped, 2 hung, 4 ended by mpcheck"]
+    )
