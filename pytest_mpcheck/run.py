@@ -405,9 +405,12 @@ class MpCheckRun:
             # After every teardown: a test that went on after its children were ended for
             # pytest-timeout's thread method fails here.
             timeouts.check_teardown(item)
-        except BaseException:
+        except BaseException as error:
             self.end_test(item, teardown_failed=True)
-            raise
+            merged = _one_teardown_failure(error)
+            if merged is None:
+                raise
+            raise merged from None
         self.end_test(item, teardown_failed=False)
         return result
 
@@ -481,6 +484,39 @@ class MpCheckRun:
                     terminalreporter.write_line(line)
         except Exception:
             internal_error("writing the terminal summary")
+
+
+def _is_our_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a failure of the plugin's report (``pytest.fail`` without traceback)."""
+    return (
+        isinstance(error, pytest.fail.Exception)
+        and not error.pytrace
+        and str(error.msg).startswith("mpcheck: ")
+    )
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions of an exception group (pytest raises one when several finalizers of a
+    teardown failed), groups within it opened; ``error`` itself when it is no group."""
+    inner = getattr(error, "exceptions", None)
+    if isinstance(error, BaseException) and isinstance(inner, tuple) and inner:
+        return [leaf for each in inner for leaf in _leaves(each)]
+    return [error]
+
+
+def _one_teardown_failure(error: BaseException) -> BaseException | None:
+    """One failure with the text of each, when a teardown's failures are all the plugin's reports.
+
+    Several ``mp_*`` fixtures may each fail one teardown (a child that failed, and a lock
+    problem): pytest would show their exception group, with a traceback through the fixtures.
+    They become one failure whose text carries each report as it reads alone, in pytest's order.
+    ``None`` when there is nothing to merge (a single failure, or one that is not the plugin's).
+    """
+    leaves = _leaves(error)
+    if len(leaves) < 2 or not all(_is_our_failure(leaf) for leaf in leaves):
+        return None
+    text = "\n\n".join(str(leaf.msg) for leaf in leaves if isinstance(leaf, pytest.fail.Exception))
+    return pytest.fail.Exception(text, pytrace=False)
 
 
 #: The checks of the fixtures' children before the run's conftest files were imported.

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck.watch.terminate import reap_interrupted_waits
 
 if TYPE_CHECKING:
     # The stack reader and the report come in only when a timeout expires (see _end_children).
@@ -67,12 +68,16 @@ def _test_children(run: MpCheckRun, item: pytest.Item) -> list[hangs.Suspect]:
 
 
 def _end_children(
-    run: MpCheckRun, item: pytest.Item, timeout: float, method: str, budget: float
+    run: MpCheckRun,
+    item: pytest.Item,
+    timeout: float,
+    method: str,
+    budget: float,
+    suspects: list[hangs.Suspect],
 ) -> str | None:
     """Stacks, end, record; the report text, or ``None`` when the test has no live child."""
     from pytest_mpcheck.fixtures import hangs
 
-    suspects = _test_children(run, item)
     if not suspects:
         return None
     findings = hangs.end_hung(
@@ -118,13 +123,22 @@ def after_set_timer(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
 
         def on_alarm(signum: int, frame: FrameType | None) -> None:
             __tracebackhide__ = True
+            suspects: list[hangs.Suspect] = []
             try:
-                text = _end_children(run, item, timeout, "signal", budget=5.0)
+                suspects = _test_children(run, item)
+                text = _end_children(run, item, timeout, "signal", 5.0, suspects)
             except Exception:
                 text = None  # never stand in the way of pytest-timeout
             if text is not None:
                 item.add_report_section("call", "mpcheck", text)
-            theirs(signum, frame)
+            try:
+                theirs(signum, frame)
+            except BaseException:
+                # It fails the test from here: a Popen.wait() the alarm interrupted never
+                # resumes to reap the child that was ended.
+                with contextlib.suppress(Exception):
+                    reap_interrupted_waits(s.handle for s in suspects)
+                raise
 
         signal.signal(signal.SIGALRM, on_alarm)
     elif method == "thread":
@@ -133,7 +147,7 @@ def after_set_timer(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
         lead = lead_time(timeout)
 
         def before_exit(signum: int, frame: FrameType | None) -> None:
-            text = _end_children(run, item, timeout, "thread", budget=lead)
+            text = _end_children(run, item, timeout, "thread", lead, _test_children(run, item))
             if text is None:
                 return
             # To the terminal itself, not the test's captured output: os._exit may follow.

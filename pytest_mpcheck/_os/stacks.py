@@ -77,6 +77,17 @@ _FRAME_WORDS = (
     ("queue.py", "get", "a queue.Queue (get)"),
 )
 
+#: The loops of a pool's workers (file ending, function): one that waits in its task queue's
+#: ``get()`` right below the loop is between tasks, idle, not stuck in one.
+_WORKER_LOOPS = (
+    ("multiprocessing/pool.py", "worker"),
+    ("concurrent/futures/process.py", "_process_worker"),
+)
+_TASK_QUEUE_GET = ("multiprocessing/queues.py", "get")
+
+#: What an idle worker of a pool waits in (:attr:`Stack.waiting_in`).
+IDLE_WORKER = "its pool's task queue (an idle worker, waiting for a task)"
+
 
 #: Frames (file ending, function) anywhere in the main thread's stack that show a classic pitfall
 #: of multiprocessing (the programming guidelines of its documentation): what the child waits in,
@@ -106,6 +117,11 @@ class Stack:
     pyspy_tried: bool = False
     pitfall: str | None = None
     """A classic pitfall of multiprocessing that the stack shows, explained."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether it is a pool's worker waiting for its next task (not running one)."""
+        return self.waiting_in == IDLE_WORKER
 
 
 def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
@@ -336,6 +352,8 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     found = pitfall(stack)
     if found is not None:
         return found[0]
+    if stack and _is_idle_worker(_main_thread_frames(stack)):
+        return IDLE_WORKER
     if stack:
         # The first thread block is the main thread; its last frame is the innermost.
         innermost = None
@@ -364,6 +382,20 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
                 return f"{words} [kernel: {wchan}]"
         return f"the kernel function {wchan}"
     return None
+
+
+def _is_idle_worker(frames: list[tuple[str, str]]) -> bool:
+    """Whether the frames (outermost first) are a pool worker's loop waiting for a task: the
+    innermost loop frame calls its task queue's ``get()``, not the task."""
+    names = [(filename, func.rpartition(".")[2]) for filename, func in frames]  # py-spy: Class.f
+    for index in range(len(names) - 1, -1, -1):
+        filename, func = names[index]
+        if any(filename.endswith(end) and func == loop for end, loop in _WORKER_LOOPS):
+            if index + 1 >= len(names):
+                return False
+            filename, func = names[index + 1]
+            return filename.endswith(_TASK_QUEUE_GET[0]) and func == _TASK_QUEUE_GET[1]
+    return False
 
 
 def stacks_of(pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True) -> dict[int, Stack]:

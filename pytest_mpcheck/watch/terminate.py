@@ -15,8 +15,12 @@ import multiprocessing.pool
 import multiprocessing.process
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from pytest_mpcheck._os import procfs
@@ -90,6 +94,44 @@ def _reap_through_handle(handle: Any) -> bool:
         return handle.exitcode is not None  # multiprocessing.Process polls with WNOHANG
     except Exception:
         return False
+
+
+#: The methods of ``subprocess.Popen`` that wait for its process while holding its wait lock.
+_POPEN_WAITS = frozenset(
+    getattr(getattr(subprocess.Popen, name, None), "__code__", None)
+    for name in ("_wait", "_internal_poll", "_try_wait")
+) - {None}
+
+
+def reap_interrupted_waits(handles: Iterable[Any]) -> None:
+    """Reap the ended processes of the ``Popen`` objects whose ``wait()`` a signal interrupted
+    in this thread, when the handler will not return to it (it raises).
+
+    Such a ``wait()`` holds the ``Popen``'s wait lock, so its ``poll()`` answers "running"
+    without looking, and the ``wait()`` never resumes: the process that was ended would stay a
+    zombie. While no other thread is inside the ``Popen``'s waits, the lock is the interrupted
+    frame's, and nobody else will reap it: it is reaped here, and its status given to the
+    ``Popen`` (``returncode``). A process still running is left alone.
+    """
+    me = threading.get_ident()
+    for handle in handles:
+        lock = getattr(handle, "_waitpid_lock", None)
+        if lock is None or handle.returncode is not None or not lock.locked():
+            continue
+        if any(_in_popen_wait(f) for ident, f in sys._current_frames().items() if ident != me):
+            continue  # another thread waits for it, and reaps it
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(handle.pid, os.WNOHANG)
+            if pid == handle.pid:
+                handle.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _in_popen_wait(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code in _POPEN_WAITS:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _has_ended(leftover: Leftover, session_pid: int) -> bool:
