@@ -43,10 +43,8 @@ class ChildDeath:
     started_at: str | None
     started_by: str
     owner: str
-    signal: int | None
-    """The signal that killed it, where its process object read its exit status."""
-    traceback: str | None
-    """Its Python traceback, where it wrote one as a fatal signal killed it."""
+    signal: int
+    """The signal that killed it, as its process object read its exit status."""
 
 
 @dataclass

@@ -146,30 +146,33 @@ _DEATH_WORDS = {
 }
 
 
+#: Signals whose Python traceback faulthandler writes, where it is on.
+_CRASHES = frozenset({"SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL"})
+
+
 def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
     """The report section on children that died of a signal."""
     import signal
 
     lines = [f"mpcheck: {nodeid}: child processes that died of a signal"]
     for death in deaths:
-        if death.signal is not None:
-            try:
-                name = signal.Signals(death.signal).name
-            except ValueError:
-                name = f"signal {death.signal}"
-            how = f"died of {name}: {_DEATH_WORDS.get(name, 'a signal')}"
-        else:
-            how = "died of a fatal signal"
+        try:
+            name = signal.Signals(death.signal).name
+        except ValueError:
+            name = f"signal {death.signal}"
         label = printable(death.name) if death.name else "a child"
         lines.append("")
-        lines.append(f"{label!r} (pid {death.pid}): {how}")
+        lines.append(f"{label!r} (pid {death.pid}): died of {name}: {_DEATH_WORDS.get(name, name)}")
         where = printable(death.started_at or "unknown place")
         lines.append(f"    started at: {where} by {death.started_by}")
         if death.owner != nodeid:
             lines.append(f"    owned by:   {printable(death.owner)}")
-        if death.traceback:
-            lines.append("    its Python traceback, written as it died:")
-            lines.append(_indent(printable(death.traceback, lines=True), "      "))
+        if name in _CRASHES:
+            lines.append(
+                "    traceback:  a crash's Python traceback goes to standard error where "
+                "faulthandler is on (pytest turns it on in its forks; PYTHONFAULTHANDLER=1 for "
+                "spawned children)"
+            )
     return "\n".join(lines)
 
 

@@ -104,6 +104,7 @@ class MpCheckRun:
             config.add_cleanup(self._stop_child_preparation)
             self.child_preparation.install(self.resources.log_path)
             self.recorder.child_setup = self.child_preparation.setup_for
+            self.watch.stack_file = self.child_preparation.stack_path
         # The checks of the fixtures' children as they were before this run's conftest files
         # were imported: what the run's own code registers is forgotten at its end.
         checks = config.stash.get(child_checks_key, None)
@@ -114,6 +115,7 @@ class MpCheckRun:
 
     def _stop_child_preparation(self) -> None:
         self.recorder.child_setup = None
+        self.watch.stack_file = None
         self.child_preparation.uninstall()
 
     def header(self) -> str:
@@ -247,29 +249,20 @@ class MpCheckRun:
 
     def _report_deaths(self, item: pytest.Item, findings: list[Finding], mode: str) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or
-        SIGKILL), with the Python traceback a crashing child wrote: the outcome stays the test's.
+        SIGKILL): the outcome stays the test's.
 
         A child ended by SIGTERM, or by the plugin itself, is no news; a test in mode off gets
         no section.
         """
         gone = self.watch.take_gone()
-        if not gone or not self.child_preparation.installed:
+        if not gone or mode == "off":
             return
         ended_here = {finding.process.pid for finding in findings}
         deaths = []
         for record, status in gone:
-            traceback = self.child_preparation.crash_traceback(record.pid)  # removes its file
-            if mode == "off":
-                continue
             signum = -status if status is not None and status < 0 else None
-            if traceback is None and (
-                signum is None or signum in _ORDINARY_ENDS or record.pid in ended_here
-            ):
+            if signum is None or signum in _ORDINARY_ENDS or record.pid in ended_here:
                 continue
-            if traceback is not None:
-                from pytest_mpcheck._os import stacks
-
-                traceback = stacks.crash_as_traceback(traceback)
             deaths.append(
                 ChildDeath(
                     pid=record.pid,
@@ -278,7 +271,6 @@ class MpCheckRun:
                     started_by=record.started_by,
                     owner=record.owner,
                     signal=signum,
-                    traceback=traceback,
                 )
             )
         if deaths:

@@ -18,6 +18,10 @@ import faulthandler
 import os
 import signal
 
+TYPE_CHECKING = False  # not typing's: every prepared child imports this module
+if TYPE_CHECKING:
+    from types import FrameType
+
 #: The signal on which a prepared child writes the stacks of all its threads to its stack file.
 #: A real-time signal, because user code rarely uses them (SIGUSR1 is a common choice of its own).
 STACK_SIGNAL: int = int(signal.SIGRTMIN) + 3 if hasattr(signal, "SIGRTMIN") else int(signal.SIGUSR1)
@@ -62,28 +66,54 @@ def answer_quietly(path: str) -> None:
         answer_stack_signal(path)
 
 
-def crash_path(directory: str, pid: int) -> str:
-    """The file where child ``pid`` writes its Python traceback if it dies of a fatal signal."""
-    return os.path.join(directory, f"crash-{pid}.log")
+def answer_without_descriptor(path: str) -> None:
+    """Child side: from now on, append the stacks of all threads to ``path`` on the signal,
+    with no descriptor held open in between.
 
-
-def record_crashes(directory: str) -> None:
-    """Child side: on a fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL), write the
-    Python traceback of all threads to this child's crash file.
-
-    Only where ``faulthandler`` is off: a child that has it on already (a fork of the pytest
-    process, whose faulthandler plugin turned it on) writes its traceback where it was told to,
-    and that stays as it is.
+    For the children that the plugin did not start itself: a child holds exactly the descriptors
+    its code opened (tests that count a child's open files, as loky's do, see nothing of the
+    plugin's). The handler is Python's, so it runs when the main thread next runs Python code,
+    which a blocked lock, pipe, queue or sleep lets it do at once (PEP 475); a thread stuck in C
+    code that holds the GIL gives no stack, where ``faulthandler`` (:func:`answer_stack_signal`,
+    the fixtures' children) would. The dump has ``faulthandler``'s format: one reader parses both.
     """
-    if faulthandler.is_enabled():
-        return
-    fd = os.open(
-        crash_path(directory, os.getpid()),
-        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-        0o600,
-    )
-    try:
-        faulthandler.enable(file=fd, all_threads=True)
-    except BaseException:
-        os.close(fd)
-        raise
+
+    def dump(signum: int, frame: FrameType | None) -> None:
+        try:
+            text = _all_stacks(frame)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode("utf-8", "replace"))  # one write: read whole or not yet
+            finally:
+                os.close(fd)
+        except Exception:  # a stack we cannot give must not disturb the child
+            pass
+
+    signal.signal(STACK_SIGNAL, dump)
+
+
+def _all_stacks(interrupted: FrameType | None) -> str:
+    """Every thread's stack in ``faulthandler``'s format, this thread's from ``interrupted``."""
+    import sys
+    import threading
+
+    current = threading.get_ident()
+    frames: dict[int, FrameType | None] = dict(sys._current_frames())
+    frames[current] = interrupted  # not the handler's own frame
+    lines = []
+    for ident in [current, *(i for i in frames if i != current)]:
+        head = "Current thread" if ident == current else "Thread"
+        lines.append(f"{head} 0x{ident:016x} (most recent call first):")
+        frame: FrameType | None = frames[ident]
+        while frame is not None:
+            code = frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.f_lineno} in {code.co_name}')
+            frame = frame.f_back
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def answer_quietly_without_descriptor(path: str) -> None:
+    """:func:`answer_without_descriptor`, where a failure must cost the child nothing."""
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        answer_without_descriptor(path)

@@ -209,15 +209,6 @@ def _from_pyspy(dump: str) -> str:
     return _as_traceback(blocks) if blocks else dump.strip()
 
 
-def crash_as_traceback(dump: str) -> str:
-    """A crash file (``Fatal Python error: ...`` and faulthandler's stacks) as traceback text,
-    the error line first."""
-    head, _, rest = dump.partition("\n")
-    if not head.startswith("Fatal Python error"):
-        return _from_faulthandler(dump)
-    return f"{head}\n{_from_faulthandler(rest)}"
-
-
 def _same(pid: int, created: float | None) -> bool:
     return created is not None and procfs.is_same_process(pid, created)
 
@@ -251,9 +242,13 @@ def stack_file_of(pid: int) -> str | None:
     return None
 
 
-def dump_prepared(pids: Iterable[int], timeout: float) -> dict[int, str]:
+def dump_prepared(
+    pids: Iterable[int], timeout: float, stack_file: str | None = None
+) -> dict[int, str]:
     """The stacks of the prepared children among ``pids``, asked one at a time.
 
+    A child that holds a stack file open (a fixture's, with ``faulthandler``) writes there; any
+    other prepared child writes to ``stack_file``, the session's, opening it only to write.
     Children share a file: each dump is what the file grew by after the signal, once it stopped
     growing (faulthandler writes a dump in many small writes).
     """
@@ -262,7 +257,7 @@ def dump_prepared(pids: Iterable[int], timeout: float) -> dict[int, str]:
     for pid in pids:
         if time.monotonic() >= deadline or not is_prepared(pid):
             continue
-        path = stack_file_of(pid)
+        path = stack_file_of(pid) or stack_file
         if path is None:
             continue
         try:
@@ -398,15 +393,21 @@ def _is_idle_worker(frames: list[tuple[str, str]]) -> bool:
     return False
 
 
-def stacks_of(pids: Iterable[int], timeout: float = 2.0, pyspy: bool = True) -> dict[int, Stack]:
-    """The stacks of several processes: prepared children asked first, then py-spy, then /proc."""
+def stacks_of(
+    pids: Iterable[int],
+    timeout: float = 2.0,
+    pyspy: bool = True,
+    stack_file: str | None = None,
+) -> dict[int, Stack]:
+    """The stacks of several processes: prepared children asked first (``stack_file``: the
+    session's, see :func:`dump_prepared`), then py-spy, then /proc."""
     pids = list(pids)
     deadline = time.monotonic() + timeout
     # What the kernel says, before the stack signal or py-spy's ptrace wakes the process: just
     # after either, it runs again for a moment (on a loaded machine, long enough to be read as
     # running, which hid what it waits in).
     kernel = {pid: kernel_state(pid) for pid in pids}
-    dumps = dump_prepared(pids, min(1.0 * max(1, len(pids)), timeout))
+    dumps = dump_prepared(pids, min(1.0 * max(1, len(pids)), timeout), stack_file)
     result: dict[int, Stack] = {}
     for pid in pids:
         text = dumps.get(pid)

@@ -5,14 +5,14 @@ A fork child runs :func:`prepare` from the at-fork callback of
 unpickles a :class:`ChildSetup` with its process object, which calls it. Either way the child:
 
 - answers the stack signal, writing the stacks of all its threads to the session's stack file;
-- keeps its Python traceback, should a fatal signal kill it (where its faulthandler is off);
 - reports the named resources it makes to the session's resource log (a spawn or forkserver
   child; a fork child inherited the run's wrapper);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
   can reach that the re-import of its module made again (a spawn or forkserver child), in the
   session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
 
-Light on purpose: every such child imports this module.
+It holds no descriptor of the plugin's open: a child's open files are its own (some suites count
+them). Light on purpose: every such child imports this module.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from pytest_mpcheck._os.stackfile import answer_quietly, record_crashes
+from pytest_mpcheck._os.stackfile import answer_quietly_without_descriptor
 
 #: How the fix passes an object to a plain ``Process`` (``NAME``: the object's name).
 PLAIN_CALL = "Process(target=..., args=(NAME, ...))"
@@ -34,11 +34,8 @@ def prepare(
     method: str | None = None,
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
-    have given (its stack, its traceback, its resources, its messages): it never keeps it from
-    running."""
-    answer_quietly(stack_path)
-    with contextlib.suppress(OSError, RuntimeError, ValueError):
-        record_crashes(os.path.dirname(stack_path))
+    have given (its stack, its resources, its messages): it never keeps it from running."""
+    answer_quietly_without_descriptor(stack_path)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 

@@ -8,14 +8,11 @@ covers ``Process`` of every context, the workers of ``Pool`` and ``ProcessPoolEx
 ``os.fork``; a program that a child runs with ``exec`` (a ``subprocess``) is a program of its own,
 read with py-spy where it is installed.
 
-A child whose ``faulthandler`` is off (every spawn or forkserver child; a fork child only when
-pytest's own faulthandler plugin is off) also writes its Python traceback to a crash file of its
-own should a fatal signal kill it; the run tells it in the test's report (see
-:meth:`ChildPreparation.crash_traceback`). A spawn or forkserver child also reports the named
-resources it makes, and the module-level ``multiprocessing`` objects it made again, to the
-session's logs (see :mod:`pytest_mpcheck.watch.childsetup`).
+A spawn or forkserver child also reports the named resources it makes, and the module-level
+``multiprocessing`` objects it made again, to the session's logs (see
+:mod:`pytest_mpcheck.watch.childsetup`). No child keeps a descriptor of the plugin's open.
 
-What it costs a child: an ``open`` and a ``sigaction`` or two. The signal is a real-time one that is
+What it costs a child: a ``sigaction``. The signal is a real-time one that is
 only sent when a report needs the child's stack, after the test, to a process that the watch found
 left over and checked is still that child (see :mod:`pytest_mpcheck._os.stacks`).
 """
@@ -29,7 +26,7 @@ import os
 from typing import Any
 
 from pytest_mpcheck._os import atfork, scratch
-from pytest_mpcheck._os.stackfile import crash_path, stack_path
+from pytest_mpcheck._os.stackfile import stack_path
 from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
 
 #: The session's message log: what prepared children say of themselves (see
@@ -46,6 +43,11 @@ class ChildPreparation:
         self._resource_log: str | None = None
         self._messages: str | None = None
         self._messages_read = 0
+
+    @property
+    def stack_path(self) -> str | None:
+        """The session's stack file, where prepared children write their stacks."""
+        return self._stack_path
 
     @property
     def installed(self) -> bool:
@@ -105,24 +107,6 @@ class ChildPreparation:
                 with contextlib.suppress(ValueError):
                     found.append((int(pid), str(json.loads(text))))
         return found
-
-    def crash_traceback(self, pid: int) -> str | None:
-        """The Python traceback that child ``pid`` wrote as a fatal signal killed it, if any.
-
-        Its crash file is removed either way: call this once the child is gone.
-        """
-        if self.directory is None:
-            return None
-        path = crash_path(self.directory, pid)
-        try:
-            with open(path, "rb") as crash:
-                text = crash.read(1 << 20).decode("utf-8", "replace")
-        except OSError:
-            return None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        return text.strip() or None
 
     def uninstall(self) -> None:
         """Stop preparing children and remove the files (children still alive keep theirs

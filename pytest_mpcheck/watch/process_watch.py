@@ -108,6 +108,8 @@ class ProcessWatch:
         self._last_generation = -1
         self._helper_pids: set[int] | None = None
         """The helpers' pids, asked of their modules once per look (see :meth:`is_helper`)."""
+        self.stack_file: str | None = None
+        """The session's stack file, where the prepared children write their stacks."""
         self.gone: list[tuple[StartRecord, int | None]] = []
         """Processes started in the session that ended since :meth:`take_gone` was last called,
         each with its exit status where its process object has it (negative: that signal)."""
@@ -370,7 +372,8 @@ class ProcessWatch:
             return
         from pytest_mpcheck._os import stacks  # only when something leaked: py-spy, reports
 
-        read = stacks.stacks_of([finding.process.pid for finding in python], _STACK_TIMEOUT)
+        pids = [finding.process.pid for finding in python]
+        read = stacks.stacks_of(pids, _STACK_TIMEOUT, stack_file=self.stack_file)
         for finding in python:
             stack = read.get(finding.process.pid)
             if stack is None:

@@ -79,16 +79,21 @@ def _clean(text: str) -> str:
 
 
 def write_log_line(
-    log_fd: int, tracker: Any, op: str, kind: str, name: str, frame: FrameType
+    log_path: str, tracker: Any, op: str, kind: str, name: str, frame: FrameType
 ) -> None:
-    """Append one child's registration or unregistration to the session's resource log."""
+    """Append one child's registration or unregistration to the session's resource log (opened
+    for the line and closed: a child holds no descriptor of the plugin's)."""
     # Which tracker took it: a forked child whose parent had none running starts its own (a
     # spawned child knows only the descriptor of its parent's: None).
     tracker_pid = getattr(tracker, "_pid", None) or 0
     site = call_site(frame) if op == "R" else ""
     line = "\t".join((op, str(os.getpid()), kind, _clean(name), _clean(site), str(tracker_pid)))
     # O_APPEND and one write: the lines of several children never mix.
-    os.write(log_fd, (line + "\n").encode("utf-8", "replace"))
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
 
 
 def install_in_child(log_path: str) -> None:
@@ -97,7 +102,5 @@ def install_in_child(log_path: str) -> None:
     Never undone: the child is no pytest run, and ends with its work.
     """
     if getattr(getattr(resource_tracker.ResourceTracker, "_send", None), _MARK, False):
-        return  # a forked child: the run's wrapper and its log's descriptor came with the fork
-    with contextlib.suppress(OSError):
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        wrap(functools.partial(write_log_line, log_fd))
+        return  # a forked child: the run's wrapper came with the fork
+    wrap(functools.partial(write_log_line, log_path))

@@ -88,7 +88,6 @@ class ResourceWatch:
         work) belongs to."""
         self.live: dict[tuple[str, str], Registration] = {}
         self.log_path: str | None = None
-        self._log_fd = -1
         self._offset = 0
         self._pid = os.getpid()
         self._send: Callable[..., Any] | None = None
@@ -99,27 +98,23 @@ class ResourceWatch:
         """Wrap the tracker and open the run's resource log."""
         from pytest_mpcheck._os import scratch  # the pytest process only
 
+        # Children open it to append a line, and close it: none holds a descriptor of the
+        # plugin's (a forked child would inherit one the pytest process kept open).
         self.log_path = scratch.make_file("resources", ".log")
-        # Forked children inherit this descriptor (O_APPEND: their lines never mix).
-        self._log_fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
         self._pid = os.getpid()
         self._send, self._unwrap = wrap(self._note)
 
     def _note(self, tracker: Any, op: str, kind: str, name: str, frame: FrameType) -> None:
         if os.getpid() == self._pid:
             self._event(op, kind, name, call_site(frame) if op == "R" else "")
-        elif self._log_fd >= 0:  # a forked child: the run reads its lines after the test
-            write_log_line(self._log_fd, tracker, op, kind, name, frame)
+        elif self.log_path is not None:  # a forked child: the run reads its lines after the test
+            write_log_line(self.log_path, tracker, op, kind, name, frame)
 
     def stop(self) -> None:
         """Put the tracker's ``_send`` back, close and remove the log."""
         if self._unwrap is not None:
             self._unwrap()
             self._unwrap = None
-        if self._log_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._log_fd)
-            self._log_fd = -1
         if self.log_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.log_path)
@@ -142,13 +137,14 @@ class ResourceWatch:
         Called as a test's teardown ends, while the records of its processes (who owns each) are
         still at hand.
         """
-        if self._log_fd < 0:
+        if self.log_path is None:
             return
         try:
-            size = os.fstat(self._log_fd).st_size
-            if size <= self._offset:
+            if os.stat(self.log_path).st_size <= self._offset:
                 return
-            data = os.pread(self._log_fd, size - self._offset, self._offset)
+            with open(self.log_path, "rb") as log:
+                log.seek(self._offset)
+                data = log.read()
         except OSError:
             return
         end = data.rfind(b"\n") + 1  # a line being written is read next time

@@ -1,0 +1,46 @@
+"""A child holds exactly the descriptors its own code opened: none of the plugin's.
+
+loky's suite counts the files a child has open (``lsof``) and fails on any it did not expect; a
+plugin that prepares every child (for its stacks, its resources) must not leave one there.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import FAST_ARGS
+
+COUNTS_ITS_FILES = """
+import multiprocessing
+import os
+
+import pytest
+
+
+def own_files(queue):
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    queue.put(found)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_child_has_no_file_of_the_plugin(method):
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=own_files, args=(queue,))
+    child.start()
+    files = queue.get(timeout=60)
+    child.join()
+    assert not [f for f in files if "mpcheck-" in f], files
+"""
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+def test_a_child_holds_no_descriptor_of_the_plugin(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_files=COUNTS_ITS_FILES)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, f"--mp-check={mode}", timeout=120)
+    result.assert_outcomes(passed=3)
