@@ -67,7 +67,7 @@ class StartRecord:
     from the forkserver, so if it is orphaned (the forkserver died) nobody waits for it."""
 
 
-def _keep_exit_status(record: StartRecord, popen: Any) -> None:
+def _keep_exit_status(record: StartRecord, popen: Any, _gone: object = None) -> None:
     """The process object of ``record`` is being collected: keep what its popen read."""
     status = getattr(popen, "returncode", None)
     if isinstance(status, int):
@@ -231,14 +231,18 @@ class OriginRecorder:
             record = self.records[pid]
             record.forked_here = record.forked_here or forked_here
         if handle is not None:
-            record.handle = weakref.ref(handle)
+            popen = getattr(handle, "_popen", None)  # multiprocessing's: it holds the status
+            if popen is None:
+                record.handle = weakref.ref(handle)
+            else:
+                # When the process object is collected, keep what its popen read (held only as
+                # long as the process object holds it anyway).
+                record.handle = weakref.ref(
+                    handle, functools.partial(_keep_exit_status, record, popen)
+                )
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
-            popen = getattr(handle, "_popen", None)  # multiprocessing's: it holds the status
-            if popen is not None:
-                # Held only as long as the process object holds it anyway.
-                weakref.finalize(handle, _keep_exit_status, record, popen).atexit = False
 
     def count_as_helper(self, pid: int) -> None:
         """``pid`` turned out to be a session helper: not a process the test started itself."""
