@@ -165,7 +165,9 @@ def test_two_fixture_findings_of_one_teardown_read_as_one_report(pytester: pytes
         r"    started at: test_two\.py:\d+ by multiprocessing\.Process\.start",
         r"    ended by:   SIGTERM \(ended by mpcheck\)",
         r"    still running at the end of the test: it hung, or the test never joined it",
-        r"    waiting in: sleeping \(time\.sleep\) \[kernel: .*\]",
+        # time.sleep is a select() before Python 3.11: the kernel says so.
+        r"    waiting in: (sleeping \(time\.sleep\)|polling file descriptors \(select/poll\)) "
+        r"\[kernel: .*\]",
         r"    stack \(most recent call last\):",
     ]
     for pattern, line in zip(patterns, lines[: len(patterns)], strict=True):
@@ -334,7 +336,10 @@ def _assert_pool_worker(block: list[str], kind: str, why: str, waiting_in: str) 
         assert re.fullmatch(pattern, line), (pattern, "\n".join(block))
 
 
-HUNG_WORKER_WAITS = r"    waiting in: sleeping \(time\.sleep\) \[kernel: .*\]"
+HUNG_WORKER_WAITS = (
+    r"    waiting in: (sleeping \(time\.sleep\)|polling file descriptors \(select/poll\)) "
+    r"\[kernel: .*\]"
+)
 IDLE_WORKER_WAITS = re.escape(
     "    waiting in: its pool's task queue (an idle worker, waiting for a task)"
 )
