@@ -99,8 +99,8 @@ class MpCheckRun:
         config.add_cleanup(self.resources.stop)
         self.resources.start()
         if self.settings.mode != "off":
-            # Every Python child answers the stack signal (its report can show its stacks), keeps
-            # its traceback should it crash, and reports the named resources it makes.
+            # Every Python child answers the stack signal (its report can show its stacks) and
+            # reports the named resources it makes; a spawned one checks its module-level objects.
             config.add_cleanup(self._stop_child_preparation)
             self.child_preparation.install(self.resources.log_path)
             self.recorder.child_setup = self.child_preparation.setup_for
