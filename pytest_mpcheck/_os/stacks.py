@@ -141,7 +141,9 @@ def _trim(frames: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
             or (func == "call_fixture_func" and filename.endswith("_pytest/fixtures.py"))
         ):
             start = index + 1
-    return frames[start:] if start < len(frames) else frames
+    # When nothing follows (the target is a C function, such as time.sleep), the last frame of
+    # the start-up shows the call: better than the whole copy of pytest's stack before it.
+    return frames[start:] if start < len(frames) else frames[start - 1 :]
 
 
 def _frame_line(filename: str, lineno: int, func: str) -> str:
