@@ -99,6 +99,35 @@ def spill_directory(path: str, create: bool = False) -> str | None:
     return spill
 
 
+def append(path: str, data: bytes) -> None:
+    """Append ``data`` to the log at ``path`` in one write, opening it only for that.
+
+    ``O_APPEND`` and one write: what several processes append never mixes, and a reader sees a
+    line whole or not yet. No descriptor stays open: a child holds only the files its own code
+    opened (some suites count them).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_new_lines(path: str, offset: int) -> tuple[list[str], int]:
+    """The whole lines appended to the log at ``path`` since ``offset``, and the offset to read
+    from next time (a line still being written is read then); none if it cannot be read."""
+    try:
+        if os.stat(path).st_size <= offset:
+            return [], offset
+        with open(path, "rb") as log:
+            log.seek(offset)
+            data = log.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode("utf-8", "replace").splitlines(), offset + end
+
+
 def remove_directory(path: str) -> None:
     """Remove a scratch directory and its spill directory."""
     import shutil

@@ -4,11 +4,12 @@ Shared by the child side (every child the pytest process starts through ``multip
 ``os.fork``, and :mod:`pytest_mpcheck.fixtures.bootstrap`: this module must stay cheap to import in
 every child) and the reading side (:mod:`pytest_mpcheck._os.stacks`).
 
-A child answers the signal with ``faulthandler``: the stacks of all its threads, written by the
-interpreter itself from the signal handler, whatever the child is doing (blocked in a lock, a
-pipe, ``time.sleep``). No ptrace, no py-spy. The reader finds the file a child writes to among the
-child's open descriptors (``/proc/PID/fd``), so that one file can serve many children and a child
-of a fixture can write to the file of its test.
+A child answers the signal with the stacks of all its threads, whatever it is doing (blocked in a
+lock, a pipe, ``time.sleep``); no ptrace, no py-spy. A fixture's child answers with
+``faulthandler`` into its test's stack file, held open (:func:`answer_stack_signal`); every other
+child with a Python handler that opens the session's file only to write
+(:func:`answer_without_descriptor`). The reader finds a fixture child's file among its open
+descriptors (``/proc/PID/fd``), and uses the session's for the others.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import contextlib
 import faulthandler
 import os
 import signal
+
+from pytest_mpcheck._os import scratch
 
 TYPE_CHECKING = False  # not typing's: every prepared child imports this module
 if TYPE_CHECKING:
@@ -30,9 +33,6 @@ STACK_SIGNAL: int = int(signal.SIGRTMIN) + 3 if hasattr(signal, "SIGRTMIN") else
 #: every other child to the session's, in a scratch directory of its own.
 STACKS_NAME = "stacks.log"
 
-_answering_fd: int | None = None
-"""The descriptor this process's stacks go to, once it answers the signal."""
-
 
 def stack_path(workdir: str) -> str:
     """The file prepared children write their stacks to."""
@@ -40,23 +40,15 @@ def stack_path(workdir: str) -> str:
 
 
 def answer_stack_signal(path: str) -> None:
-    """Child side: from now on, write the stacks of all threads to ``path`` on the signal.
-
-    Called again (a fixture's child, first prepared for the session's file, then for its test's),
-    the new file replaces the old one, whose descriptor is closed: a child has only one stack file
-    open, and the reader knows which file to read by finding it among the child's descriptors.
-    """
-    global _answering_fd
+    """Child side (a fixture's child): from now on, ``faulthandler`` writes the stacks of all
+    threads to ``path`` on the signal, from C, even while a thread holds the GIL. The descriptor
+    stays open for the child's life: the reader finds the file among the child's descriptors."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
         faulthandler.register(STACK_SIGNAL, file=fd, all_threads=True, chain=False)
     except BaseException:
         os.close(fd)
         raise
-    previous, _answering_fd = _answering_fd, fd
-    if previous is not None and previous != fd:
-        with contextlib.suppress(OSError):
-            os.close(previous)
 
 
 def answer_quietly(path: str) -> None:
@@ -79,15 +71,8 @@ def answer_without_descriptor(path: str) -> None:
     """
 
     def dump(signum: int, frame: FrameType | None) -> None:
-        try:
-            text = _all_stacks(frame)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            try:
-                os.write(fd, text.encode("utf-8", "replace"))  # one write: read whole or not yet
-            finally:
-                os.close(fd)
-        except Exception:  # a stack we cannot give must not disturb the child
-            pass
+        with contextlib.suppress(Exception):  # a stack we cannot give must not disturb the child
+            scratch.append(path, _all_stacks(frame).encode("utf-8", "replace"))
 
     signal.signal(STACK_SIGNAL, dump)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.stackfile import answer_quietly_without_descriptor
 
 #: How the fix passes an object to a plain ``Process`` (``NAME``: the object's name).
@@ -54,14 +55,8 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
     found = made_again(target, method, PLAIN_CALL)
     if not found:
         return
-    fd = os.open(messages, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    try:
-        for message in found:
-            # One line per message, written at once (O_APPEND): lines of children never mix.
-            line = f"{os.getpid()}\t{json.dumps(message)}\n"
-            os.write(fd, line.encode("utf-8", "replace"))
-    finally:
-        os.close(fd)
+    for message in found:  # one line per message
+        scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
 
 class ChildSetup:

@@ -90,18 +90,9 @@ class ChildPreparation:
         """What children wrote to the message log since the last call: ``(pid, message)``."""
         if self._messages is None:
             return []
-        try:
-            if os.stat(self._messages).st_size <= self._messages_read:
-                return []
-            with open(self._messages, "rb") as log:
-                log.seek(self._messages_read)
-                data = log.read()
-        except OSError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for the next call
-        self._messages_read += len(complete)
+        lines, self._messages_read = scratch.read_new_lines(self._messages, self._messages_read)
         found = []
-        for line in complete.decode("utf-8", "replace").splitlines():
+        for line in lines:
             pid, _, text = line.partition("\t")
             if pid.isdigit():
                 with contextlib.suppress(ValueError):

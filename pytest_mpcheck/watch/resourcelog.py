@@ -14,6 +14,8 @@ import os
 import sys
 from multiprocessing import resource_tracker
 
+from pytest_mpcheck._os import scratch
+
 # Not typing.TYPE_CHECKING: a spawned child that never imports typing would pay for it here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,12 +90,7 @@ def write_log_line(
     tracker_pid = getattr(tracker, "_pid", None) or 0
     site = call_site(frame) if op == "R" else ""
     line = "\t".join((op, str(os.getpid()), kind, _clean(name), _clean(site), str(tracker_pid)))
-    # O_APPEND and one write: the lines of several children never mix.
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    try:
-        os.write(fd, (line + "\n").encode("utf-8", "replace"))
-    finally:
-        os.close(fd)
+    scratch.append(log_path, (line + "\n").encode("utf-8", "replace"))
 
 
 def install_in_child(log_path: str) -> None:

@@ -139,17 +139,10 @@ class ResourceWatch:
         """
         if self.log_path is None:
             return
-        try:
-            if os.stat(self.log_path).st_size <= self._offset:
-                return
-            with open(self.log_path, "rb") as log:
-                log.seek(self._offset)
-                data = log.read()
-        except OSError:
-            return
-        end = data.rfind(b"\n") + 1  # a line being written is read next time
-        self._offset += end
-        for line in data[:end].decode("utf-8", "replace").splitlines():
+        from pytest_mpcheck._os import scratch
+
+        lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
+        for line in lines:
             parts = line.split("\t")
             if len(parts) == 6 and parts[1].isdigit() and parts[5].isdigit():
                 op, pid, kind, name, site, tracker = parts
