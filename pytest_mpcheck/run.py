@@ -183,20 +183,20 @@ class MpCheckRun:
                 internal_error("describing the forks of " + item.nodeid)
             else:
                 warn_at_test(item, message)
-        if mode != "off" and self.child_preparation.installed:
-            try:
-                said = self.child_preparation.read_messages()
-                if said:
-                    warn_at_test(item, report.format_child_messages(item.nodeid, said))
-            except Exception:
-                internal_error("reading what the children of " + item.nodeid + " said")
         if self.recorder.records or self.recorder.generation != self._log_generation:
-            # Only children write the log: none was started, none still runs, none wrote.
+            # Only children write the logs: none was started, none still runs, none wrote.
             self._log_generation = self.recorder.generation
             try:
                 self.resources.read_log()  # while the test still owns what it started
             except Exception:
                 internal_error("reading the resource log after " + item.nodeid)
+            try:
+                # Read in mode off too: what this test's children said is not the next test's.
+                said = self.child_preparation.read_messages()
+                if said and mode != "off":
+                    warn_at_test(item, report.format_child_messages(item.nodeid, said))
+            except Exception:
+                internal_error("reading what the children of " + item.nodeid + " said")
         self.recorder.set_owner("<between tests>")
         self._current = None
         if baseline is None:
