@@ -249,11 +249,12 @@ def test_leftovers_of_every_kind_the_marker_and_ignored_processes(
         ]
     )
     # Each Process.start() reaps the children that have already finished, so the first two
-    # may be gone by then; the last one is always left running or unreaped.
+    # may be gone by then; the last one is always left running or unreaped. It is the fourth
+    # process object of the run: test_fs.py, collected first, made the first.
     teardown_error(result, "test_article_lock_example").fnmatch_lines(
         [
             "mpcheck: test_seed_lock.py::test_article_lock_example left * behind*",
-            "* process * 'Process-3': *",
+            "* process * 'Process-4': *",
             "    started at: test_seed_lock.py:16 by multiprocessing.Process.start",
         ]
     )
