@@ -53,13 +53,15 @@ def _blanket_error(category: type[Warning], message: str, filename: str, lineno:
     return False
 
 
-def internal_error(doing: str) -> None:
+def internal_error(doing: str, details: str | None = None) -> None:
     """Say that the plugin itself failed, without changing the run's outcome.
 
     A warning that no filter can escalate (``-W error`` or ``filterwarnings = error`` would
     otherwise turn the plugin's own bug into the user's failure, or an INTERNALERROR).
+    ``details`` is a traceback kept earlier; by default, the exception being handled.
     """
-    details = "".join(traceback.format_exception(*sys.exc_info()))
+    if details is None:
+        details = "".join(traceback.format_exception(*sys.exc_info()))
     with warnings.catch_warnings():
         warnings.simplefilter("always", MpCheckInternalWarning)
         warnings.warn(

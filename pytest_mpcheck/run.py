@@ -175,6 +175,8 @@ class MpCheckRun:
         """
         baseline = item.stash.get(baseline_key, None)
         mode = self.test_mode(item)
+        for fault in self.watch.reaper.take_faults():
+            internal_error("reaping orphans during " + item.nodeid, fault)
         threaded_forks = self.recorder.threaded_forks.take()
         if threaded_forks and mode != "off":  # a warning in every mode, as Python's own
             try:

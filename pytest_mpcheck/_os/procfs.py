@@ -129,7 +129,9 @@ def state(pid: int) -> str | None:
     fields = _stat_fields(pid)
     if fields:
         return fields[0].decode()
-    import psutil
+    if _BOOT_TIME is not None:
+        return None  # procfs works: the process is gone
+    import psutil  # imported only where procfs cannot answer: it takes 10 ms
 
     try:
         status = psutil.Process(pid).status()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -34,6 +35,8 @@ class OrphanReaper:
         self.enabled = False
         """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
+        self.faults: list[str] = []
+        """Tracebacks of the handler's own failures, for the session to report (never raised)."""
 
     def install(self) -> bool:
         """Install the handler; ``False`` if this is not the main thread or has no SIGCHLD."""
@@ -72,10 +75,24 @@ class OrphanReaper:
 
     def _on_sigchld(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() == self._pid:
-            self.reap_orphans()
+            self._reap_safely()
         previous = self._previous
         if callable(previous):
             previous(signum, frame)
+
+    def _reap_safely(self) -> None:
+        # This runs in the signal handler, or at the end of a user's process-starting call: an
+        # exception raised here would surface in the user's code. The plugin's own fault is kept
+        # for the session to report.
+        try:
+            self.reap_orphans()
+        except Exception:
+            self.faults.append(traceback.format_exc())
+
+    def take_faults(self) -> list[str]:
+        """The tracebacks of the handler's failures since the last call (then forgotten)."""
+        faults, self.faults = self.faults, []
+        return faults
 
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped.
@@ -91,7 +108,7 @@ class OrphanReaper:
         if self._recorder.starting:
             # A child is being started and its pid is not noted yet: it could be taken for an
             # orphan. Reap once the start has finished.
-            self._recorder.deferred = self.reap_orphans
+            self._recorder.deferred = self._reap_safely
             return 0
         reaped = 0
         for pid in procfs.children(self._pid):
