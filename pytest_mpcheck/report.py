@@ -148,18 +148,42 @@ _DEATH_WORDS = {
 
 #: Signals whose Python traceback faulthandler writes, where it is on.
 _CRASHES = frozenset({"SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL"})
+_NO_CRASH_REPORT = (
+    "none in the test's captured standard error (the child's standard error went elsewhere, "
+    "or it died before Python ran)"
+)
+_CRASH_REPORT_UNCAPTURED = (
+    "written to standard error (faulthandler), which pytest does not capture here: "
+    "--capture=fd puts it in this report"
+)
 
 
-def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
-    """The report section on children that died of a signal."""
+def format_deaths(
+    nodeid: str,
+    deaths: Sequence[ChildDeath],
+    crashes: Sequence[tuple[str, str]] = (),
+    captured: bool = True,
+) -> str:
+    """The report section on children that died of a signal.
+
+    ``crashes``: the crash reports (what, traceback) that faulthandler wrote to the children's
+    standard error, as pytest captured it (``captured``: whether it captures the descriptor the
+    children write to). A crash report is put under its child when there is one of each; else
+    they are listed after the children, since a crash report does not say which process wrote it.
+    """
     import signal
 
+    def signal_name(death: ChildDeath) -> str:
+        try:
+            return signal.Signals(death.signal).name
+        except ValueError:
+            return f"signal {death.signal}"
+
+    crashed = [death for death in deaths if signal_name(death) in _CRASHES]
+    one_to_one = len(crashed) == 1 and len(crashes) == 1
     lines = [f"mpcheck: {nodeid}: child processes that died of a signal"]
     for death in deaths:
-        try:
-            name = signal.Signals(death.signal).name
-        except ValueError:
-            name = f"signal {death.signal}"
+        name = signal_name(death)
         label = printable(death.name) if death.name else "a child"
         lines.append("")
         lines.append(f"{label!r} (pid {death.pid}): died of {name}: {_DEATH_WORDS.get(name, name)}")
@@ -167,12 +191,27 @@ def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
         lines.append(f"    started at: {where} by {death.started_by}")
         if death.owner != nodeid:
             lines.append(f"    owned by:   {printable(death.owner)}")
-        if name in _CRASHES:
+        if name not in _CRASHES:
+            continue
+        if one_to_one:
+            what, traceback = crashes[0]
             lines.append(
-                "    traceback:  a crash's Python traceback goes to standard error where "
-                "faulthandler is on (pytest turns it on in its forks; PYTHONFAULTHANDLER=1 for "
-                "spawned children)"
+                f"    traceback:  {printable(what)}, as the child wrote it to standard error:"
             )
+            lines.extend(f"      {printable(line)}" for line in traceback.splitlines())
+        elif not crashes:
+            lines.append(
+                f"    traceback:  {_NO_CRASH_REPORT if captured else _CRASH_REPORT_UNCAPTURED}"
+            )
+    if crashes and not one_to_one:
+        lines.append("")
+        lines.append(
+            f"Python tracebacks that crashed children wrote to standard error ({len(crashes)}; "
+            "a crash report does not say which process wrote it):"
+        )
+        for what, traceback in crashes:
+            lines.append(f"  {printable(what)}:")
+            lines.extend(f"    {printable(line)}" for line in traceback.splitlines())
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import report, timeouts, xdist
-from pytest_mpcheck._os import scratch
+from pytest_mpcheck._os import scratch, stacks
 from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
 from pytest_mpcheck.errors import internal_error, warn_at_test
 from pytest_mpcheck.findings import (
@@ -276,8 +276,19 @@ class MpCheckRun:
                 )
             )
         if deaths:
+            # The children's standard error is the pytest process's descriptor 2, which only
+            # the fd capture (pytest's default) turns into the test's captured stderr.
+            captured = item.config.getoption("capture", "fd") == "fd"
+            stderr = "".join(
+                content
+                for _, key, content in getattr(item, "_report_sections", ())
+                if key == "stderr"
+            )
+            crashes = stacks.fatal_errors(stderr) if captured else []
             item.add_report_section(
-                "teardown", "mpcheck", report.format_deaths(item.nodeid, deaths)
+                "teardown",
+                "mpcheck",
+                report.format_deaths(item.nodeid, deaths, crashes, captured),
             )
 
     def scope_finished(self, scope: object) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_mpcheck import report
+from pytest_mpcheck.findings import ChildDeath
 from tests.conftest import FAST_ARGS
 
 DEATHS = """
@@ -47,6 +49,15 @@ def test_a_worker_killed_breaks_the_executor():
         future.result()
 
 
+def test_two_children_crash():
+    context = multiprocessing.get_context("forkserver")
+    children = [context.Process(target=crash, name=f"crasher-{n}") for n in range(2)]
+    for child in children:  # one after the other: crash reports written at once interleave
+        child.start()
+        child.join()
+    assert [child.exitcode for child in children] == [0, 0]
+
+
 def test_terminated_is_no_news():
     child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
     child.start()
@@ -59,7 +70,7 @@ def test_terminated_is_no_news():
 def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_deaths=DEATHS)
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines(
         [
             "*_ test_spawned_child_crashes _*",
@@ -70,22 +81,60 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "'crasher' (pid *): died of SIGSEGV: a segmentation fault (an invalid memory access, "
             "in C code or an extension)",
             "    started at: test_deaths.py:15 by multiprocessing.Process.start",
-            "    traceback:  a crash's Python traceback goes to standard error where faulthandler "
-            "is on (pytest turns it on in its forks; PYTHONFAULTHANDLER=1 for spawned children)",
+            # The crash's traceback, which the plugin had faulthandler write to the child's
+            # standard error (a spawn child has none of its own), read back from the capture.
+            "    traceback:  Segmentation fault, as the child wrote it to standard error:",
+            "      Thread 0x* (the thread that crashed), most recent call last:",
+            '        File "*test_deaths.py", line 10, in crash',
+            "          ctypes.string_at(0)  # the crash",
             "*_ test_forked_child_crashes _*",
             "*- Captured mpcheck teardown -*",
             "'forked' (pid *): died of SIGSEGV: *",
             "    started at: test_deaths.py:22 by multiprocessing.Process.start",
-            "    traceback:  *",
+            "    traceback:  Segmentation fault, as the child wrote it to standard error:",
+            "      Thread 0x* (the thread that crashed), most recent call last:",
+            '        File "*test_deaths.py", line 10, in crash',
             "*_ test_a_worker_killed_breaks_the_executor _*",
             "*BrokenProcessPool*",
             "*- Captured mpcheck teardown -*",
             "'ForkServerProcess-*' (pid *): died of SIGKILL: sent by kill(), or by the kernel's "
             "OOM killer when memory ran out",
             "    started at: test_deaths.py:30 by multiprocessing.Process.start",
+            "*_ test_two_children_crash _*",
+            "*- Captured mpcheck teardown -*",
+            "'crasher-0' (pid *): died of SIGSEGV: *",
+            "'crasher-1' (pid *): died of SIGSEGV: *",
+            "Python tracebacks that crashed children wrote to standard error (2; a crash report "
+            "does not say which process wrote it):",
+            "  Segmentation fault:",
+            "    Thread 0x* (the thread that crashed), most recent call last:",
+            '      File "*test_deaths.py", line 10, in crash',
+            "  Segmentation fault:",
+            '      File "*test_deaths.py", line 10, in crash',
             "*_ test_terminated_is_no_news _*",
         ]
     )
+    # The captured crash reports are the children's: not one is left in the pytest process's
+    # terminal output outside the tests' reports (pytest's faulthandler would write there).
+    assert result.stderr.str().count("Fatal Python error") == 0
     text = result.stdout.str()
     terminated = text[text.index("_ test_terminated_is_no_news _") :]
     assert "Captured mpcheck teardown" not in terminated
+
+
+def test_where_a_crash_report_went_when_none_was_captured() -> None:
+    # Pure logic: the section's line for a crash whose report is not in the capture, with
+    # pytest capturing the children's standard error (fd) and without (sys, or -s).
+    death = ChildDeath(
+        pid=7, name="crasher", started_at="t.py:3", started_by="os.fork", owner="t.py::x", signal=11
+    )
+    captured = report.format_deaths("t.py::x", [death], [], captured=True)
+    assert captured.splitlines()[-1] == (
+        "    traceback:  none in the test's captured standard error (the child's standard error "
+        "went elsewhere, or it died before Python ran)"
+    )
+    uncaptured = report.format_deaths("t.py::x", [death], [], captured=False)
+    assert uncaptured.splitlines()[-1] == (
+        "    traceback:  written to standard error (faulthandler), which pytest does not capture "
+        "here: --capture=fd puts it in this report"
+    )

@@ -167,3 +167,43 @@ def test_waiting_in_from_the_kernel_alone(wchan: str, words: str) -> None:
 def test_nothing_known_is_no_answer() -> None:
     assert stacks.waiting_in(None, None) is None
     assert stacks.waiting_in("", None) is None
+
+
+def test_crash_reports_are_found_among_other_output(source: str) -> None:
+    # faulthandler's report of a crash, between other lines a child wrote; the thread that
+    # crashed comes first, and the report ends where faulthandler's format ends.
+    captured = textwrap.dedent(
+        f"""\
+        starting
+        Fatal Python error: Aborted
+
+        Thread 0x00007f0000000002 (most recent call first):
+          File "{MP}/process.py", line 108 in run
+          File "{MP}/process.py", line 314 in _bootstrap
+
+        Current thread 0x00007f0000000001 (most recent call first):
+          File "{source}", line 2 in hang
+          File "{source}", line 5 in work
+          File "{MP}/process.py", line 314 in _bootstrap
+
+        Extension modules: psutil._psutil_linux (total: 1)
+        done: 3 items
+        Fatal Python error: Segmentation fault
+
+        Stack (most recent call first):
+          <no Python frame>
+        """
+    )
+    found = stacks.fatal_errors(captured)
+    assert [what for what, _ in found] == ["Aborted", "Segmentation fault"]
+    assert found[0][1].splitlines() == [
+        "Thread 0x00007f0000000001 (the thread that crashed), most recent call last:",
+        f'  File "{source}", line 5, in work',
+        "    hang()",
+        f'  File "{source}", line 2, in hang',
+        "    time.sleep(60)",
+        "Thread 0x00007f0000000002, most recent call last:",
+        f'  File "{MP}/process.py", line 108, in run',
+    ]
+    assert found[1][1] == "(no Python frame)"
+    assert stacks.fatal_errors("no crash here\nFatal Python error in a sentence\n") == []

@@ -199,6 +199,49 @@ def _from_faulthandler(dump: str) -> str:
     return _as_traceback(blocks)
 
 
+#: The first line faulthandler writes for a crash (a segmentation fault, an abort...).
+_FATAL_ERROR = re.compile(r"^Fatal Python error: (?P<what>.+?)\s*$")
+#: Lines of faulthandler's crash report besides its thread headings and frames.
+_FATAL_ERROR_EXTRAS = ("Extension modules:", "Stack (most recent call first)", "<no Python frame>")
+
+
+def _crash_head(thread: re.Match[str]) -> str:
+    head = thread.group("head")
+    if head.startswith("Current"):
+        return head.replace("Current thread", "Thread") + " (the thread that crashed)"
+    return head
+
+
+def fatal_errors(captured: str) -> list[tuple[str, str]]:
+    """The crash reports that faulthandler wrote into ``captured`` (a child's standard error,
+    as pytest captured it): ``(what, traceback)`` each, the crashed thread first, most recent
+    call last. Other output around them is left out."""
+    found: list[tuple[str, str]] = []
+    lines = captured.splitlines()
+    index = 0
+    while index < len(lines):
+        head = _FATAL_ERROR.match(lines[index])
+        index += 1
+        if head is None:
+            continue
+        report: list[str] = []
+        while index < len(lines) and not _FATAL_ERROR.match(lines[index]):
+            line = lines[index]
+            if line.strip() and not (
+                line[0].isspace()
+                or _FAULTHANDLER_THREAD.match(line)
+                or line.startswith(_FATAL_ERROR_EXTRAS)
+            ):
+                break  # the report ended: what follows is other output
+            report.append(line)
+            index += 1
+        blocks = _blocks("\n".join(report), _FAULTHANDLER_THREAD, _crash_head, _FAULTHANDLER_FRAME)
+        blocks.sort(key=lambda block: not block[0].endswith("(the thread that crashed)"))
+        text = _as_traceback(blocks) if blocks else "(no Python frame)"
+        found.append((head.group("what"), text))
+    return found
+
+
 def _pyspy_head(thread: re.Match[str]) -> str:
     name = thread.group("name")
     label = f"Thread {thread.group('tid')}" + (f" {name!r}" if name else "")

@@ -5,6 +5,8 @@ A fork child runs :func:`prepare` from the at-fork callback of
 unpickles a :class:`ChildSetup` with its process object, which calls it. Either way the child:
 
 - answers the stack signal, writing the stacks of all its threads to the session's stack file;
+- writes a crash's Python traceback (faulthandler) to its own standard error, which pytest
+  captures for the test's report;
 - reports the named resources it makes to the session's resource log (a spawn or forkserver
   child; a fork child inherited the run's wrapper);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
@@ -18,6 +20,7 @@ them). Light on purpose: every such child imports this module.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 
 from pytest_mpcheck._os import scratch
@@ -37,6 +40,11 @@ def prepare(
     """Child side: see the module docstring. A failure only costs the child what it would
     have given (its stack, its resources, its messages): it never keeps it from running."""
     answer_quietly_without_descriptor(stack_path)
+    with contextlib.suppress(Exception):
+        # A crash's Python traceback goes to the child's own standard error, a descriptor it
+        # has anyway (a fork child would otherwise write to pytest's copy of the terminal): where
+        # pytest captures it, the report of the test that started the child shows it.
+        faulthandler.enable(file=2, all_threads=True)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +258,7 @@ class OriginRecorder:
             if record.create_time is None and pid in alive:
                 record.create_time = procfs.create_time(pid)
 
-    def forget(self, pids: set[int]) -> None:
+    def forget(self, pids: Iterable[int]) -> None:
         """Drop the records of processes that are gone."""
         for pid in pids:
             self.records.pop(pid, None)

@@ -490,7 +490,8 @@ class ProcessWatch:
             # not in it: it would be taken for gone, and lose its start record.
             alive = frozenset(procfs.descendants(self.session_pid))
         # list(): another thread (a pool's worker handler) may file a record meanwhile.
-        gone = {pid for pid in list(self.recorder.records) if pid not in alive}
+        # In the order they were started (the records'), which the reports keep.
+        gone = [pid for pid in list(self.recorder.records) if pid not in alive]
         for pid in gone:
             record = self.recorder.records.get(pid)
             if record is not None and not record.helper:
