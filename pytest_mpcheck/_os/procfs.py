@@ -83,9 +83,14 @@ def _has_no_children() -> bool:
 _WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
+def has_no_children() -> bool:
+    """Whether this process surely has no child at all, live or zombie (``False``: it may)."""
+    return _WAITID and _has_no_children()
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (its threads' children included)."""
-    if _WAITID and pid == os.getpid() and _has_no_children():
+    if pid == os.getpid() and has_no_children():
         return []  # the usual answer between tests, without a walk through procfs
     if _PROC_CHILDREN:
         return _children_from_proc(pid)

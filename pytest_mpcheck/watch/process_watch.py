@@ -387,6 +387,8 @@ class ProcessWatch:
         """Findings for one test after its teardown, plus those of scopes that ended in it."""
         if not self.reaper.installed and self.reaper.enabled:
             self.reaper.reap_orphans()
+        if self._nothing_to_look_at(baseline):
+            return []
         asked: set[int] = set()
         early: dict[int, Holder] = {}
 
@@ -414,6 +416,19 @@ class ProcessWatch:
         self.pending = []
         self._forget_gone()
         return findings
+
+    def _nothing_to_look_at(self, baseline: Baseline) -> bool:
+        """Whether the test left no trace at all: no child before it, none started during it
+        (not even one that already ended), none now. The usual test: one system call instead of
+        a look at the tree and a settle window."""
+        generation = self.recorder.generation
+        if baseline.pids or self.pending or self.recorder.records:
+            return False
+        if not procfs.has_no_children():
+            return False
+        self._last_tree = frozenset()
+        self._last_generation = generation
+        return True
 
     def finish_scope(self, scope: object, nodeid: str, veto: VetoFn, end: bool = True) -> None:
         """Check the processes of a wider-scoped fixture once it has been finalized."""
