@@ -56,13 +56,12 @@ def prepare(
 
 
 def _check_module_level(messages: str, target: object, method: str) -> None:
-    import json
-
     from pytest_mpcheck.watch.modulelevel import made_again
 
     found = made_again(target, method, PLAIN_CALL)
     if not found:
         return
+    import json  # only now: some 4 ms in a spawned child, which seldom has anything to say
     for message in found:  # one line per message
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
