@@ -164,6 +164,7 @@ def mp_locks(request: pytest.FixtureRequest, mp_test: MpTest) -> Iterator[LockCh
     request.node.stash[lockcheck.checker_key] = checker
     run = request.config.stash[run_key]
     checker.exit_status = run.exit_status_of
+    checker.ended_by_mpcheck = functools.partial(run.ended_as_hung, request.node)
     yield checker
     lockcheck.finish_test(
         request.node,

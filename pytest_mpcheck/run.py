@@ -27,6 +27,8 @@ from pytest_mpcheck._os import scratch, stacks
 from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
 from pytest_mpcheck.errors import internal_error, warn_at_test
 from pytest_mpcheck.findings import (
+    ENDED,
+    HUNG,
     ChildDeath,
     Finding,
     FindingLog,
@@ -248,6 +250,19 @@ class MpCheckRun:
         """The exit status of a child that the run recorded, where its process object read it."""
         record = self.recorder.records.get(pid)
         return exit_status(record) if record is not None else None
+
+    def ended_as_hung(self, item: pytest.Item, pid: int) -> str | None:
+        """How the plugin ended ``pid`` when it reported it as hung in ``item``'s test
+        (``"SIGTERM"``, ``"SIGKILL"``, ``"Pool.terminate()"``); ``None`` when it did not."""
+        for finding in reversed(self.log.findings):
+            if (
+                finding.process.pid == pid
+                and finding.nodeid == item.nodeid
+                and finding.kind == HUNG
+                and finding.ended_by in ENDED
+            ):
+                return finding.ended_by
+        return None
 
     def _report_deaths(self, item: pytest.Item, findings: list[Finding], mode: str) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or

@@ -62,8 +62,7 @@ def _test_children(run: MpCheckRun, item: pytest.Item) -> list[hangs.Suspect]:
             continue  # a wider-scoped fixture's process, not this test's
         if run.watch.is_helper(pid, tree):
             continue
-        handle = record.handle() if record is not None and record.handle is not None else None
-        suspects.append(hangs.Suspect(pid, handle))
+        suspects.append(hangs.Suspect(pid, hangs.handle_of(run, pid)))
     return suspects
 
 
@@ -80,7 +79,7 @@ def _end_children(
 
     if not suspects:
         return None
-    findings = hangs.end_hung(
+    hung = hangs.end_hung(
         run,
         item,
         suspects,
@@ -89,16 +88,17 @@ def _end_children(
         stack_timeout=budget / 2,
         pyspy=budget >= 1.0,
     )
-    if not findings:
+    if not hung.findings:
         return None
+    count = len(hung.findings)
     headline = (
         f"mpcheck: {item.nodeid}: pytest-timeout ({timeout:g}s, {method} method): "
-        f"{len(findings)} child process{'es' if len(findings) != 1 else ''} of the test "
+        f"{count} child process{'es' if count != 1 else ''} of the test "
         "still running; their stacks, then ended"
     )
     return hangs.format_hung(
         headline,
-        findings,
+        hung,
         "The stacks show where each child was when the time ran out.",
     )
 

@@ -262,6 +262,39 @@ def test_held_at_exit_by_an_ended_process_and_by_the_test_process() -> None:
     )
 
 
+def test_held_at_exit_by_a_process_that_mpcheck_ended() -> None:
+    # Ended by the test (terminate()), by mpcheck as hung, by mpcheck as one of a deadlock that
+    # a hang report showed: the first two are named for who ended them, the third is no finding.
+    by_test, hung, deadlocked = (ProcessName(NO_SUCH_PID + n, f"p{n}") for n in range(3))
+    checks = Checks(
+        Replay(
+            [
+                _record(p, [(n + 1, ACQUIRED, f"k{n}", "t.py:5")])
+                for n, p in enumerate((by_test, hung, deadlocked))
+            ]
+        ),
+        t0=0,
+    )
+    checks.held_at_exit(
+        current_test=False,
+        exit_status=lambda pid: -15,
+        ended_by_mpcheck={hung.pid: "SIGTERM", deadlocked.pid: "SIGKILL"}.get,
+        deadlocked=frozenset({deadlocked.pid}),
+    )
+    ending = (
+        " while it held the lock: a process ended from outside never releases what it holds, so "
+        "the lock can no longer be trusted"
+    )
+    assert [str(finding).splitlines()[0] for finding in checks.findings] == [
+        f"held at exit: p0 (pid {by_test.pid}) ended holding lock 'k0' (acquired at t.py:5 at "
+        f"+1.000s); any other process that takes it waits forever; it was ended by SIGTERM "
+        f"(terminate()){ending}",
+        f"held at exit: p1 (pid {hung.pid}) ended holding lock 'k1' (acquired at t.py:5 at "
+        f"+2.000s); any other process that takes it waits forever; it was ended by mpcheck "
+        f"(SIGTERM) as hung{ending}",
+    ]
+
+
 def test_times_are_relative_to_the_start_of_the_test() -> None:
     checks = Checks(Replay([]), t0=5 * SECOND)
     assert checks.at(6_250_000_000) == "+1.250s"

@@ -21,9 +21,11 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import FrameType
 
 from pytest_mpcheck._os import procfs, scratch
 from pytest_mpcheck._os.stackfile import STACK_SIGNAL, STACKS_NAME
@@ -327,6 +329,35 @@ def dump_prepared(
                 break
             last = size
     return found
+
+
+def own_stacks(start: Callable[[FrameType], bool]) -> str | None:
+    """The stacks of this process's threads that are in a frame for which ``start`` is true,
+    as traceback text (most recent call last); ``None`` when no thread is.
+
+    For the pytest process itself, which needs no signal to be read (``sys._current_frames()``).
+    Each thread's stack is shown from that frame out: what runs inside it (the reader itself,
+    when it is that thread, called from a signal handler) is left out.
+    """
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    main = threading.main_thread().ident
+    blocks: list[tuple[str, _Frames]] = []
+    for ident, innermost in sys._current_frames().items():
+        frame: FrameType | None = innermost
+        while frame is not None and not start(frame):
+            frame = frame.f_back
+        if frame is None:
+            continue
+        frames: _Frames = []
+        while frame is not None:
+            frames.append((frame.f_code.co_filename, frame.f_lineno or 0, frame.f_code.co_name))
+            frame = frame.f_back
+        head = f"Thread 0x{ident:016x}"
+        if ident in names:
+            head += f" {names[ident]!r}"
+        blocks.append((head + (" (main thread)" if ident == main else ""), frames))
+    blocks.sort(key=lambda block: not block[0].endswith("(main thread)"))
+    return _as_traceback(blocks) if blocks else None
 
 
 def pyspy_path() -> str | None:

@@ -15,6 +15,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import pytest
@@ -88,6 +89,12 @@ class LockChecker:
         self.exit_status: Callable[[int], int | None] | None = None
         """How a child of the test process ended (its exit status, where known): set by
         ``mp_locks`` from the run's start records."""
+        self.ended_by_mpcheck: Callable[[int], str | None] | None = None
+        """How the plugin ended a child of the test that it reported as hung (``"SIGTERM"``...),
+        ``None`` for one it did not end: set by ``mp_locks`` from the run's findings."""
+        self.deadlocked: set[int] = set()
+        """The pids of the processes of the deadlock that a hang report showed (see
+        :func:`deadlock_details`)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A child that gets the checker and makes a lock of its own makes a lock that is not
@@ -133,7 +140,9 @@ class LockChecker:
     def _checks(self, replay: Replay, current_test: bool = False) -> Checks:
         me = ProcessName(os.getpid(), multiprocessing.current_process().name)
         checks = Checks(replay, self.t0, {lock.token: me for lock in self._locks.values()})
-        checks.held_at_exit(current_test, self.exit_status)
+        checks.held_at_exit(
+            current_test, self.exit_status, self.ended_by_mpcheck, frozenset(self.deadlocked)
+        )
         return checks
 
     def findings(self) -> list[LockFinding]:
@@ -280,11 +289,13 @@ checker_key = pytest.StashKey["LockChecker"]()
 
 def deadlock_details(item: pytest.Item) -> dict[int, str]:
     """For a test whose children hang: the ``deadlock:`` line of each process in a cycle of
-    processes that wait for each other's checked locks, by pid; empty when there is none."""
+    processes that wait for each other's checked locks, by pid, in the order of the cycle; empty
+    when there is none. The checker remembers the cycle's processes (:attr:`deadlocked`)."""
     checker = item.stash.get(checker_key, None)
     if checker is None:
         return {}
     cycle = checker.records().wait_cycle()
+    checker.deadlocked.update(edge.process.pid for edge in cycle)
     lines = {}
     for edge in cycle:
         held_at = f" (taken at {edge.held.site})" if edge.held.site else ""
@@ -294,6 +305,21 @@ def deadlock_details(item: pytest.Item) -> dict[int, str]:
             f"{wait_at}, which {edge.holder} holds"
         )
     return lines
+
+
+def waits_for_a_lock_of(item: pytest.Item) -> Callable[[FrameType], bool]:
+    """Whether a frame is the wait of one of the test's checked locks for its semaphore: what a
+    thread of the pytest process does in a deadlock with its children."""
+    checker = item.stash.get(checker_key, None)
+    directory = checker.directory if checker is not None else None
+
+    def waits(frame: FrameType) -> bool:
+        if frame.f_code is not CheckedLock._wait.__code__:
+            return False
+        lock = frame.f_locals.get("self")
+        return isinstance(lock, CheckedLock) and lock.directory == directory
+
+    return waits
 
 
 #: Said once below the report when a deadlock was found.

@@ -77,17 +77,21 @@ _SENT_BY = {
 }
 
 
-def _ended_from_outside(signum: int) -> str:
-    """The end of a held-at-exit message for a holder that a signal ended."""
+def _signal_sender(signum: int) -> str:
+    """A signal that ended a holder, and who usually sends it."""
     import signal
 
     try:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
-    how = _SENT_BY.get(name, "a signal")
+    return f"{name} ({_SENT_BY.get(name, 'a signal')})"
+
+
+def _ended_from_outside(by: str) -> str:
+    """The end of a held-at-exit message for a holder that was ended ``by`` someone else."""
     return (
-        f"; it was ended by {name} ({how}) while it held the lock: a process ended from outside "
+        f"; it was ended by {by} while it held the lock: a process ended from outside "
         "never releases what it holds, so the lock can no longer be trusted"
     )
 
@@ -170,12 +174,21 @@ class Checks:
         )
 
     def held_at_exit(
-        self, current_test: bool, exit_status: Callable[[int], int | None] | None = None
+        self,
+        current_test: bool,
+        exit_status: Callable[[int], int | None] | None = None,
+        ended_by_mpcheck: Callable[[int], str | None] | None = None,
+        deadlocked: frozenset[int] = frozenset(),
     ) -> None:
         """Find the holds of processes that ended; ``current_test``: also this process's.
 
         ``exit_status`` tells how a child of the test process ended, where it is known: one
         ended from outside by a signal (``terminate()``, ``kill()``) is named as such.
+        ``ended_by_mpcheck`` tells how the plugin ended a child it reported as hung: that is
+        said instead. A process of a deadlock that a hang report showed (``deadlocked``) and
+        that the plugin ended is no finding: that report showed what it held, and the holds it
+        could not release are the deadlock's, not a lock it forgot (the lock-order inversion,
+        found too, is the cause).
         """
         me = os.getpid()
         open_holds = sorted(self.replay.open.items(), key=lambda kv: kv[1].start)
@@ -190,13 +203,18 @@ class Checks:
                 continue
             if not ended(process.pid):
                 continue  # still running: the process watch reports it
+            by_us = ended_by_mpcheck(process.pid) if ended_by_mpcheck is not None else None
+            if by_us is not None and process.pid in deadlocked:
+                continue
             text = (
                 f"{process} ended holding lock {hold.lock!r} ({self._hold_text(hold)}); any "
                 f"other process that takes it waits forever"
             )
             status = exit_status(process.pid) if exit_status is not None else None
-            if status is not None and status < 0:
-                text += _ended_from_outside(-status)
+            if by_us is not None:
+                text += _ended_from_outside(f"mpcheck ({by_us}) as hung")
+            elif status is not None and status < 0:
+                text += _ended_from_outside(_signal_sender(-status))
             self._add(HELD_AT_EXIT, hold.lock, text, [process])
 
     def order(self) -> None:
