@@ -62,6 +62,7 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
     if not found:
         return
     import json  # only now: some 4 ms in a spawned child, which seldom has anything to say
+
     for message in found:  # one line per message
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
