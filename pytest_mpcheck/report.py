@@ -167,6 +167,8 @@ def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
         lines.append(f"    started at: {where} by {death.started_by}")
         if death.owner != nodeid:
             lines.append(f"    owned by:   {printable(death.owner)}")
+        if death.task is not None:
+            lines.append(f"    running:    {printable(death.task)}")
         if name in _CRASHES:
             lines.append(
                 "    traceback:  a crash's Python traceback goes to standard error where "

@@ -7,6 +7,9 @@ unpickles a :class:`ChildSetup` with its process object, which calls it. Either 
 - answers the stack signal, writing the stacks of all its threads to the session's stack file;
 - reports the named resources it makes to the session's resource log (a spawn or forkserver
   child; a fork child inherited the run's wrapper);
+- when it is the worker of a ``Pool`` or a ``ProcessPoolExecutor``, notes each task it takes,
+  so that the report of its death says which task it was running
+  (:mod:`pytest_mpcheck.watch.tasknotes`);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
   can reach that the re-import of its module made again (a spawn or forkserver child), in the
   session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
@@ -33,10 +36,16 @@ def prepare(
     messages: str | None = None,
     target: object = None,
     method: str | None = None,
+    queues: tuple[object, object] | None = None,
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
-    have given (its stack, its resources, its messages): it never keeps it from running."""
+    have given (its stack, its resources, its task notes, its messages): it never keeps it from
+    running."""
     answer_quietly_without_descriptor(stack_path)
+    if queues is not None:
+        from pytest_mpcheck.watch.tasknotes import note_tasks
+
+        note_tasks(os.path.dirname(stack_path), *queues)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 
@@ -69,7 +78,7 @@ class ChildSetup:
     pool and executor.
     """
 
-    __slots__ = ("messages", "method", "resource_log", "stack_path", "target")
+    __slots__ = ("messages", "method", "queues", "resource_log", "stack_path", "target")
 
     def __init__(
         self,
@@ -78,8 +87,12 @@ class ChildSetup:
         messages: str | None = None,
         target: object = None,
         method: str | None = None,
+        queues: tuple[object, object] | None = None,
     ) -> None:
         self.stack_path = stack_path
+        self.queues = queues
+        """A pool's or executor's worker: its task and result queues (the process object's own,
+        pickled once with it)."""
         self.resource_log = resource_log
         self.messages = messages
         self.target = target
@@ -92,4 +105,5 @@ class ChildSetup:
             self.messages,
             self.target,
             self.method,
+            self.queues,
         )
