@@ -78,7 +78,7 @@ def test_a_spawned_pool_worker_killed_in_a_map():
 def test_a_forked_executor_worker_killed():
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(1, mp_context=context) as executor:
-        executor.submit(oom, 3).result()
+        executor.submit(oom, 3, "y" * 100_000).result()
 
 
 def test_a_forkserver_executor_worker_killed_in_a_map():
@@ -142,7 +142,8 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "*- Captured mpcheck teardown -*",
             "'ForkProcess-*' (pid *): died of SIGKILL: *",
             "    started at: test_deaths.py:68 by multiprocessing.Process.start",
-            "    running:    oom(3), defined at test_deaths.py:37",
+            "    running:    oom(...) (arguments not shown: the task's pickle, 100* bytes, is "
+            "longer than the 64 KiB kept), defined at test_deaths.py:37",
             "*_ test_a_forkserver_executor_worker_killed_in_a_map _*",
             "E *.BrokenProcessPool: *",
             "*- Captured mpcheck teardown -*",

@@ -175,24 +175,36 @@ def _unpickle(data: bytes) -> Any:
     return _TaskUnpickler(io.BytesIO(data)).load()
 
 
-def _first_global(data: bytes) -> str | None:
-    """The name of the first function in a cut pickle that is not the pool's own helper."""
+def _first_global(data: bytes) -> tuple[str, str] | None:
+    """The module and name of the first function in a cut pickle that is not the pool's own
+    helper."""
     import pickletools
 
     strings: list[str] = []
     with contextlib.suppress(Exception):
         for opcode, arg, _ in pickletools.genops(data):
+            found: tuple[str, str] | None = None
             if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
                 strings.append(str(arg))
             elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                module, name = strings[-2], strings[-1]
-                if (module, name) not in _TASK_PARTS and module != "functools":
-                    return f"{module}.{name}"
+                found = (strings[-2], strings[-1])
             elif opcode.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
-                if (module, name) not in _TASK_PARTS and module != "functools":
-                    return f"{module}.{name}"
+                found = (module, name)
+            if found is not None and found not in _TASK_PARTS and found[0] != "functools":
+                return found
     return None
+
+
+def _resolved(module: str, qualname: str) -> object:
+    """The object ``module.qualname`` if its module is imported already (nothing is imported
+    here), else ``None``."""
+    import sys
+
+    found: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -272,12 +284,18 @@ def describe(note: TaskNote) -> str:
                 return "none (the worker had been told to stop)"
             what = _task(task)
     if what is None:
-        name = _first_global(note.data)
-        calls = (
-            f"{name}(...) (its pickle, {note.size} bytes, too long to keep)"
-            if name
-            else f"a task whose pickle ({note.size} bytes) cannot be read back"
-        )
+        found = _first_global(note.data)
+        if found is None:
+            calls = f"a task whose pickle ({note.size} bytes) cannot be read back"
+        else:
+            why = f"longer than the {KEPT // 1024} KiB kept" if note.size > KEPT else "unreadable"
+            calls = (
+                f"{found[1]}(...) (arguments not shown: the task's pickle, {note.size} bytes, "
+                f"is {why})"
+            )
+            where = _defined_at(_resolved(*found))
+            if where is not None:
+                calls += f", defined at {where}"
     else:
         calls, func = what
         where = _defined_at(func)
