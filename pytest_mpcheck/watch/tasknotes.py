@@ -2,12 +2,13 @@
 
 Child side (light: a prepared child imports it only when it is the worker of a
 ``multiprocessing.pool.Pool`` or of a ``concurrent.futures.ProcessPoolExecutor``): the worker
-maps a small file of its own in the session's stacks directory (``tasks-<pid>``), then closes it:
-it keeps a memory map of the plugin's, never a descriptor. The receiving end of its task queue
-is wrapped so that each task it takes is copied there as it arrived (its pickle, up to
-:data:`KEPT` bytes) and the worker marked busy; the sending end of its result queue marks it idle
-again. No system call and no pickling per task: a copy of bytes the worker received anyway, and
-two writes to memory. The pages belong to the file, so what a worker wrote before a SIGKILL (the
+maps a small file of its own in the session's stacks directory (``tasks-<pid>``) and closes it
+at once (:mod:`pytest_mpcheck._os.sharedmap`): it keeps a memory map of the plugin's, never a
+descriptor. The receiving end of its task queue is wrapped so that each task it takes is copied
+there as it arrived (its pickle, up to :data:`KEPT` bytes) and the worker marked busy; the
+sending end of its result queue marks it idle again. No system call and no pickling per task: a
+copy of bytes the worker received anyway, and two writes to memory. The pages belong to the
+file, so what a worker wrote before a SIGKILL (the
 kernel's OOM killer) is still there when its parent reads it.
 
 Session side: :func:`read_note` reads a dead worker's file and :func:`describe` names its task
@@ -19,7 +20,6 @@ as its user knows it, ``func(args)`` and where ``func`` is defined. The pickle i
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -32,8 +32,7 @@ NOTE_NAME = "tasks-%d"
 KEPT = 64 * 1024
 
 #: The note's header: busy (1) or idle (0), and the length of the whole pickle.
-_HEADER = struct.Struct("<II")
-_IDLE = bytes(4)
+_HEADER = struct.Struct("=II")
 
 
 def worker_queues(process: Any) -> tuple[Any, Any] | None:
@@ -60,19 +59,16 @@ def note_tasks(directory: str, tasks: Any, results: Any) -> None:
     ``SimpleQueue`` or ``Queue``), and that it is idle again when it puts to ``results``. A
     failure only costs the note."""
     with contextlib.suppress(Exception):
-        path = os.path.join(directory, NOTE_NAME % os.getpid())
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            # Reserved first: a write to an unreserved page of a full tmpfs is a SIGBUS.
-            os.posix_fallocate(fd, 0, _HEADER.size + KEPT)
-            note = mmap.mmap(fd, _HEADER.size + KEPT)
-        finally:
-            os.close(fd)
+        from pytest_mpcheck._os.sharedmap import map_file
+
+        note = map_file(note_path(directory, os.getpid()), _HEADER.size + KEPT)
+        if note is None:
+            return
         reader = tasks._reader
         writer = results._writer
         receive: Callable[..., bytes] = reader.recv_bytes
         send: Callable[..., None] = writer.send_bytes
-        pack = _HEADER.pack_into
+        header = note[: _HEADER.size].cast("I")  # busy, size: two stores, no packing
         start = _HEADER.size
 
         def recv_bytes(*args: Any) -> bytes:
@@ -80,11 +76,12 @@ def note_tasks(directory: str, tasks: Any, results: Any) -> None:
             size = len(data)
             kept = size if size < KEPT else KEPT
             note[start : start + kept] = data if kept == size else data[:kept]
-            pack(note, 0, 1, size)
+            header[1] = size
+            header[0] = 1
             return data
 
         def send_bytes(*args: Any) -> None:
-            note[0:4] = _IDLE
+            header[0] = 0
             send(*args)
 
         reader.recv_bytes = recv_bytes
