@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs a spawned worker 4 ms
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _PROT_READ = 1
 _PROT_WRITE = 2
@@ -50,16 +54,18 @@ def _lookup() -> Any:
     class Program:
         _handle = ffi.dlopen(None, 0)
 
+    blocks: dict[int, Any] = {}
+
     def view(address: int, size: int) -> memoryview:
-        block: Any = type("Block", (ffi.Array,), {"_type_": Byte, "_length_": size})
+        block: Any = blocks.get(size)
+        if block is None:
+            block = blocks[size] = type("Block", (ffi.Array,), {"_type_": Byte, "_length_": size})
         return memoryview(block.from_address(address)).cast("B")
 
     return Function(("mmap", Program())), view
 
 
-def map_file(path: str, size: int) -> memoryview | None:
-    """The file at ``path`` (created, of ``size`` bytes reserved) mapped shared for reading and
-    writing, as a buffer of bytes; ``None`` where it cannot be (not Linux, no room)."""
+def _functions_here() -> Any:
     global _functions
     if _functions is None:
         _functions = False
@@ -68,9 +74,24 @@ def map_file(path: str, size: int) -> memoryview | None:
                 _functions = _lookup()
             except (OSError, AttributeError, ImportError, TypeError):
                 _functions = False
-    if not _functions:
+    return _functions
+
+
+def warm_up(size: int) -> None:
+    """Look ``mmap`` up now, and make the type of a map of ``size`` bytes, in the parent rather
+    than in every forked child."""
+    functions = _functions_here()
+    if functions:
+        functions[1](0, size)  # a view of nothing: only its type is kept
+
+
+def map_file(path: str, size: int) -> memoryview | None:
+    """The file at ``path`` (created, of ``size`` bytes reserved) mapped shared for reading and
+    writing, as a buffer of bytes; ``None`` where it cannot be (not Linux, no room)."""
+    functions = _functions_here()
+    if not functions:
         return None
-    mmap, view = _functions
+    mmap, view = functions
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         # Reserved first: a write to an unreserved page of a full tmpfs is a SIGBUS.

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pytest_mpcheck._os import atfork, scratch
+from pytest_mpcheck._os import atfork, scratch, sharedmap
 from pytest_mpcheck._os.stackfile import stack_path
 from pytest_mpcheck.watch import tasknotes
 from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
@@ -70,6 +70,9 @@ class ChildPreparation:
         self._messages = os.path.join(self.directory, MESSAGES_NAME)
         self._resource_log = resource_log
         atfork.register(self._after_fork_in_child)
+        # The workers of a Pool or an executor map their task notes: forked ones inherit mmap's
+        # lookup ready (see tasknotes).
+        sharedmap.warm_up(tasknotes.NOTE_SIZE)
 
     def setup_for(self, process: Any) -> ChildSetup | None:
         """What to put in ``process`` (a spawn or forkserver one) before it starts."""

@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs a spawned worker 4 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 #: The name of a worker's note in the session's stacks directory (``%d``: its pid).
 NOTE_NAME = "tasks-%d"
@@ -33,6 +37,9 @@ KEPT = 64 * 1024
 
 #: The note's header: busy (1) or idle (0), and the length of the whole pickle.
 _HEADER = struct.Struct("=II")
+
+#: The size of a note.
+NOTE_SIZE = _HEADER.size + KEPT
 
 
 def worker_queues(process: Any) -> tuple[Any, Any] | None:
@@ -61,7 +68,7 @@ def note_tasks(directory: str, tasks: Any, results: Any) -> None:
     with contextlib.suppress(Exception):
         from pytest_mpcheck._os.sharedmap import map_file
 
-        note = map_file(note_path(directory, os.getpid()), _HEADER.size + KEPT)
+        note = map_file(note_path(directory, os.getpid()), NOTE_SIZE)
         if note is None:
             return
         reader = tasks._reader
