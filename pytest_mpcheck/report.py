@@ -169,6 +169,10 @@ def format_deaths(nodeid: str, deaths: Sequence[ChildDeath]) -> str:
             lines.append(f"    owned by:   {printable(death.owner)}")
         if death.task is not None:
             lines.append(f"    running:    {printable(death.task)}")
+            if name == "SIGKILL":
+                lines.append(
+                    "    traceback:  none: SIGKILL ends a process at once, before it can write one"
+                )
         if name in _CRASHES:
             lines.append(
                 "    traceback:  a crash's Python traceback goes to standard error where "

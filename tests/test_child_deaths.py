@@ -131,6 +131,7 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "    started at: test_deaths.py:50 by multiprocessing.Process.start",
             "    running:    oom(3, note='xxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxx'), defined at "
             "test_deaths.py:37",
+            "    traceback:  none: SIGKILL ends a process at once, before it can write one",
             "*_ test_a_spawned_pool_worker_killed_in_a_map _*",
             "E * multiprocessing.context.TimeoutError",
             "*- Captured mpcheck teardown -*",
