@@ -45,6 +45,8 @@ class ChildDeath:
     owner: str
     signal: int
     """The signal that killed it, as its process object read its exit status."""
+    task: str | None = None
+    """The task it was running, when it was the worker of a pool or an executor."""
 
 
 @dataclass

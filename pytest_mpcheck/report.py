@@ -191,6 +191,12 @@ def format_deaths(
         lines.append(f"    started at: {where} by {death.started_by}")
         if death.owner != nodeid:
             lines.append(f"    owned by:   {printable(death.owner)}")
+        if death.task is not None:
+            lines.append(f"    running:    {printable(death.task)}")
+        if name == "SIGKILL":
+            lines.append(
+                "    traceback:  none: SIGKILL ends a process at once, before it can write one"
+            )
         if name not in _CRASHES:
             continue
         if one_to_one:

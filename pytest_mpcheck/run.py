@@ -106,6 +106,7 @@ class MpCheckRun:
             config.add_cleanup(self._stop_child_preparation)
             self.child_preparation.install(self.resources.log_path)
             self.recorder.child_setup = self.child_preparation.setup_for
+            self.recorder.fork_setup = self.child_preparation.fork_setup
             self.watch.stack_file = self.child_preparation.stack_path
         # The checks of the fixtures' children as they were before this run's conftest files
         # were imported: what the run's own code registers is forgotten at its end.
@@ -117,6 +118,7 @@ class MpCheckRun:
 
     def _stop_child_preparation(self) -> None:
         self.recorder.child_setup = None
+        self.recorder.fork_setup = None
         self.watch.stack_file = None
         self.child_preparation.uninstall()
 
@@ -272,14 +274,22 @@ class MpCheckRun:
         no section.
         """
         gone = self.watch.take_gone()
-        if not gone or mode == "off":
+        if not gone:
+            return
+        if mode == "off":
+            for record, _ in gone:
+                self.child_preparation.forget(record.pid)
             return
         ended_here = {finding.process.pid for finding in findings}
         deaths = []
+        preparation = self.child_preparation
         for record, status in gone:
             signum = -status if status is not None and status < 0 else None
             if signum is None or signum in _ORDINARY_ENDS or record.pid in ended_here:
+                preparation.forget(record.pid)
                 continue
+            task = preparation.task_of(record.pid)
+            preparation.forget(record.pid)
             deaths.append(
                 ChildDeath(
                     pid=record.pid,
@@ -288,6 +298,7 @@ class MpCheckRun:
                     started_by=record.started_by,
                     owner=record.owner,
                     signal=signum,
+                    task=task,
                 )
             )
         if deaths:

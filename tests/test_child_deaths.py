@@ -49,6 +49,46 @@ def test_a_worker_killed_breaks_the_executor():
         future.result()
 
 
+def oom(value, note=""):
+    if value == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+    return value
+
+
+def until_replaced(pool, pid):
+    deadline = time.monotonic() + 60
+    while pid in [worker.pid for worker in pool._pool] and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_pool_worker_killed_hangs_the_pool():
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        worker = pool.apply(os.getpid)
+        pending = pool.apply_async(oom, (3,), {"note": "x" * 300})
+        until_replaced(pool, worker)
+        pending.get(timeout=1)
+
+
+def test_a_spawned_pool_worker_killed_in_a_map():
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        worker = pool.apply(os.getpid)
+        pending = pool.map_async(oom, range(6), chunksize=2)
+        until_replaced(pool, worker)
+        pending.get(timeout=1)
+
+
+def test_a_forked_executor_worker_killed():
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=context) as executor:
+        executor.submit(oom, 3, "y" * 100_000).result()
+
+
+def test_a_forkserver_executor_worker_killed_in_a_map():
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as executor:
+        list(executor.map(oom, [1, 3], chunksize=2))
+
+
 def test_two_children_crash():
     context = multiprocessing.get_context("forkserver")
     children = [context.Process(target=crash, name=f"crasher-{n}") for n in range(2)]
@@ -70,7 +110,7 @@ def test_terminated_is_no_news():
 def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_deaths=DEATHS)
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
-    result.assert_outcomes(failed=5)
+    result.assert_outcomes(failed=9)
     result.stdout.fnmatch_lines(
         [
             "*_ test_spawned_child_crashes _*",
@@ -100,6 +140,35 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "'ForkServerProcess-*' (pid *): died of SIGKILL: sent by kill(), or by the kernel's "
             "OOM killer when memory ran out",
             "    started at: test_deaths.py:30 by multiprocessing.Process.start",
+            "*_ test_a_pool_worker_killed_hangs_the_pool _*",
+            "E * multiprocessing.context.TimeoutError",
+            "*- Captured mpcheck teardown -*",
+            "'ForkPoolWorker-*' (pid *): died of SIGKILL: sent by kill(), or by the kernel's OOM "
+            "killer when memory ran out",
+            "    started at: test_deaths.py:50 by multiprocessing.Process.start",
+            "    running:    oom(3, note='xxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxx'), defined at "
+            "test_deaths.py:37",
+            "    traceback:  none: SIGKILL ends a process at once, before it can write one",
+            "*_ test_a_spawned_pool_worker_killed_in_a_map _*",
+            "E * multiprocessing.context.TimeoutError",
+            "*- Captured mpcheck teardown -*",
+            "'SpawnPoolWorker-*' (pid *): died of SIGKILL: *",
+            "    started at: test_deaths.py:58 by multiprocessing.Process.start",
+            "    running:    oom(2), oom(3) (a chunk of a map), defined at test_deaths.py:37",
+            "*_ test_a_forked_executor_worker_killed _*",
+            "E *.BrokenProcessPool: *",
+            "*- Captured mpcheck teardown -*",
+            "'ForkProcess-*' (pid *): died of SIGKILL: *",
+            "    started at: test_deaths.py:68 by multiprocessing.Process.start",
+            "    running:    oom(...) (arguments not shown: the task's pickle, 100* bytes, is "
+            "longer than the 64 KiB kept), defined at test_deaths.py:37",
+            "*_ test_a_forkserver_executor_worker_killed_in_a_map _*",
+            "E *.BrokenProcessPool: *",
+            "*- Captured mpcheck teardown -*",
+            "'ForkServerProcess-*' (pid *): died of SIGKILL: *",
+            "    started at: test_deaths.py:74 by multiprocessing.Process.start",
+            "    running:    oom(1), oom(3) (a chunk of an executor's map), defined at "
+            "test_deaths.py:37",
             "*_ test_two_children_crash _*",
             "*- Captured mpcheck teardown -*",
             "'crasher-0' (pid *): died of SIGSEGV: *",

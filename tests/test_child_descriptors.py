@@ -36,6 +36,27 @@ def test_child_has_no_file_of_the_plugin(method):
     files = queue.get(timeout=60)
     child.join()
     assert not [f for f in files if "mpcheck-" in f], files
+
+
+def own_files_and_maps():
+    with open("/proc/self/maps") as maps:
+        mapped = [line.split()[-1] for line in maps if "mpcheck-" in line]
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return os.getpid(), found, mapped
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pool_worker_maps_its_task_note_and_holds_no_file(method):
+    with multiprocessing.get_context(method).Pool(1) as pool:
+        pid, files, mapped = pool.apply(own_files_and_maps)
+    assert not [f for f in files if "mpcheck-" in f], files
+    # The one file of the plugin's in a worker: its task note, mapped, its descriptor closed.
+    assert [os.path.basename(path) for path in mapped] == [f"tasks-{pid}"], mapped
 """
 
 
@@ -43,4 +64,4 @@ def test_child_has_no_file_of_the_plugin(method):
 def test_a_child_holds_no_descriptor_of_the_plugin(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile(test_files=COUNTS_ITS_FILES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, f"--mp-check={mode}", timeout=120)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=6)

@@ -9,6 +9,9 @@ unpickles a :class:`ChildSetup` with its process object, which calls it. Either 
   captures for the test's report;
 - reports the named resources it makes to the session's resource log (a spawn or forkserver
   child; a fork child inherited the run's wrapper);
+- when it is the worker of a ``Pool`` or a ``ProcessPoolExecutor``, notes each task it takes,
+  so that the report of its death says which task it was running
+  (:mod:`pytest_mpcheck.watch.tasknotes`);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
   can reach that the re-import of its module made again (a spawn or forkserver child), in the
   session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
@@ -36,15 +39,21 @@ def prepare(
     messages: str | None = None,
     target: object = None,
     method: str | None = None,
+    queues: tuple[object, object] | None = None,
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
-    have given (its stack, its resources, its messages): it never keeps it from running."""
+    have given (its stack, its resources, its task notes, its messages): it never keeps it from
+    running."""
     answer_quietly_without_descriptor(stack_path)
     with contextlib.suppress(Exception):
         # A crash's Python traceback goes to the child's own standard error, a descriptor it
         # has anyway (a fork child would otherwise write to pytest's copy of the terminal): where
         # pytest captures it, the report of the test that started the child shows it.
         faulthandler.enable(file=2, all_threads=True)
+    if queues is not None:
+        from pytest_mpcheck.watch.tasknotes import note_tasks
+
+        note_tasks(os.path.dirname(stack_path), *queues)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 
@@ -77,7 +86,7 @@ class ChildSetup:
     pool and executor.
     """
 
-    __slots__ = ("messages", "method", "resource_log", "stack_path", "target")
+    __slots__ = ("messages", "method", "queues", "resource_log", "stack_path", "target")
 
     def __init__(
         self,
@@ -86,8 +95,12 @@ class ChildSetup:
         messages: str | None = None,
         target: object = None,
         method: str | None = None,
+        queues: tuple[object, object] | None = None,
     ) -> None:
         self.stack_path = stack_path
+        self.queues = queues
+        """A pool's or executor's worker: its task and result queues (the process object's own,
+        pickled once with it)."""
         self.resource_log = resource_log
         self.messages = messages
         self.target = target
@@ -100,4 +113,5 @@ class ChildSetup:
             self.messages,
             self.target,
             self.method,
+            self.queues,
         )

@@ -113,6 +113,9 @@ class OriginRecorder:
         self.child_setup: Callable[[Any], object | None] | None = None
         """What to put in each process object that ``Process.start`` starts by spawn or
         forkserver, so that the child is prepared (see :mod:`pytest_mpcheck.watch.preparation`)."""
+        self.fork_setup: Callable[[Any], Callable[[], None] | None] | None = None
+        """Called with each process object that ``Process.start`` starts by fork, before the
+        fork: what its at-fork callback needs to know of it; returns what to call once started."""
         self.threaded_forks = ThreadedForks()
         """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
@@ -421,12 +424,22 @@ class OriginRecorder:
                 prepare = setup is not None
                 if prepare:
                     vars(self)[CHILD_SETUP_ATTRIBUTE] = setup
+                fork_setup = recorder.fork_setup
+                started = (
+                    fork_setup(self)
+                    if is_process_start
+                    and fork_setup is not None
+                    and getattr(self, "_start_method", None) == "fork"
+                    else None
+                )
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
                         recorder.note(self.pid, handle=self)
                     return result
                 finally:
+                    if started is not None:
+                        started()
                     if prepare:
                         vars(self).pop(CHILD_SETUP_ATTRIBUTE, None)
                     recorder._finish(previous)

@@ -23,10 +23,13 @@ import contextlib
 import json
 import multiprocessing
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from pytest_mpcheck._os import atfork, scratch
+from pytest_mpcheck._os import atfork, scratch, sharedmap
 from pytest_mpcheck._os.stackfile import stack_path
+from pytest_mpcheck.watch import tasknotes
 from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
 
 #: The session's message log: what prepared children say of themselves (see
@@ -43,6 +46,8 @@ class ChildPreparation:
         self._resource_log: str | None = None
         self._messages: str | None = None
         self._messages_read = 0
+        self._forking: dict[int, tuple[Any, Any]] = {}
+        """The queues of the pool or executor worker that each thread is forking."""
 
     @property
     def stack_path(self) -> str | None:
@@ -65,6 +70,9 @@ class ChildPreparation:
         self._messages = os.path.join(self.directory, MESSAGES_NAME)
         self._resource_log = resource_log
         atfork.register(self._after_fork_in_child)
+        # The workers of a Pool or an executor map their task notes: forked ones inherit mmap's
+        # lookup ready (see tasknotes).
+        sharedmap.warm_up(tasknotes.NOTE_SIZE)
 
     def setup_for(self, process: Any) -> ChildSetup | None:
         """What to put in ``process`` (a spawn or forkserver one) before it starts."""
@@ -80,11 +88,42 @@ class ChildPreparation:
             self._messages,
             getattr(process, "_target", None),
             method,
+            tasknotes.worker_queues(process),
         )
+
+    def fork_setup(self, process: Any) -> Callable[[], None] | None:
+        """Before ``process`` starts by fork: when it is a pool's or executor's worker, its
+        at-fork callback (in the child, in the thread that forks) makes it note its tasks."""
+        if self._stack_path is None:
+            return None
+        queues = tasknotes.worker_queues(process)
+        if queues is None:
+            return None
+        ident = threading.get_ident()
+        self._forking[ident] = queues
+
+        def started() -> None:
+            self._forking.pop(ident, None)
+
+        return started
 
     def _after_fork_in_child(self) -> None:
         if self._stack_path is not None:
-            prepare(self._stack_path)
+            prepare(self._stack_path, queues=self._forking.get(threading.get_ident()))
+            self._forking.clear()
+
+    def task_of(self, pid: int) -> str | None:
+        """What the pool's or executor's worker ``pid``, now dead, was running (see
+        :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was no such worker."""
+        if self.directory is None:
+            return None
+        note = tasknotes.read_note(self.directory, pid)
+        return None if note is None else tasknotes.describe(note)
+
+    def forget(self, pid: int) -> None:
+        """The process ``pid`` is gone: remove its task note, if it was a worker."""
+        if self.directory is not None:
+            tasknotes.forget_note(self.directory, pid)
 
     def read_messages(self) -> list[tuple[int, str]]:
         """What children wrote to the message log since the last call: ``(pid, message)``."""
