@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs a spawned worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, ClassVar
 
 #: The name of a worker's note in the session's stacks directory (``%d``: its pid).
 NOTE_NAME = "tasks-%d"
@@ -136,7 +136,7 @@ def forget_note(directory: str, pid: int) -> None:
 
 
 class _Opaque:
-    """An object of ``multiprocessing`` or ``concurrent`` in a task, not rebuilt here."""
+    """What a task holds that is not rebuilt in the pytest process: shown by its name."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -145,11 +145,17 @@ class _Opaque:
         return f"<{self.name}>"
 
 
-def _opaque_maker(name: str) -> Callable[..., _Opaque]:
-    def make(*args: object, **kwargs: object) -> _Opaque:
-        return _Opaque(name)
+class _OpaqueMaker:
+    """Stands for a function or class that is not called here; calling it gives an opaque."""
 
-    return make
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: object, **kwargs: object) -> _Opaque:
+        return _Opaque(self.name)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
 
 
 #: What a task's pickle may rebuild from the modules it would otherwise not.
@@ -164,19 +170,81 @@ _TASK_PARTS = frozenset(
 )
 _NOT_REBUILT = ("multiprocessing", "concurrent", "_multiprocessing")
 
+#: Modules whose classes are plain values, safe to call while rebuilding a task (a ``Decimal``,
+#: a ``datetime``, a ``Path``...): no other class or function that a pickle asks to call (a
+#: user's ``__reduce__`` may name ``open``) is called.
+_VALUE_MODULES = frozenset(
+    {"builtins", "collections", "datetime", "decimal", "fractions", "functools", "pathlib", "uuid"}
+)
+
 
 def _unpickle(data: bytes) -> Any:
+    """A task's pickle rebuilt without side effects in the pytest process: nothing is imported,
+    no object of ``multiprocessing`` or ``concurrent`` is made (a connection, a lock, shared
+    memory would act here), and of the calls a pickle asks for (its ``REDUCE``), only those
+    that make plain values are made; the others, and a class's own ``__setstate__``, are not
+    (their objects are shown by name)."""
+    import _codecs
+    import copyreg
+    import io
     import pickle
+    import sys
 
-    class _TaskUnpickler(pickle.Unpickler):
+    # Functions that only make plain values (protocol 2 and older pickles call them).
+    plain = (getattr(copyreg, "_reconstructor", None), _codecs.encode)
+
+    def allowed(function: object) -> bool:
+        if isinstance(function, _OpaqueMaker) or any(function is f for f in plain):
+            return True
+        if isinstance(function, type) and function.__module__.split(".")[0] in _VALUE_MODULES:
+            return True  # a value's class (a set, a Decimal, a datetime, a Path, a partial)
+        enum = sys.modules.get("enum")
+        return enum is not None and isinstance(function, enum.EnumMeta)  # a member by value
+
+    # The Python unpickler, not the C one: its steps can be replaced (typeshed does not know them).
+    python_unpickler: Any = pickle._Unpickler
+
+    class TaskUnpickler(python_unpickler):  # type: ignore[misc]
+        dispatch: ClassVar[dict[int, Any]] = dict(python_unpickler.dispatch)
+
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) not in _TASK_PARTS and module.split(".")[0] in _NOT_REBUILT:
-                return _opaque_maker(f"{module}.{name}")
-            return super().find_class(module, name)
+                return _OpaqueMaker(f"{module}.{name}")
+            found: Any = sys.modules.get(module)  # never imported here
+            for part in name.split("."):
+                found = getattr(found, part, None)
+            return _OpaqueMaker(f"{module}.{name}") if found is None else found
 
-    import io
+        def load_reduce(self) -> None:
+            stack = self.stack
+            args = stack.pop()
+            function = stack[-1]
+            if allowed(function) or (
+                (getattr(function, "__module__", None), getattr(function, "__name__", None))
+                in _TASK_PARTS
+            ):
+                stack[-1] = function(*args)
+            else:
+                name = getattr(function, "__qualname__", None) or type(function).__name__
+                stack[-1] = _Opaque(f"{name}(...)")
 
-    return _TaskUnpickler(io.BytesIO(data)).load()
+        def load_build(self) -> None:
+            instance = self.stack[-2]
+            own = getattr(type(instance), "__setstate__", None)
+            module = getattr(own, "__module__", None) or ""
+            if own is not None and module.split(".")[0] not in _VALUE_MODULES:
+                self.stack.pop()  # a class's own __setstate__ is not run here
+                return
+            depth = len(self.stack)
+            try:
+                python_unpickler.load_build(self)
+            except Exception:
+                del self.stack[depth - 1 :]  # the state is dropped; the object stays as it is
+
+        dispatch[pickle.REDUCE[0]] = load_reduce
+        dispatch[pickle.BUILD[0]] = load_build
+
+    return TaskUnpickler(io.BytesIO(data)).load()
 
 
 def _first_global(data: bytes) -> tuple[str, str] | None:
