@@ -213,10 +213,40 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
 
         def test_uses_it_again():
             assert pool().apply(square, (7,)) == 49
-        """
+        """,
+        # A worker killed while it waited for a task never released the task queue's lock:
+        # the pool's terminate() then waits for it for ever. The session's end is bounded all
+        # the same (the pool's workers are then ended by signals).
+        test_lock_lost="""
+        import multiprocessing, os, signal, time
+
+        BROKEN = None
+
+        def test_an_idle_worker_is_killed():
+            global BROKEN
+            BROKEN = multiprocessing.get_context("fork").Pool(1)
+            worker = BROKEN.apply(os.getpid)
+            time.sleep(0.3)  # it waits for the next task, holding the task queue's lock
+            os.kill(worker, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while worker in [w.pid for w in BROKEN._pool] and time.monotonic() < deadline:
+                time.sleep(0.02)  # the pool replaces it
+        """,
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=4, errors=2)
+    # The pool that lost its lock: its terminate() did not return, its new worker was ended by
+    # a signal, and pytest ended (it hung at exit before).
+    result.stdout.fnmatch_lines(
+        [
+            "'ForkPoolWorker-*' (pid *): died of SIGKILL: *",
+            "    running:    none (the worker was idle; its last task had finished: getpid())",
+            "mpcheck: 1 process that tests left behind was still running at the end of the "
+            "session, and ended:",
+            "    process * 'ForkPoolWorker-*' of test_lock_lost.py::test_an_idle_worker_is_killed:"
+            " SIGTERM (ended by mpcheck)",
+        ]
+    )
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_creates_it*",

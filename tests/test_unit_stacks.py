@@ -207,3 +207,22 @@ def test_crash_reports_are_found_among_other_output(source: str) -> None:
     ]
     assert found[1][1] == "(no Python frame)"
     assert stacks.fatal_errors("no crash here\nFatal Python error in a sentence\n") == []
+
+
+def test_the_plugins_frames_inside_a_workers_code_are_left_out() -> None:
+    # A pool worker's task note wraps its queue's receive: the worker's stack reads as without it.
+    dump = textwrap.dedent(
+        f"""\
+        Current thread 0x00007f0000000001 (most recent call first):
+          File "{MP}/connection.py", line 216 in recv_bytes
+          File "{PLUGIN}/watch/tasknotes.py", line 82 in recv_bytes
+          File "{MP}/queues.py", line 365 in get
+          File "{MP}/process.py", line 314 in _bootstrap
+        """
+    )
+    text = stacks._from_faulthandler(dump)
+    assert "tasknotes" not in text
+    assert [line for line in text.splitlines() if line.startswith("  File")] == [
+        f'  File "{MP}/queues.py", line 365, in get',
+        f'  File "{MP}/connection.py", line 216, in recv_bytes',
+    ]

@@ -175,12 +175,18 @@ def _blocks(
     return blocks
 
 
+#: The plugin's own frames inside a child's code, left out of its stack: a pool worker's task
+#: note wraps its queue's receive (``watch/tasknotes.py``).
+_HIDDEN_FRAMES = ("pytest_mpcheck/watch/tasknotes.py",)
+
+
 def _as_traceback(blocks: list[tuple[str, _Frames]]) -> str:
     """Threads as traceback text; each one's frames are given innermost first."""
     out = []
     for head, frames in blocks:
         out.append(f"{head}, most recent call last:")
-        out.extend(_frame_line(*frame) for frame in _trim(frames[::-1]))
+        shown = [frame for frame in _trim(frames[::-1]) if not frame[0].endswith(_HIDDEN_FRAMES)]
+        out.extend(_frame_line(*frame) for frame in shown)
     return "\n".join(out)
 
 

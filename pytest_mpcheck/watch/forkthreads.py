@@ -61,8 +61,9 @@ class ForkSeen:
 
 def is_alien(thread: threading.Thread) -> bool:
     """Threads that do not count: a thread that Python's ``threading`` did not start (no site,
-    possibly long gone) and pytest-timeout's timer, which the test did not start."""
-    if isinstance(thread, threading._DummyThread):
+    possibly long gone), pytest-timeout's timer, which the test did not start, and the plugin's
+    own (a pool's ``terminate()`` that never returned)."""
+    if isinstance(thread, threading._DummyThread) or getattr(thread, "pytest_mpcheck_own", False):
         return True
     function = getattr(thread, "function", None)  # threading.Timer
     return getattr(function, "__module__", None) == "pytest_timeout"

@@ -68,7 +68,7 @@ def _pools_listing(pids: set[int]) -> list[tuple[multiprocessing.pool.Pool, set[
     return found
 
 
-def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
+def _terminate_pools(leftovers: list[Leftover], timeout: float) -> set[int]:
     """Stop leaked pool workers through their pool; the pids it ended.
 
     Killing a ``Pool``'s worker directly can leave the pool's shared queue lock held for ever
@@ -80,10 +80,32 @@ def _terminate_pools(leftovers: list[Leftover]) -> set[int]:
     candidates = {item.pid for item in leftovers if _is_pool_worker_candidate(item)}
     ended: set[int] = set()
     for pool, pids in _pools_listing(candidates) if candidates else []:
-        with contextlib.suppress(Exception):
-            pool.terminate()
+        if _terminate_within(pool, timeout):
             ended |= pids
     return ended
+
+
+def _terminate_within(pool: multiprocessing.pool.Pool, timeout: float) -> bool:
+    """``pool.terminate()``, bounded; whether it finished in time.
+
+    It can wait for ever: a worker killed while it waited for a task (the OOM killer's SIGKILL,
+    a test's ``os.kill``) never released the task queue's lock, which ``terminate()`` takes. It
+    runs in a daemon thread; if it does not finish, its workers are ended by signals like any
+    other leftover, and the thread stays blocked on that lock until the interpreter exits (a
+    daemon thread does not hold the exit).
+    """
+    finished = threading.Event()
+
+    def terminate() -> None:
+        with contextlib.suppress(Exception):
+            pool.terminate()
+            finished.set()
+
+    thread = threading.Thread(target=terminate, name="mpcheck: Pool.terminate()", daemon=True)
+    thread.pytest_mpcheck_own = True  # type: ignore[attr-defined]  # not the tests' (forkthreads)
+    thread.start()
+    thread.join(timeout)
+    return finished.is_set()
 
 
 def _reap_through_handle(handle: Any) -> bool:
@@ -198,7 +220,8 @@ def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Lef
 def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:
     """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled."""
     leftovers = list(leftovers)
-    by_pool = _terminate_pools(leftovers)
+    # A pool ends its workers in well under a second; four kill graces, at least 2 s, are ample.
+    by_pool = _terminate_pools(leftovers, max(2.0, 4 * grace))
     outcome: dict[int, str] = {}
     to_term: list[Leftover] = []
     # One walk of the process tree per round, not one per process: hundreds of leftovers made
