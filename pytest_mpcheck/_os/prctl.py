@@ -1,14 +1,6 @@
 """libc's ``prctl`` (Linux): the subreaper of the pytest process and the death signal of children.
 
-Looked up once per process: a forked child inherits it ready (``dlopen`` is slow), and the
-running program's symbols include libc's, so ``ctypes.util.find_library``, which would run
-``ldconfig`` and a compiler in subprocesses, is never needed.
-
-Through ``_ctypes``, the C half of :mod:`ctypes`, not :mod:`ctypes` itself: a run of pytest
-in-process (``pytester.runpytest_inprocess``) forgets the modules it imported, and the next run
-imports them again. :mod:`ctypes` cannot be imported twice without keeping about 300 objects of
-each import alive in ``_ctypes``'s caches; ``_ctypes``, an extension module, is kept by the
-interpreter, and the two small types below are all this module makes.
+Looked up once per process, through :mod:`pytest_mpcheck._os.libc` (no :mod:`ctypes`).
 """
 
 from __future__ import annotations
@@ -16,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import sys
 from typing import Any
+
+from pytest_mpcheck._os import libc
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -26,24 +20,10 @@ _function: Any = None
 
 def _lookup() -> Any:
     """``prctl`` of the running program (libc), as a C function returning an ``int``."""
-    import importlib
-
-    # Typed loosely on purpose: the types made here are the FFI's, which typeshed cannot know.
-    ffi: Any = importlib.import_module("_ctypes")
-
-    class Int(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "i"
-
-    class Function(ffi.CFuncPtr):  # type: ignore[misc]
-        _flags_ = ffi.FUNCFLAG_CDECL | ffi.FUNCFLAG_USE_ERRNO
-        _restype_ = Int
-
-    class Program:
-        _handle = ffi.dlopen(None, 0)
-
-    function: Any = Function(("prctl", Program()))
-    function.Int = Int
-    function.byref = ffi.byref
+    integer = libc.scalar("i")
+    function: Any = libc.function("prctl", integer)
+    function.Int = integer
+    function.byref = libc.ffi().byref
     return function
 
 

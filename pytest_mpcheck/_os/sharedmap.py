@@ -5,7 +5,7 @@
 descriptor of the plugin's (some suites count a child's open files). So the map is made with
 libc's ``mmap`` and the descriptor closed at once; the map stays until the process ends.
 
-Through ``_ctypes``, as :mod:`pytest_mpcheck._os.prctl`, not :mod:`ctypes` itself (see there).
+Through :mod:`pytest_mpcheck._os.libc`, not :mod:`ctypes` itself (see there).
 """
 
 from __future__ import annotations
@@ -27,42 +27,20 @@ _functions: Any = None
 
 def _lookup() -> Any:
     """libc's ``mmap``, and a way to see a block of memory as a buffer."""
-    import importlib
+    from pytest_mpcheck._os import libc
 
-    ffi: Any = importlib.import_module("_ctypes")
-
-    class Pointer(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "P"
-
-    class Size(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "L"
-
-    class Int(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "i"
-
-    class Offset(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "q"
-
-    class Byte(ffi._SimpleCData):  # type: ignore[misc]
-        _type_ = "B"
-
-    class Function(ffi.CFuncPtr):  # type: ignore[misc]
-        _flags_ = ffi.FUNCFLAG_CDECL | ffi.FUNCFLAG_USE_ERRNO
-        _restype_ = Pointer
-        _argtypes_ = (Pointer, Size, Int, Int, Int, Offset)
-
-    class Program:
-        _handle = ffi.dlopen(None, 0)
-
+    pointer, size, integer, offset, byte = (libc.scalar(code) for code in "PLiqB")
+    mmap = libc.function("mmap", pointer, (pointer, size, integer, integer, integer, offset))
+    array = libc.ffi().Array
     blocks: dict[int, Any] = {}
 
-    def view(address: int, size: int) -> memoryview:
-        block: Any = blocks.get(size)
+    def view(address: int, length: int) -> memoryview:
+        block: Any = blocks.get(length)
         if block is None:
-            block = blocks[size] = type("Block", (ffi.Array,), {"_type_": Byte, "_length_": size})
+            block = blocks[length] = type("Block", (array,), {"_type_": byte, "_length_": length})
         return memoryview(block.from_address(address)).cast("B")
 
-    return Function(("mmap", Program())), view
+    return mmap, view
 
 
 def _functions_here() -> Any:
