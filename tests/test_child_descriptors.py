@@ -17,14 +17,18 @@ import os
 import pytest
 
 
-def own_files(queue):
+def open_files():
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             found.append(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
             pass
-    queue.put(found)
+    return found
+
+
+def own_files(queue):
+    queue.put(open_files())
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -41,13 +45,7 @@ def test_child_has_no_file_of_the_plugin(method):
 def own_files_and_maps():
     with open("/proc/self/maps") as maps:
         mapped = [line.split()[-1] for line in maps if "mpcheck-" in line]
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            found.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass
-    return os.getpid(), found, mapped
+    return os.getpid(), open_files(), mapped
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
