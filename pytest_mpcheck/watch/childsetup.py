@@ -9,7 +9,10 @@ unpickles a :class:`ChildSetup` with its process object, which calls it. Either 
   child; a fork child inherited the run's wrapper);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
   can reach that the re-import of its module made again (a spawn or forkserver child), in the
-  session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
+  session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`);
+- says, once per queue, which ``multiprocessing`` ``Queue`` (or ``JoinableQueue``) it began to
+  feed (its first ``put()`` starts the queue's feeder thread), in the session's feeder log: should
+  a signal end it, that queue can no longer be trusted (:mod:`pytest_mpcheck.watch.queues`).
 
 It holds no descriptor of the plugin's open: a child's open files are its own (some suites count
 them). Light on purpose: every such child imports this module.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.stackfile import answer_quietly_without_descriptor
@@ -33,10 +37,14 @@ def prepare(
     messages: str | None = None,
     target: object = None,
     method: str | None = None,
+    feeders: str | None = None,
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
     have given (its stack, its resources, its messages): it never keeps it from running."""
     answer_quietly_without_descriptor(stack_path)
+    if feeders is not None:
+        with contextlib.suppress(Exception):
+            watch_feeders(feeders)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 
@@ -59,6 +67,52 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
 
+#: An attribute of the wrapper of ``Queue._start_thread``: a fork of a prepared child inherits it.
+_FEEDER_MARK = "_mpcheck_feeder_watch"
+
+
+def queue_key(queue: object) -> str | None:
+    """What names a ``multiprocessing`` queue alike in every process that shares it, from the
+    semaphore of its read lock: its name, which a spawn or forkserver child rebuilds it by; or,
+    for a fork context's (unlinked at once, so unnamed), its handle, the same in a fork child.
+    ``None`` where there is neither."""
+    semlock = queue._rlock._semlock  # type: ignore[attr-defined]
+    name = semlock.name
+    if isinstance(name, str) and name:
+        return name
+    handle = semlock.handle
+    return f"handle-{handle}" if isinstance(handle, int) and handle else None
+
+
+def watch_feeders(path: str) -> None:
+    """Append ``pid<TAB>key`` to the feeder log at ``path`` each time this process starts the
+    feeder thread of a ``multiprocessing`` ``Queue`` (or ``JoinableQueue``): once per queue
+    and process, at its first ``put()``, never per put. ``key`` is :func:`queue_key`, the same
+    in every process that shares the queue.
+
+    Only where ``multiprocessing.queues`` is imported already: a fork child of a process that
+    made a queue, or a spawn or forkserver child that unpickled one with its process object
+    (a ``Queue`` reaches a child only that way). Nothing is imported for a child without one.
+    """
+    queues = sys.modules.get("multiprocessing.queues")
+    cls = getattr(queues, "Queue", None)
+    original = getattr(cls, "_start_thread", None)
+    if original is None or getattr(original, _FEEDER_MARK, False):
+        return  # no queue here; or a fork of a prepared child, whose wrapper came with the fork
+
+    def _start_thread(self: object) -> None:
+        original(self)
+        try:
+            key = queue_key(self)
+            if key:
+                scratch.append(path, f"{os.getpid()}\t{key}\n".encode())
+        except Exception:
+            pass  # the child feeds its queue whatever befalls the note
+
+    setattr(_start_thread, _FEEDER_MARK, True)
+    setattr(cls, "_start_thread", _start_thread)  # noqa: B010
+
+
 class ChildSetup:
     """Put in a process object before a spawn or forkserver start: unpickled in the child, before
     its target runs (the target, unpickled first, has imported its module), it calls
@@ -69,7 +123,7 @@ class ChildSetup:
     pool and executor.
     """
 
-    __slots__ = ("messages", "method", "resource_log", "stack_path", "target")
+    __slots__ = ("feeders", "messages", "method", "resource_log", "stack_path", "target")
 
     def __init__(
         self,
@@ -78,12 +132,14 @@ class ChildSetup:
         messages: str | None = None,
         target: object = None,
         method: str | None = None,
+        feeders: str | None = None,
     ) -> None:
         self.stack_path = stack_path
         self.resource_log = resource_log
         self.messages = messages
         self.target = target
         self.method = method
+        self.feeders = feeders
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         return prepare, (
@@ -92,4 +148,5 @@ class ChildSetup:
             self.messages,
             self.target,
             self.method,
+            self.feeders,
         )
