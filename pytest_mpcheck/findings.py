@@ -53,6 +53,9 @@ class TerminatedFeeder:
     signal that the plugin did not send (``terminate()``, ``kill()``...): the queue can no longer
     be trusted. A warning of its test, never counted and never an outcome."""
 
+    queue_key: str
+    """What names the queue in every process that shares it (see
+    :func:`pytest_mpcheck.watch.childsetup.queue_key`)."""
     queue_kind: str
     """``Queue``, ``JoinableQueue`` (or the name of a subclass)."""
     queue_site: str | None

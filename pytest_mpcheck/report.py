@@ -212,7 +212,7 @@ def _signal_words(signum: int) -> str:
 
 def format_terminated_feeders(nodeid: str, feeders: Sequence[TerminatedFeeder]) -> str:
     """The warning for queues that a child fed before a signal ended it."""
-    queues = {(f.queue_site, f.queue_kind, f.queue_name) for f in feeders}
+    queues = {feeder.queue_key for feeder in feeders}
     if len(queues) == 1:
         head = "a multiprocessing queue can no longer be trusted: a process that put to it was"
     else:

@@ -171,6 +171,7 @@ class QueueWatch:
                     continue
                 found.append(
                     TerminatedFeeder(
+                        queue_key=key,
                         queue_kind=made.kind,
                         queue_site=made.site,
                         queue_name=self._variable(made.site),
