@@ -192,9 +192,9 @@ QUEUE_WHY = (
 )
 JOINABLE_WHY = " A JoinableQueue counts what was lost as unfinished: its join() may wait for ever."
 QUEUE_FIX = (
-    "How to fix: tell the child to stop (e.g. put a sentinel such as None on a queue it reads, "
-    "and return when it gets it) and join() it; terminate() or kill() only as a last resort, and "
-    "then do not use the queue again."
+    "How to fix: tell the child to stop (a sentinel such as None on a queue it reads, or an "
+    "Event it checks) and join() it; terminate() or kill() only as a last resort, and then do "
+    "not use the queue again."
 )
 
 

@@ -5,7 +5,7 @@ Found in plain code (a ``Process`` of every start method) and for ``mp_spawn`` c
 fixture: the child says, once per queue, that it started the queue's feeder thread; the test's
 report (a warning, whatever the mode) names the queue, the process, the signal and the fix. Not
 for a child that never put, one that put and ended by itself, a ``SimpleQueue`` (no feeder
-thread), nor one that the plugin itself ended (a leftover, a hung ``mp_spawn`` child).
+thread), one that the plugin itself ended (a leftover, a hung ``mp_spawn`` child), nor in mode off.
 """
 
 from __future__ import annotations
@@ -94,6 +94,16 @@ def test_terminated_on_purpose_in_warn_mode():
     feeder.join()
 
 
+@pytest.mark.mp_check("off")
+def test_terminated_in_mode_off():
+    queue = multiprocessing.get_context("spawn").Queue()
+    feeder = multiprocessing.get_context("spawn").Process(target=feed, args=(queue,))
+    feeder.start()
+    assert queue.get(timeout=60) == "item"
+    feeder.terminate()
+    feeder.join()
+
+
 def test_terminated_never_put():
     queue = multiprocessing.get_context("fork").Queue()
     child = multiprocessing.get_context("fork").Process(target=sleep_holding, args=(queue,))
@@ -148,6 +158,7 @@ REPORTED = [
     "test_terminated_on_purpose_in_warn_mode",
 ]
 NOT_REPORTED = [
+    "test_terminated_in_mode_off",
     "test_terminated_never_put",
     "test_put_then_joined[fork]",
     "test_put_then_joined[spawn]",
@@ -164,9 +175,9 @@ WHY = (
 )
 JOINABLE = " A JoinableQueue counts what was lost as unfinished: its join() may wait for ever."
 FIX = (
-    "  How to fix: tell the child to stop (e.g. put a sentinel such as None on a queue it reads, "
-    "and return when it gets it) and join() it; terminate() or kill() only as a last resort, and "
-    "then do not use the queue again."
+    "  How to fix: tell the child to stop (a sentinel such as None on a queue it reads, or an "
+    "Event it checks) and join() it; terminate() or kill() only as a last resort, and then do "
+    "not use the queue again."
 )
 ONE_QUEUE = (
     "a multiprocessing queue can no longer be trusted: a process that put to it was ended by a "
@@ -197,7 +208,7 @@ def test_a_terminated_feeder_names_its_queue(pytester: pytest.Pytester) -> None:
     warned, and only the leftover (a teardown error) and the hung child (its join fails) fail."""
     pytester.makepyfile(test_queue=QUEUES)
     result = pytester.runpytest_subprocess(*STRICT_ARGS, timeout=180)
-    result.assert_outcomes(passed=14, failed=1, errors=1)
+    result.assert_outcomes(passed=15, failed=1, errors=1)
     for method in ("fork", "spawn", "forkserver"):
         result.stdout.fnmatch_lines(
             [
