@@ -67,8 +67,9 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
 
-#: An attribute of the wrapper of ``Queue._start_thread``: a fork of a prepared child inherits it.
-_FEEDER_MARK = "_mpcheck_feeder_watch"
+#: An attribute of the wrapper of ``Queue._start_thread``: the feeder logs it writes to (a fork
+#: of a prepared child inherits it; each run in one process, pytester's in-process ones, adds its).
+_FEEDER_LOGS = "_mpcheck_feeder_logs"
 
 
 def queue_key(queue: object) -> str | None:
@@ -97,19 +98,27 @@ def watch_feeders(path: str) -> None:
     queues = sys.modules.get("multiprocessing.queues")
     cls = getattr(queues, "Queue", None)
     original = getattr(cls, "_start_thread", None)
-    if original is None or getattr(original, _FEEDER_MARK, False):
-        return  # no queue here; or a fork of a prepared child, whose wrapper came with the fork
+    if original is None:
+        return  # no queue here
+    logs: list[str] | None = getattr(original, _FEEDER_LOGS, None)
+    if logs is not None:  # wrapped already: a fork of a prepared child, or another run's
+        if path not in logs:
+            logs.append(path)
+        return
+    logs = [path]
 
     def _start_thread(self: object) -> None:
         original(self)
         try:
             key = queue_key(self)
             if key:
-                scratch.append(path, f"{os.getpid()}\t{key}\n".encode())
+                line = f"{os.getpid()}\t{key}\n".encode()
+                for log in logs:
+                    scratch.append(log, line)
         except Exception:
             pass  # the child feeds its queue whatever befalls the note
 
-    setattr(_start_thread, _FEEDER_MARK, True)
+    setattr(_start_thread, _FEEDER_LOGS, logs)
     setattr(cls, "_start_thread", _start_thread)  # noqa: B010
 
 
