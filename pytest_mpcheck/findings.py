@@ -50,6 +50,30 @@ class ChildDeath:
 
 
 @dataclass
+class TerminatedFeeder:
+    """A child that put to a ``multiprocessing`` queue made by the test process, then died of a
+    signal that the plugin did not send (``terminate()``, ``kill()``...): the queue can no longer
+    be trusted. A warning of its test, never counted and never an outcome."""
+
+    queue_key: str
+    """What names the queue in every process that shares it (see
+    :func:`pytest_mpcheck.watch.childsetup.queue_key`)."""
+    queue_kind: str
+    """``Queue``, ``JoinableQueue`` (or the name of a subclass)."""
+    queue_site: str | None
+    """``file:line`` of the user's code that made the queue."""
+    queue_name: str | None
+    """The name the queue was assigned to on that line, when it is a plain assignment."""
+    pid: int
+    name: str | None
+    started_at: str | None
+    started_by: str
+    owner: str
+    signal: int
+    """The signal that ended it, as its process object read its exit status."""
+
+
+@dataclass
 class ProcessInfo:
     """A process as the report names it."""
 

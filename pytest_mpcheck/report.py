@@ -18,6 +18,7 @@ from pytest_mpcheck.findings import (
     FindingLog,
     ResourceFinding,
     SessionTally,
+    TerminatedFeeder,
     as_json,
 )
 from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
@@ -218,6 +219,70 @@ def format_deaths(
         for what, traceback in crashes:
             lines.append(f"  {printable(what)}:")
             lines.extend(f"    {printable(line)}" for line in traceback.splitlines())
+    return "\n".join(lines)
+
+
+#: How a process is usually sent each signal that ends it from outside.
+_SENT_BY = {
+    "SIGTERM": "terminate()",
+    "SIGKILL": "kill(), or the kernel's OOM killer",
+    "SIGINT": "Ctrl-C, or os.kill",
+}
+
+QUEUE_WHY = (
+    "Why: a process ended by a signal stops its queue's feeder thread wherever it is: what it "
+    "put but had not yet written to the queue's pipe is lost, a message it was writing may be "
+    "left half-written, and the queue's write lock may stay held; a later get() may then hang "
+    "or raise, and a put() of another process may hang."
+)
+JOINABLE_WHY = " A JoinableQueue counts what was lost as unfinished: its join() may wait for ever."
+QUEUE_FIX = (
+    "How to fix: tell the child to stop (a sentinel such as None on a queue it reads, or an "
+    "Event it checks) and join() it; terminate() or kill() only as a last resort, and then do "
+    "not use the queue again."
+)
+
+
+def _signal_words(signum: int) -> str:
+    """``SIGTERM (terminate())``: the signal, and how it is usually sent or what it means."""
+    import signal
+
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+    how = _SENT_BY.get(name) or _DEATH_WORDS.get(name)
+    return f"{name} ({how})" if how else name
+
+
+def format_terminated_feeders(nodeid: str, feeders: Sequence[TerminatedFeeder]) -> str:
+    """The warning for queues that a child fed before a signal ended it."""
+    queues = {feeder.queue_key for feeder in feeders}
+    if len(queues) == 1:
+        head = "a multiprocessing queue can no longer be trusted: a process that put to it was"
+    else:
+        head = (
+            f"{len(queues)} multiprocessing queues can no longer be trusted: a process that put "
+            "to each was"
+        )
+    lines = [f"mpcheck: {nodeid}: {head} ended by a signal"]
+    for feeder in feeders:
+        queue = feeder.queue_kind + (f" {feeder.queue_name!r}" if feeder.queue_name else "")
+        where = printable(feeder.queue_site or "an unknown place")
+        label = repr(printable(feeder.name)) if feeder.name else "a child"
+        lines.append("")
+        lines.append(
+            f"{queue} made at {where}: {label} (pid {feeder.pid}) put to it, then was ended by "
+            f"{_signal_words(feeder.signal)}"
+        )
+        started = printable(feeder.started_at or "an unknown place")
+        lines.append(f"    started at: {started} by {feeder.started_by}")
+        if feeder.owner != nodeid:
+            lines.append(f"    owned by:   {printable(feeder.owner)}")
+    lines.append("")
+    joinable = any(f.queue_kind == "JoinableQueue" for f in feeders)
+    lines.append(QUEUE_WHY + (JOINABLE_WHY if joinable else ""))
+    lines.append(QUEUE_FIX)
     return "\n".join(lines)
 
 

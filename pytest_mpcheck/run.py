@@ -38,10 +38,12 @@ from pytest_mpcheck.findings import (
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
-from pytest_mpcheck.watch.origins import OriginRecorder
+from pytest_mpcheck.watch.origins import OriginRecorder, StartRecord
 from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
+from pytest_mpcheck.watch.queues import QueueWatch
 from pytest_mpcheck.watch.resources import ResourceWatch
+from pytest_mpcheck.watch.terminate import take_ended_by_mpcheck
 
 # Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
 # of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
@@ -62,6 +64,8 @@ class MpCheckRun:
         self.watch = ProcessWatch(settings, self.recorder)
         self.child_preparation = ChildPreparation()
         self.resources = ResourceWatch(self.recorder.owner_of)
+        self.queues = QueueWatch(config.rootpath)
+        """The queues the test process makes, and the children that fed them."""
         self.log = FindingLog(config)
         """Every finding of the run: the tally, the JSON report, the hooks."""
         self._pending_resources: list[ResourceFinding] = []
@@ -105,6 +109,9 @@ class MpCheckRun:
             # reports the named resources it makes; a spawned one checks its module-level objects.
             config.add_cleanup(self._stop_child_preparation)
             self.child_preparation.install(self.resources.log_path)
+            # Where each queue is made: a child that feeds one says so (the feeder log).
+            config.add_cleanup(self.queues.uninstall)
+            self.queues.install()
             self.recorder.child_setup = self.child_preparation.setup_for
             self.recorder.fork_setup = self.child_preparation.fork_setup
             self.watch.stack_file = self.child_preparation.stack_path
@@ -203,6 +210,12 @@ class MpCheckRun:
                     warn_at_test(item, report.format_child_messages(item.nodeid, said))
             except Exception:
                 internal_error("reading what the children of " + item.nodeid + " said")
+            try:
+                # Before the watch forgets the records of the children that ended.
+                feeders = self.child_preparation.read_feeders()
+                self.queues.note_feeders(feeders, self.recorder.records)
+            except Exception:
+                internal_error("reading which queues the children of " + item.nodeid + " fed")
         self.recorder.set_owner("<between tests>")
         self._current = None
         if baseline is None:
@@ -215,10 +228,16 @@ class MpCheckRun:
         except Exception:
             internal_error("checking the processes of " + item.nodeid)
             return
+        gone = self.watch.take_gone()
+        ended_by_mpcheck = take_ended_by_mpcheck()
         try:
-            self._report_deaths(item, findings, mode)
+            self._report_deaths(item, findings, mode, gone)
         except Exception:
             internal_error("reading how the children of " + item.nodeid + " ended")
+        try:
+            self._report_terminated_feeders(item, mode, gone, ended_by_mpcheck)
+        except Exception:
+            internal_error("reading which queues the children of " + item.nodeid + " broke")
         resource_findings = self._pending_resources
         self._pending_resources = []
         try:
@@ -266,14 +285,19 @@ class MpCheckRun:
                 return finding.ended_by
         return None
 
-    def _report_deaths(self, item: pytest.Item, findings: list[Finding], mode: str) -> None:
+    def _report_deaths(
+        self,
+        item: pytest.Item,
+        findings: list[Finding],
+        mode: str,
+        gone: list[tuple[StartRecord, int | None]],
+    ) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or
         SIGKILL): the outcome stays the test's.
 
         A child ended by SIGTERM, or by the plugin itself, is no news; a test in mode off gets
         no section.
         """
-        gone = self.watch.take_gone()
         if not gone:
             return
         if mode == "off":
@@ -316,6 +340,27 @@ class MpCheckRun:
                 "mpcheck",
                 report.format_deaths(item.nodeid, deaths, crashes, captured),
             )
+
+    def _report_terminated_feeders(
+        self,
+        item: pytest.Item,
+        mode: str,
+        gone: list[tuple[StartRecord, int | None]],
+        ended_by_mpcheck: set[int],
+    ) -> None:
+        """Warn the test of each queue that a child fed before a signal ended it, unless the
+        plugin sent that signal (a leftover it ended).
+
+        A warning in modes fail and warn alike, never a failure: a test may end a worker on
+        purpose and never use its queue again, and only the queue's next use could tell whether
+        it was broken (a filter naming ``MpCheckWarning`` makes it an error). None in mode off.
+        """
+        try:
+            feeders = self.queues.ended(gone, ended_by_mpcheck) if gone else []
+        finally:
+            self.queues.forget_collected()
+        if feeders and mode != "off":
+            warn_at_test(item, report.format_terminated_feeders(item.nodeid, feeders))
 
     def scope_finished(self, scope: object) -> None:
         """A module-, class-, package- or session-scoped fixture was finalized."""

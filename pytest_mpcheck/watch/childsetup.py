@@ -14,7 +14,10 @@ unpickles a :class:`ChildSetup` with its process object, which calls it. Either 
   (:mod:`pytest_mpcheck.watch.tasknotes`);
 - says which module-level ``multiprocessing`` objects (a ``Lock``, a ``Queue``...) its target
   can reach that the re-import of its module made again (a spawn or forkserver child), in the
-  session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`).
+  session's message log: they are not shared (:mod:`pytest_mpcheck.watch.modulelevel`);
+- says, once per queue, which ``multiprocessing`` ``Queue`` (or ``JoinableQueue``) it began to
+  feed (its first ``put()`` starts the queue's feeder thread), in the session's feeder log: should
+  a signal end it, that queue can no longer be trusted (:mod:`pytest_mpcheck.watch.queues`).
 
 It holds no descriptor of the plugin's open: a child's open files are its own (some suites count
 them). Light on purpose: every such child imports this module.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import sys
 
 from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.stackfile import answer_quietly_without_descriptor
@@ -40,6 +44,7 @@ def prepare(
     target: object = None,
     method: str | None = None,
     queues: tuple[object, object] | None = None,
+    feeders: str | None = None,
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
     have given (its stack, its resources, its task notes, its messages): it never keeps it from
@@ -51,9 +56,13 @@ def prepare(
         # pytest captures it, the report of the test that started the child shows it.
         faulthandler.enable(file=2, all_threads=True)
     if queues is not None:
-        from pytest_mpcheck.watch.tasknotes import note_tasks
+        with contextlib.suppress(Exception):
+            from pytest_mpcheck.watch.tasknotes import note_tasks
 
-        note_tasks(os.path.dirname(stack_path), *queues)
+            note_tasks(os.path.dirname(stack_path), *queues)
+    if feeders is not None:
+        with contextlib.suppress(Exception):
+            watch_feeders(feeders)
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 
@@ -76,6 +85,61 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
 
+#: An attribute of the wrapper of ``Queue._start_thread``: the feeder logs it writes to (a fork
+#: of a prepared child inherits it; each run in one process, pytester's in-process ones, adds its).
+_FEEDER_LOGS = "_mpcheck_feeder_logs"
+
+
+def queue_key(queue: object) -> str | None:
+    """What names a ``multiprocessing`` queue alike in every process that shares it, from the
+    semaphore of its read lock: its name, which a spawn or forkserver child rebuilds it by; or,
+    for a fork context's (unlinked at once, so unnamed), its handle, the same in a fork child.
+    ``None`` where there is neither."""
+    semlock = queue._rlock._semlock  # type: ignore[attr-defined]
+    name = semlock.name
+    if isinstance(name, str) and name:
+        return name
+    handle = semlock.handle
+    return f"handle-{handle}" if isinstance(handle, int) and handle else None
+
+
+def watch_feeders(path: str) -> None:
+    """Append ``pid<TAB>key`` to the feeder log at ``path`` each time this process starts the
+    feeder thread of a ``multiprocessing`` ``Queue`` (or ``JoinableQueue``): once per queue
+    and process, at its first ``put()``, never per put. ``key`` is :func:`queue_key`, the same
+    in every process that shares the queue.
+
+    Only where ``multiprocessing.queues`` is imported already: a fork child of a process that
+    made a queue, or a spawn or forkserver child that unpickled one with its process object
+    (a ``Queue`` reaches a child only that way). Nothing is imported for a child without one.
+    """
+    queues = sys.modules.get("multiprocessing.queues")
+    cls = getattr(queues, "Queue", None)
+    original = getattr(cls, "_start_thread", None)
+    if original is None:
+        return  # no queue here
+    logs: list[str] | None = getattr(original, _FEEDER_LOGS, None)
+    if logs is not None:  # wrapped already: a fork of a prepared child, or another run's
+        if path not in logs:
+            logs.append(path)
+        return
+    logs = [path]
+
+    def _start_thread(self: object) -> None:
+        original(self)
+        try:
+            key = queue_key(self)
+            if key:
+                line = f"{os.getpid()}\t{key}\n".encode()
+                for log in logs:
+                    scratch.append(log, line)
+        except Exception:
+            pass  # the child feeds its queue whatever befalls the note
+
+    setattr(_start_thread, _FEEDER_LOGS, logs)
+    setattr(cls, "_start_thread", _start_thread)  # noqa: B010
+
+
 class ChildSetup:
     """Put in a process object before a spawn or forkserver start: unpickled in the child, before
     its target runs (the target, unpickled first, has imported its module), it calls
@@ -86,7 +150,15 @@ class ChildSetup:
     pool and executor.
     """
 
-    __slots__ = ("messages", "method", "queues", "resource_log", "stack_path", "target")
+    __slots__ = (
+        "feeders",
+        "messages",
+        "method",
+        "queues",
+        "resource_log",
+        "stack_path",
+        "target",
+    )
 
     def __init__(
         self,
@@ -96,6 +168,7 @@ class ChildSetup:
         target: object = None,
         method: str | None = None,
         queues: tuple[object, object] | None = None,
+        feeders: str | None = None,
     ) -> None:
         self.stack_path = stack_path
         self.queues = queues
@@ -105,6 +178,7 @@ class ChildSetup:
         self.messages = messages
         self.target = target
         self.method = method
+        self.feeders = feeders
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         return prepare, (
@@ -114,4 +188,5 @@ class ChildSetup:
             self.target,
             self.method,
             self.queues,
+            self.feeders,
         )

@@ -9,8 +9,9 @@ covers ``Process`` of every context, the workers of ``Pool`` and ``ProcessPoolEx
 read with py-spy where it is installed.
 
 A spawn or forkserver child also reports the named resources it makes, and the module-level
-``multiprocessing`` objects it made again, to the session's logs (see
-:mod:`pytest_mpcheck.watch.childsetup`). No child keeps a descriptor of the plugin's open.
+``multiprocessing`` objects it made again, to the session's logs; every prepared child says
+which ``Queue`` it began to feed (see :mod:`pytest_mpcheck.watch.childsetup`). No child keeps a
+descriptor of the plugin's open.
 
 What it costs a child: a ``sigaction``. The signal is a real-time one that is
 only sent when a report needs the child's stack, after the test, to a process that the watch found
@@ -36,6 +37,10 @@ from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
 #: :mod:`pytest_mpcheck.watch.childsetup`).
 MESSAGES_NAME = "messages.log"
 
+#: The session's feeder log: which queue each prepared child began to feed (see
+#: :func:`pytest_mpcheck.watch.childsetup.watch_feeders`).
+FEEDERS_NAME = "feeders.log"
+
 
 class ChildPreparation:
     """The session's stack file and message log, and what prepares each new child."""
@@ -48,6 +53,8 @@ class ChildPreparation:
         self._messages_read = 0
         self._forking: dict[int, tuple[Any, Any]] = {}
         """The queues of the pool or executor worker that each thread is forking."""
+        self._feeders: str | None = None
+        self._feeders_read = 0
 
     @property
     def stack_path(self) -> str | None:
@@ -63,11 +70,12 @@ class ChildPreparation:
         """Create the stack file and the message log; children started from now on are
         prepared (and report their named resources to ``resource_log``)."""
         self.directory = scratch.make_directory("stacks")
-        # The children open them: creating a file costs more than opening one.
-        for path in (stack_path(self.directory), os.path.join(self.directory, MESSAGES_NAME)):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
         self._stack_path = stack_path(self.directory)
         self._messages = os.path.join(self.directory, MESSAGES_NAME)
+        self._feeders = os.path.join(self.directory, FEEDERS_NAME)
+        # The children open them: creating a file costs more than opening one.
+        for path in (self._stack_path, self._messages, self._feeders):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
         self._resource_log = resource_log
         atfork.register(self._after_fork_in_child)
         # The workers of a Pool or an executor map their task notes: forked ones inherit mmap's
@@ -89,6 +97,7 @@ class ChildPreparation:
             getattr(process, "_target", None),
             method,
             tasknotes.worker_queues(process),
+            self._feeders,
         )
 
     def fork_setup(self, process: Any) -> Callable[[], None] | None:
@@ -109,7 +118,11 @@ class ChildPreparation:
 
     def _after_fork_in_child(self) -> None:
         if self._stack_path is not None:
-            prepare(self._stack_path, queues=self._forking.get(threading.get_ident()))
+            prepare(
+                self._stack_path,
+                queues=self._forking.get(threading.get_ident()),
+                feeders=self._feeders,
+            )
             self._forking.clear()
 
     def task_of(self, pid: int) -> str | None:
@@ -138,11 +151,23 @@ class ChildPreparation:
                     found.append((int(pid), str(json.loads(text))))
         return found
 
+    def read_feeders(self) -> list[tuple[int, str]]:
+        """What children wrote to the feeder log since the last call: ``(pid, queue key)``."""
+        if self._feeders is None:
+            return []
+        lines, self._feeders_read = scratch.read_new_lines(self._feeders, self._feeders_read)
+        found = []
+        for line in lines:
+            pid, _, key = line.partition("\t")
+            if pid.isdigit() and key:
+                found.append((int(pid), key))
+        return found
+
     def uninstall(self) -> None:
         """Stop preparing children and remove the files (children still alive keep theirs
         open)."""
         atfork.unregister(self._after_fork_in_child)
-        self._stack_path = self._messages = None
+        self._stack_path = self._messages = self._feeders = None
         if self.directory is not None:
             with contextlib.suppress(OSError):
                 scratch.remove_directory(self.directory)
