@@ -217,7 +217,10 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
         # A worker killed while it waited for a task never released the task queue's lock:
         # the pool's terminate() then waits for it for ever. The session's end is bounded all
         # the same (the pool's workers are then ended by signals).
-        test_lock_lost="""
+        # Named to run first: a pool forking for a later test (the one above replaces its
+        # workers from its thread) could copy this pool's worker's sentinel into its own worker,
+        # and this pool would then never see its worker die (CPython's fork-with-threads race).
+        test_a_lock_lost="""
         import multiprocessing, os, signal, time
 
         BROKEN = None
@@ -226,10 +229,14 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
             global BROKEN
             BROKEN = multiprocessing.get_context("fork").Pool(1)
             worker = BROKEN.apply(os.getpid)
-            time.sleep(0.3)  # it waits for the next task, holding the task queue's lock
-            os.kill(worker, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while worker in [w.pid for w in BROKEN._pool] and time.monotonic() < deadline:
+            lock, deadline = BROKEN._inqueue._rlock, time.monotonic() + 20
+            while lock.acquire(False):  # free: the worker is not waiting for a task yet
+                lock.release()
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            os.kill(worker, signal.SIGKILL)  # it dies holding the lock
+            while worker in [w.pid for w in BROKEN._pool]:
+                assert time.monotonic() < deadline
                 time.sleep(0.02)  # the pool replaces it
         """,
     )
@@ -243,7 +250,7 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
             "    running:    none (the worker was idle; its last task had finished: getpid())",
             "mpcheck: 1 process that tests left behind was still running at the end of the "
             "session, and ended:",
-            "    process * 'ForkPoolWorker-*' of test_lock_lost.py::test_an_idle_worker_is_killed:"
+            "    process * 'ForkPoolWorker-*' of test_a_lock_lost.py::test_an_idle_worker_is_killed:"
             " SIGTERM (ended by mpcheck)",
         ]
     )
