@@ -43,7 +43,6 @@ from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
 from pytest_mpcheck.watch.queues import QueueWatch
 from pytest_mpcheck.watch.resources import ResourceWatch
-from pytest_mpcheck.watch.terminate import take_ended_by_mpcheck
 
 # Not ``StashKey[Baseline]()``: typing caches each subscription, and the entry would keep this copy
 # of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
@@ -229,7 +228,7 @@ class MpCheckRun:
             internal_error("checking the processes of " + item.nodeid)
             return
         gone = self.watch.take_gone()
-        ended_by_mpcheck = take_ended_by_mpcheck()
+        ended_by_mpcheck = self.watch.take_ended_by_mpcheck()
         try:
             self._report_deaths(item, findings, mode, gone)
         except Exception:

@@ -250,8 +250,8 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
             "    running:    none (the worker was idle; its last task had finished: getpid())",
             "mpcheck: 1 process that tests left behind was still running at the end of the "
             "session, and ended:",
-            "    process * 'ForkPoolWorker-*' of test_a_lock_lost.py::test_an_idle_worker_is_killed:"
-            " SIGTERM (ended by mpcheck)",
+            "    process * 'ForkPoolWorker-*' of "
+            "test_a_lock_lost.py::test_an_idle_worker_is_killed: SIGTERM (ended by mpcheck)",
         ]
     )
     result.stdout.fnmatch_lines(

@@ -25,7 +25,7 @@ from pytest_mpcheck.watch import helpers, ownership
 from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder, StartRecord
 from pytest_mpcheck.watch.ownership import Holder
 from pytest_mpcheck.watch.reaper import OrphanReaper
-from pytest_mpcheck.watch.terminate import Leftover, end_processes
+from pytest_mpcheck.watch.terminate import SENT_BY_MPCHECK, Leftover, end_processes
 
 #: ``(process) -> True`` when another plugin vetoes the finding.
 VetoFn = Callable[[ProcessInfo], bool]
@@ -116,6 +116,7 @@ class ProcessWatch:
         self.reported: dict[int, tuple[str, float]] = {}
         """Processes a test or fixture reported: ``{pid: (who, create time)}``."""
         self._handed_over: list[weakref.ref[Any]] = []
+        self._ended_by_mpcheck: set[int] = set()
         """Live objects (a pool, an executor) whose processes were handed to the session."""
 
     # -- snapshots ------------------------------------------------------------------------------
@@ -351,6 +352,7 @@ class ProcessWatch:
             leftovers.append(Leftover(pid, finding.process.create_time, handle))
         if end and leftovers:
             outcome = end_processes(leftovers, self.session_pid, self.settings.kill_grace)
+            self.note_ended(outcome)
             for finding in findings:
                 finding.ended_by = outcome.get(finding.process.pid)
         return findings
@@ -482,6 +484,17 @@ class ProcessWatch:
             if who and abs(created - finding.process.create_time) < 0.01:
                 finding.reported_by = who
         return findings
+
+    def note_ended(self, outcome: dict[int, str]) -> None:
+        """Remember the processes that :func:`end_processes` ended itself (``outcome``)."""
+        self._ended_by_mpcheck.update(pid for pid, how in outcome.items() if how in SENT_BY_MPCHECK)
+
+    def take_ended_by_mpcheck(self) -> set[int]:
+        """The pids that the plugin ended (with a signal, or their pool's ``terminate()``) since
+        the last call, rather than the test: an end read after a test was the test's own unless
+        its pid is among them."""
+        ended, self._ended_by_mpcheck = self._ended_by_mpcheck, set()
+        return ended
 
     def take_gone(self) -> list[tuple[StartRecord, int | None]]:
         """The processes that ended since the last call (see :attr:`gone`)."""

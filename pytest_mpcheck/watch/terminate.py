@@ -33,18 +33,8 @@ KILL_WAIT = 5.0
 #: How a pool worker ended when its ``Pool`` was terminated for it.
 POOL_TERMINATED = "Pool.terminate()"
 
-_ended_by_us: set[int] = set()
-"""The pids that :func:`end_processes` signalled, or whose pool it terminated, since
-:func:`take_ended_by_mpcheck` was last called."""
-
-
-def take_ended_by_mpcheck() -> set[int]:
-    """The pids that the plugin ended (with a signal, or their pool's ``terminate()``) since the
-    last call, rather than the test: an end read after a test was the test's own unless its pid
-    is among them."""
-    ended = set(_ended_by_us)
-    _ended_by_us.difference_update(ended)
-    return ended
+#: How :func:`end_processes` says that it ended a process itself (a signal, or its pool).
+SENT_BY_MPCHECK = frozenset({"SIGTERM", "SIGKILL", POOL_TERMINATED})
 
 
 @dataclass
@@ -235,7 +225,6 @@ def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float)
     leftovers = list(leftovers)
     # A pool ends its workers in well under a second; four kill graces, at least 2 s, are ample.
     by_pool = _terminate_pools(leftovers, max(2.0, 4 * grace))
-    _ended_by_us.update(by_pool)
     outcome: dict[int, str] = {}
     to_term: list[Leftover] = []
     # One walk of the process tree per round, not one per process: hundreds of leftovers made
@@ -252,7 +241,6 @@ def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float)
         reason = _signal(leftover, signal.SIGTERM, ours)
         if reason is None:
             outcome[leftover.pid] = "SIGTERM"
-            _ended_by_us.add(leftover.pid)
             to_term.append(leftover)
         else:
             outcome[leftover.pid] = reason
