@@ -230,7 +230,7 @@ class MpCheckRun:
         gone = self.watch.take_gone()
         ended_by_mpcheck = self.watch.take_ended_by_mpcheck()
         try:
-            self._report_deaths(item, findings, mode, gone)
+            self._report_deaths(item, findings, mode, gone, ended_by_mpcheck)
         except Exception:
             internal_error("reading how the children of " + item.nodeid + " ended")
         try:
@@ -290,6 +290,7 @@ class MpCheckRun:
         findings: list[Finding],
         mode: str,
         gone: list[tuple[StartRecord, int | None]],
+        ended_by_mpcheck: set[int],
     ) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or
         SIGKILL): the outcome stays the test's.
@@ -303,7 +304,7 @@ class MpCheckRun:
             for record, _ in gone:
                 self.child_preparation.forget(record.pid)
             return
-        ended_here = {finding.process.pid for finding in findings}
+        ended_here = {finding.process.pid for finding in findings} | ended_by_mpcheck
         deaths = []
         preparation = self.child_preparation
         for record, status in gone:

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+import pytest
 
 
 def crash():
@@ -104,13 +105,25 @@ def test_terminated_is_no_news():
     child.terminate()
     child.join()
     assert child.exitcode == 0
+
+
+def stubborn():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(30)
+
+
+@pytest.mark.mp_join_timeout(1)
+def test_killed_by_mpcheck_is_no_news(mp_spawn):
+    # Hung: mpcheck ends it, with SIGKILL since it ignores SIGTERM; the hang report says so,
+    # and no section blames its SIGKILL on kill() or the OOM killer.
+    mp_spawn(stubborn).join()
 """
 
 
 def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_deaths=DEATHS)
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
-    result.assert_outcomes(failed=9)
+    result.assert_outcomes(failed=10)
     result.stdout.fnmatch_lines(
         [
             "*_ test_spawned_child_crashes _*",
@@ -120,55 +133,55 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "",
             "'crasher' (pid *): died of SIGSEGV: a segmentation fault (an invalid memory access, "
             "in C code or an extension)",
-            "    started at: test_deaths.py:15 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:16 by multiprocessing.Process.start",
             # The crash's traceback, which the plugin had faulthandler write to the child's
             # standard error (a spawn child has none of its own), read back from the capture.
             "    traceback:  Segmentation fault, as the child wrote it to standard error:",
             "      Thread 0x* (the thread that crashed), most recent call last:",
-            '        File "*test_deaths.py", line 10, in crash',
+            '        File "*test_deaths.py", line 11, in crash',
             "          ctypes.string_at(0)  # the crash",
             "*_ test_forked_child_crashes _*",
             "*- Captured mpcheck teardown -*",
             "'forked' (pid *): died of SIGSEGV: *",
-            "    started at: test_deaths.py:22 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:23 by multiprocessing.Process.start",
             "    traceback:  Segmentation fault, as the child wrote it to standard error:",
             "      Thread 0x* (the thread that crashed), most recent call last:",
-            '        File "*test_deaths.py", line 10, in crash',
+            '        File "*test_deaths.py", line 11, in crash',
             "*_ test_a_worker_killed_breaks_the_executor _*",
             "*BrokenProcessPool*",
             "*- Captured mpcheck teardown -*",
             "'ForkServerProcess-*' (pid *): died of SIGKILL: sent by kill(), or by the kernel's "
             "OOM killer when memory ran out",
-            "    started at: test_deaths.py:30 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:31 by multiprocessing.Process.start",
             "*_ test_a_pool_worker_killed_hangs_the_pool _*",
             "E * multiprocessing.context.TimeoutError",
             "*- Captured mpcheck teardown -*",
             "'ForkPoolWorker-*' (pid *): died of SIGKILL: sent by kill(), or by the kernel's OOM "
             "killer when memory ran out",
-            "    started at: test_deaths.py:50 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:51 by multiprocessing.Process.start",
             "    running:    oom(3, note='xxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxx'), defined at "
-            "test_deaths.py:37",
+            "test_deaths.py:38",
             "    traceback:  none: SIGKILL ends a process at once, before it can write one",
             "*_ test_a_spawned_pool_worker_killed_in_a_map _*",
             "E * multiprocessing.context.TimeoutError",
             "*- Captured mpcheck teardown -*",
             "'SpawnPoolWorker-*' (pid *): died of SIGKILL: *",
-            "    started at: test_deaths.py:58 by multiprocessing.Process.start",
-            "    running:    oom(2), oom(3) (a chunk of a map), defined at test_deaths.py:37",
+            "    started at: test_deaths.py:59 by multiprocessing.Process.start",
+            "    running:    oom(2), oom(3) (a chunk of a map), defined at test_deaths.py:38",
             "*_ test_a_forked_executor_worker_killed _*",
             "E *.BrokenProcessPool: *",
             "*- Captured mpcheck teardown -*",
             "'ForkProcess-*' (pid *): died of SIGKILL: *",
-            "    started at: test_deaths.py:68 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:69 by multiprocessing.Process.start",
             "    running:    oom(...) (arguments not shown: the task's pickle, 100* bytes, is "
-            "longer than the 64 KiB kept), defined at test_deaths.py:37",
+            "longer than the 64 KiB kept), defined at test_deaths.py:38",
             "*_ test_a_forkserver_executor_worker_killed_in_a_map _*",
             "E *.BrokenProcessPool: *",
             "*- Captured mpcheck teardown -*",
             "'ForkServerProcess-*' (pid *): died of SIGKILL: *",
-            "    started at: test_deaths.py:74 by multiprocessing.Process.start",
+            "    started at: test_deaths.py:75 by multiprocessing.Process.start",
             "    running:    oom(1), oom(3) (a chunk of an executor's map), defined at "
-            "test_deaths.py:37",
+            "test_deaths.py:38",
             "*_ test_two_children_crash _*",
             "*- Captured mpcheck teardown -*",
             "'crasher-0' (pid *): died of SIGSEGV: *",
@@ -177,9 +190,9 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "does not say which process wrote it):",
             "  Segmentation fault:",
             "    Thread 0x* (the thread that crashed), most recent call last:",
-            '      File "*test_deaths.py", line 10, in crash',
+            '      File "*test_deaths.py", line 11, in crash',
             "  Segmentation fault:",
-            '      File "*test_deaths.py", line 10, in crash',
+            '      File "*test_deaths.py", line 11, in crash',
             "*_ test_terminated_is_no_news _*",
         ]
     )
@@ -189,6 +202,7 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
     text = result.stdout.str()
     terminated = text[text.index("_ test_terminated_is_no_news _") :]
     assert "Captured mpcheck teardown" not in terminated
+    assert "    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)" in terminated
 
 
 def test_where_a_crash_report_went_when_none_was_captured() -> None:
