@@ -22,6 +22,7 @@ from pytest_mpcheck.findings import (
     as_json,
 )
 from pytest_mpcheck.safetext import COMMAND_LIMIT, printable
+from pytest_mpcheck.signalwords import SENT_BY, signal_name
 from pytest_mpcheck.watch.resourcelog import SEMAPHORE, SHARED_MEMORY
 
 _STATE_WORDS = {
@@ -172,19 +173,11 @@ def format_deaths(
     children write to). A crash report is put under its child when there is one of each; else
     they are listed after the children, since a crash report does not say which process wrote it.
     """
-    import signal
-
-    def signal_name(death: ChildDeath) -> str:
-        try:
-            return signal.Signals(death.signal).name
-        except ValueError:
-            return f"signal {death.signal}"
-
-    crashed = [death for death in deaths if signal_name(death) in _CRASHES]
+    crashed = [death for death in deaths if signal_name(death.signal) in _CRASHES]
     one_to_one = len(crashed) == 1 and len(crashes) == 1
     lines = [f"mpcheck: {nodeid}: child processes that died of a signal"]
     for death in deaths:
-        name = signal_name(death)
+        name = signal_name(death.signal)
         label = printable(death.name) if death.name else "a child"
         lines.append("")
         lines.append(f"{label!r} (pid {death.pid}): died of {name}: {_DEATH_WORDS.get(name, name)}")
@@ -222,13 +215,6 @@ def format_deaths(
     return "\n".join(lines)
 
 
-#: How a process is usually sent each signal that ends it from outside.
-_SENT_BY = {
-    "SIGTERM": "terminate()",
-    "SIGKILL": "kill(), or the kernel's OOM killer",
-    "SIGINT": "Ctrl-C, or os.kill",
-}
-
 QUEUE_WHY = (
     "Why: a process ended by a signal stops its queue's feeder thread wherever it is: what it "
     "put but had not yet written to the queue's pipe is lost, a message it was writing may be "
@@ -245,13 +231,8 @@ QUEUE_FIX = (
 
 def _signal_words(signum: int) -> str:
     """``SIGTERM (terminate())``: the signal, and how it is usually sent or what it means."""
-    import signal
-
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-    how = _SENT_BY.get(name) or _DEATH_WORDS.get(name)
+    name = signal_name(signum)
+    how = SENT_BY.get(name) or _DEATH_WORDS.get(name)
     return f"{name} ({how})" if how else name
 
 

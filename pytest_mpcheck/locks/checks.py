@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pytest_mpcheck._os import procfs
 from pytest_mpcheck.locks.records import ACQUIRED, GAVE_UP, RELEASED, REQUESTED, TRY
 from pytest_mpcheck.locks.replay import ForeignRelease, Hold, Overlap, ProcessName, Replay
+from pytest_mpcheck.signalwords import signal_sender
 
 #: Kinds of lock findings.
 TWO_HOLDERS = "two holders at once"
@@ -67,25 +68,6 @@ class LockFinding:
 
     def __str__(self) -> str:
         return self.message
-
-
-#: How a process is usually sent each signal that ends it from outside.
-_SENT_BY = {
-    "SIGTERM": "terminate()",
-    "SIGKILL": "kill(), or the kernel's OOM killer",
-    "SIGINT": "Ctrl-C, or os.kill",
-}
-
-
-def _signal_sender(signum: int) -> str:
-    """A signal that ended a holder, and who usually sends it."""
-    import signal
-
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    return f"{name} ({_SENT_BY.get(name, 'a signal')})"
 
 
 def _ended_from_outside(by: str) -> str:
@@ -214,7 +196,7 @@ class Checks:
             if by_us is not None:
                 text += _ended_from_outside(f"mpcheck ({by_us}) as hung")
             elif status is not None and status < 0:
-                text += _ended_from_outside(_signal_sender(-status))
+                text += _ended_from_outside(signal_sender(-status))
             self._add(HELD_AT_EXIT, hold.lock, text, [process])
 
     def order(self) -> None:
