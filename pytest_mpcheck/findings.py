@@ -64,13 +64,8 @@ class TerminatedFeeder:
     """``file:line`` of the user's code that made the queue."""
     queue_name: str | None
     """The name the queue was assigned to on that line, when it is a plain assignment."""
-    pid: int
-    name: str | None
-    started_at: str | None
-    started_by: str
-    owner: str
-    signal: int
-    """The signal that ended it, as its process object read its exit status."""
+    child: ChildDeath
+    """The child that fed it, and the signal that ended it."""
 
 
 @dataclass

@@ -250,16 +250,17 @@ def format_terminated_feeders(nodeid: str, feeders: Sequence[TerminatedFeeder]) 
     for feeder in feeders:
         queue = feeder.queue_kind + (f" {feeder.queue_name!r}" if feeder.queue_name else "")
         where = printable(feeder.queue_site or "an unknown place")
-        label = repr(printable(feeder.name)) if feeder.name else "a child"
+        child = feeder.child
+        label = repr(printable(child.name)) if child.name else "a child"
         lines.append("")
         lines.append(
-            f"{queue} made at {where}: {label} (pid {feeder.pid}) put to it, then was ended by "
-            f"{_signal_words(feeder.signal)}"
+            f"{queue} made at {where}: {label} (pid {child.pid}) put to it, then was ended by "
+            f"{_signal_words(child.signal)}"
         )
-        started = printable(feeder.started_at or "an unknown place")
-        lines.append(f"    started at: {started} by {feeder.started_by}")
-        if feeder.owner != nodeid:
-            lines.append(f"    owned by:   {printable(feeder.owner)}")
+        started = printable(child.started_at or "an unknown place")
+        lines.append(f"    started at: {started} by {child.started_by}")
+        if child.owner != nodeid:
+            lines.append(f"    owned by:   {printable(child.owner)}")
     lines.append("")
     joinable = any(f.queue_kind == "JoinableQueue" for f in feeders)
     lines.append(QUEUE_WHY + (JOINABLE_WHY if joinable else ""))

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mpcheck._os import callsite
-from pytest_mpcheck.findings import TerminatedFeeder
+from pytest_mpcheck.findings import ChildDeath, TerminatedFeeder
 from pytest_mpcheck.watch.childsetup import queue_key
 from pytest_mpcheck.watch.origins import StartRecord
 
@@ -175,12 +175,14 @@ class QueueWatch:
                         queue_kind=made.kind,
                         queue_site=made.site,
                         queue_name=self._variable(made.site),
-                        pid=record.pid,
-                        name=record.name,
-                        started_at=record.site,
-                        started_by=record.started_by,
-                        owner=record.owner,
-                        signal=-status,
+                        child=ChildDeath(
+                            pid=record.pid,
+                            name=record.name,
+                            started_at=record.site,
+                            started_by=record.started_by,
+                            owner=record.owner,
+                            signal=-status,
+                        ),
                     )
                 )
         return found
