@@ -144,11 +144,9 @@ class ChildPreparation:
             return []
         lines, self._messages_read = scratch.read_new_lines(self._messages, self._messages_read)
         found = []
-        for line in lines:
-            pid, _, text = line.partition("\t")
-            if pid.isdigit():
-                with contextlib.suppress(ValueError):
-                    found.append((int(pid), str(json.loads(text))))
+        for pid, text in _by_pid(lines):
+            with contextlib.suppress(ValueError):
+                found.append((pid, str(json.loads(text))))
         return found
 
     def read_feeders(self) -> list[tuple[int, str]]:
@@ -156,12 +154,7 @@ class ChildPreparation:
         if self._feeders is None:
             return []
         lines, self._feeders_read = scratch.read_new_lines(self._feeders, self._feeders_read)
-        found = []
-        for line in lines:
-            pid, _, key = line.partition("\t")
-            if pid.isdigit() and key:
-                found.append((int(pid), key))
-        return found
+        return _by_pid(lines)
 
     def uninstall(self) -> None:
         """Stop preparing children and remove the files (children still alive keep theirs
@@ -172,3 +165,14 @@ class ChildPreparation:
             with contextlib.suppress(OSError):
                 scratch.remove_directory(self.directory)
             self.directory = None
+
+
+def _by_pid(lines: list[str]) -> list[tuple[int, str]]:
+    """The ``pid<TAB>text`` lines of a log that prepared children append to, as ``(pid, text)``;
+    a line without a pid or a text is left out."""
+    found = []
+    for line in lines:
+        pid, _, text = line.partition("\t")
+        if pid.isdigit() and text:
+            found.append((int(pid), text))
+    return found
