@@ -57,6 +57,18 @@ def wait_until(
     raise AssertionError(f"{message} (waited {timeout:g}s)")
 
 
+def process_gone(pid: int, created: float) -> bool:
+    """Whether the process that had ``pid`` and ``created`` (its create time) is gone: the pid
+    may be another process's already (pid_max is 32768 on CI machines, and the suite and its
+    inner runs start thousands of processes, so a pid comes round again within minutes)."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - created) > 0.01
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _python_without_pyspy(root: Path) -> str:
     """An interpreter with this one's packages, beside which there is no py-spy.
 

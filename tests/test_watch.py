@@ -6,19 +6,16 @@ import json
 import re
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import FAST_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
-
-
-def _gone(pid: int) -> bool:
-    """Whether ``pid`` is gone; a zombie is not (nobody reaped it)."""
-    try:
-        psutil.Process(pid).status()
-    except psutil.NoSuchProcess:
-        return True
-    return False
+from tests.conftest import (
+    FAST_ARGS,
+    WITH_PYSPY,
+    WITHOUT_PYSPY,
+    InnerRun,
+    process_gone,
+    wait_until,
+)
 
 
 def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> None:
@@ -26,24 +23,26 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
         test_leak="""
         import multiprocessing, time
         from pathlib import Path
-
+        import psutil
         def forever():
             time.sleep(60)
 
         def test_never_joined():
             p = multiprocessing.Process(target=forever, name="worker-1")
             p.start()
-            Path("pid").write_text(str(p.pid))
+            Path("pid").write_text(f"{p.pid} {psutil.Process(p.pid).create_time()!r}")
 
         def test_next_starts_clean():
-            import psutil
-            pid = int(Path("pid").read_text())
-            assert not psutil.pid_exists(pid)
+            pid, created = Path("pid").read_text().split()
+            try:  # the pid may be another process's by now
+                assert psutil.Process(int(pid)).create_time() != float(created)
+            except psutil.NoSuchProcess:
+                pass
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
     result.assert_outcomes(passed=2, errors=1)
-    pid = int((pytester.path / "pid").read_text())
+    pid, created = (pytester.path / "pid").read_text().split()
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_never_joined*",
@@ -57,7 +56,7 @@ def test_never_joined_process_fails_and_is_ended(pytester: pytest.Pytester) -> N
             "mpcheck: 1 process started by tests, 1 leaked, 0 unreaped, 0 hung, 1 ended by mpcheck",
         ]
     )
-    assert not psutil.pid_exists(pid)
+    assert process_gone(int(pid), float(created))
 
 
 #: Leftovers of every kind, the mp_check marker and ignored processes, one module each, for one
@@ -127,11 +126,16 @@ LEFTOVERS = {
             p = multiprocessing.Process(target=stubborn, args=(ready,))
             p.start()
             assert ready.wait(10)
-            Path("pid").write_text(str(p.pid))
+            import psutil
+            Path("pid").write_text(f"{p.pid} {psutil.Process(p.pid).create_time()!r}")
 
         def test_gone_by_the_next_test():
             import psutil
-            assert not psutil.pid_exists(int(Path("pid").read_text()))
+            pid, created = Path("pid").read_text().split()
+            try:  # the pid may be another process's by now
+                assert psutil.Process(int(pid)).create_time() != float(created)
+            except psutil.NoSuchProcess:
+                pass
         """,
     "test_both": """
         import subprocess, pytest
@@ -324,17 +328,18 @@ def test_off_mode(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_off="""
         import subprocess
+        import psutil
 
         def test_leaks_but_check_is_off():
             p = subprocess.Popen(["sleep", "60"])
-            open("pid", "w").write(str(p.pid))
+            open("pid", "w").write(f"{p.pid} {psutil.Process(p.pid).create_time()!r}")
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-check=off", timeout=60)
     result.assert_outcomes(passed=1)
-    pid = int((pytester.path / "pid").read_text())
+    pid, created = (pytester.path / "pid").read_text().split()
     # Mode off blames no test, but nothing outlives pytest: the end of the session ended it.
-    assert wait_until(lambda: _gone(pid), timeout=5)
+    assert wait_until(lambda: process_gone(int(pid), float(created)), timeout=5)
     result.stdout.fnmatch_lines(
         [
             "mpcheck: 1 process still running at the end of the session, that no test or "

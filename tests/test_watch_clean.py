@@ -105,11 +105,19 @@ def test_kill_parent_then_its_worker():
     p.join()
     # the worker is now an orphan; it reparented to pytest (the subreaper)
     assert psutil.Process(worker).ppid() == os.getpid()
+    created = psutil.Process(worker).create_time()
+
+    def gone():  # or the pid is another process's already
+        try:
+            return psutil.Process(worker).create_time() != created
+        except psutil.NoSuchProcess:
+            return True
+
     os.kill(worker, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while psutil.pid_exists(worker) and time.monotonic() < deadline:
+    while not gone() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not psutil.pid_exists(worker), "the dead orphan was left a zombie"
+    assert gone(), "the dead orphan was left a zombie"
 """
 
 
