@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -17,12 +16,12 @@ def test_files_of_dead_runs_are_swept(pytester: pytest.Pytester) -> None:
     # directories: the next run removes those of processes that are gone, once they are stale.
     from pytest_mpcheck._os import scratch
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()
+    # A pid no process can have (the pid of an ended one may be another's a moment later).
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     where = scratch.base() or tempfile.gettempdir()
-    stale = tempfile.mkdtemp(prefix=f"mpcheck-test-{gone.pid}-", dir=where)
+    stale = tempfile.mkdtemp(prefix=f"mpcheck-test-{gone}-", dir=where)
     Path(stale, "output.log").write_text("left behind")
-    recent = tempfile.mkdtemp(prefix=f"mpcheck-test-{gone.pid}-", dir=where)
+    recent = tempfile.mkdtemp(prefix=f"mpcheck-test-{gone}-", dir=where)
     running = tempfile.mkdtemp(prefix=f"mpcheck-locks-{os.getpid()}-", dir=where)
     old = time.time() - scratch.STALE_AFTER - 60
     for path in (stale, running):
