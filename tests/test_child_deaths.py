@@ -91,7 +91,7 @@ def test_a_forkserver_executor_worker_killed_in_a_map():
 
 
 def test_two_children_crash():
-    context = multiprocessing.get_context("forkserver")
+    context = multiprocessing.get_context("spawn")
     children = [context.Process(target=crash, name=f"crasher-{n}") for n in range(2)]
     for child in children:  # one after the other: crash reports written at once interleave
         child.start()
