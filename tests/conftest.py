@@ -59,7 +59,7 @@ def wait_until(
 
 def process_gone(pid: int, created: float) -> bool:
     """Whether the process that had ``pid`` and ``created`` (its create time) is gone: the pid
-    may be another process's already (pid_max is 32768 on CI machines, and the suite and its
+    may be another process's already (pid_max is 32768 on this machine, and the suite and its
     inner runs start thousands of processes, so a pid comes round again within minutes)."""
     import psutil
 
