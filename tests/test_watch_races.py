@@ -58,3 +58,39 @@ def test_a_fork_made_while_the_tree_is_read_keeps_its_start_record(
         for child in started:
             child.kill()
             child.join(10)
+
+
+def test_a_fork_made_while_the_ended_are_sorted_out_keeps_its_start_record(
+    recorder: OriginRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After each test the watch drops the records of the processes that ended, by a look at
+    # the tree: a process forked and noted just after that look is not in it, and is no ended
+    # one (its record lost, it was later reported as "started by: unknown").
+    watch = process_watch.ProcessWatch(Settings(), recorder)
+    fork = multiprocessing.get_context("fork")
+    earlier = fork.Process(target=time.sleep, args=(30,))
+    earlier.start()  # a record to sort out: the look is taken
+    started: list[multiprocessing.process.BaseProcess] = [earlier]
+    read_tree = procfs.descendants
+
+    def read_then_fork(pid: int) -> dict[int, int]:
+        tree = read_tree(pid)
+        if len(started) == 1:  # another thread's fork, just after the tree was read
+            child = fork.Process(target=time.sleep, args=(30,))
+            child.start()
+            started.append(child)
+        return tree
+
+    try:
+        watch._last_tree = None
+        monkeypatch.setattr(procfs, "descendants", read_then_fork)
+        watch._forget_gone()
+        monkeypatch.undo()
+        later = started[1]
+        assert later.pid in recorder.records
+        assert earlier.pid in recorder.records
+        assert watch.take_gone() == []
+    finally:
+        for child in started:
+            child.kill()
+            child.join(10)

@@ -510,16 +510,20 @@ class ProcessWatch:
             self.reported[process.pid] = (finding.nodeid, process.create_time)
 
     def _forget_gone(self) -> None:
-        if not self.recorder.records:
+        # The records are listed before the look, then the generation read: another thread (a
+        # pool's worker handler) may fork and note a process meanwhile, and a record filed
+        # after the look began must not be judged by it (its process would be taken for gone,
+        # and lose its start record). A record listed here was filed after its process forked,
+        # and its note counted in the generation read next. In the order they were started
+        # (the records'), which the reports keep.
+        recorded = list(self.recorder.records)
+        if not recorded:
             return
         alive = self._last_tree
         if alive is None or self._last_generation != self.recorder.generation:
-            # A process noted since the last look (a pool's thread repopulating its workers) is
-            # not in it: it would be taken for gone, and lose its start record.
+            # A process noted since the last look is not in it.
             alive = frozenset(procfs.descendants(self.session_pid))
-        # list(): another thread (a pool's worker handler) may file a record meanwhile.
-        # In the order they were started (the records'), which the reports keep.
-        gone = [pid for pid in list(self.recorder.records) if pid not in alive]
+        gone = [pid for pid in recorded if pid not in alive]
         for pid in gone:
             record = self.recorder.records.get(pid)
             if record is not None and not record.helper:
