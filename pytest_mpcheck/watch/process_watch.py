@@ -116,8 +116,9 @@ class ProcessWatch:
         self.reported: dict[int, tuple[str, float]] = {}
         """Processes a test or fixture reported: ``{pid: (who, create time)}``."""
         self._handed_over: list[weakref.ref[Any]] = []
-        self._ended_by_mpcheck: set[int] = set()
         """Live objects (a pool, an executor) whose processes were handed to the session."""
+        self._ended_by_mpcheck: set[int] = set()
+        """The pids the plugin ended itself since :meth:`take_ended_by_mpcheck` was last called."""
 
     # -- snapshots ------------------------------------------------------------------------------
 
