@@ -8,6 +8,8 @@ itself only warns), none with ``--mp-check=off`` or ``mp_check("off")``; nothing
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 #: Python 3.12 and later warn of a fork with threads too (a DeprecationWarning, once per fork):
@@ -24,6 +26,8 @@ def work():
 FORK_WITH_THREADS = """
 import os
 import threading
+
+import sys
 
 import pytest
 
@@ -176,3 +180,34 @@ def test_only_an_error_filter_naming_the_plugin_escalates(pytester: pytest.Pytes
             "ERROR test_forks.py::test_os_fork_with_a_fixture_thread - *",
         ]
     )
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="Python warns of a fork with threads from 3.12"
+)
+def test_pythons_own_warning_keeps_its_place(pytester: pytest.Pytester) -> None:
+    # Python's DeprecationWarning names the frame that called os.fork: multiprocessing's
+    # popen_fork for a Process, the test's module for os.fork. The plugin wraps os.fork: the
+    # warning must still name those (in the summary, and for a filter that names the module).
+    pytester.makepyfile(test_forks=FORK_WITH_THREADS + MARKED_OFF, workers=WORKERS)
+    result = pytester.runpytest_subprocess(
+        "--mp-start-methods=fork",
+        "-p",
+        "no:randomly",
+        "-W",
+        "always::DeprecationWarning",
+        "-W",
+        "ignore::DeprecationWarning:multiprocessing.popen_fork",
+        timeout=120,
+    )
+    # The plugin's two warnings, and Python's for the two os.fork calls with the poller alive
+    # (the two forks of Process.start with the waiter alive are the ones the filter ignores).
+    result.assert_outcomes(passed=4, warnings=4)
+    result.stdout.fnmatch_lines(
+        [
+            "test_forks.py::test_os_fork_with_a_fixture_thread",
+            "test_forks.py::test_marked_off",
+            f"  */test_forks.py:{line_of('the fork')}: DeprecationWarning: This process *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*pytest_mpcheck*")

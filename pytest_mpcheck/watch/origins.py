@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType, FrameType
 from typing import Any
 
 from pytest_mpcheck._os import callsite, procfs
@@ -35,6 +36,46 @@ HANDED_OVER = "<handed over to the session>"
 
 #: The attribute of a process object, while it starts, that prepares its child for stack requests.
 CHILD_SETUP_ATTRIBUTE = "_pytest_mpcheck_child_setup"
+
+#: From 3.12, ``os.fork`` and ``os.forkpty`` warn (``DeprecationWarning``) when the process has
+#: other threads, and the warning names the Python frame that called them.
+_FORK_WARNS = sys.version_info >= (3, 12)
+
+_CALLER_CODE: dict[tuple[str, int], CodeType] = {}
+"""The code that :func:`_call_from` runs, per ``(file, line)``: compiled once per call site."""
+
+
+def _call_from(caller: FrameType, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function``, called from a frame that the warnings machinery takes for ``caller``.
+
+    A warning that a C function gives (the fork warning) is placed at the frame that called it:
+    called from the wrapper, it would name this plugin, and a filter that names the caller's module
+    (``multiprocessing.popen_fork``) or the once-per-line registry would no longer apply. The
+    frame this runs has the caller's file, line and globals, and calls ``function`` directly.
+    """
+    filename, lineno = caller.f_code.co_filename, caller.f_lineno
+    if not lineno:
+        return function
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        code = _CALLER_CODE.get((filename, lineno))
+        if code is None:
+            # Blank lines put the call on the caller's line; the code names nothing of the
+            # caller's globals, so nothing is read from or written to them but the warnings'
+            # registry, as the direct call would.
+            source = (
+                "\n" * (lineno - 1)
+                + "__mpcheck_function__(*__mpcheck_args__, **__mpcheck_kwargs__)"
+            )
+            code = _CALLER_CODE.setdefault((filename, lineno), compile(source, filename, "eval"))
+        names = {
+            "__mpcheck_function__": function,
+            "__mpcheck_args__": args,
+            "__mpcheck_kwargs__": kwargs,
+        }
+        return eval(code, caller.f_globals, names)  # the fixed code above, never input
+
+    return call
 
 
 @dataclass
@@ -335,7 +376,10 @@ class OriginRecorder:
                 if forks and threading.active_count() > 1:
                     with suppress(Exception):  # noting must never keep the fork from happening
                         recorder._forking_with_threads(label)
-                return recorder._starting(original, label, *args, **kwargs)
+                called = original
+                if forks and _FORK_WARNS:
+                    called = _call_from(sys._getframe(1), original)
+                return recorder._starting(called, label, *args, **kwargs)
 
             setattr(module, attribute, wrapper)
             self._undo.append(functools.partial(setattr, module, attribute, original))
