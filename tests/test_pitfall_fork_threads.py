@@ -211,3 +211,33 @@ def test_pythons_own_warning_keeps_its_place(pytester: pytest.Pytester) -> None:
         ]
     )
     result.stdout.no_fnmatch_line("*pytest_mpcheck*")
+
+
+BARE_THREAD_FORK = """
+import _thread
+import os
+import time
+
+
+def test_fork_with_no_python_caller():
+    _thread.start_new_thread(os.fork, ())  # no Python frame calls os.fork
+    deadline = time.monotonic() + 10
+    pid = 0
+    while not pid and time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # not forked yet
+            pass
+        time.sleep(0.01)
+    assert pid and os.waitstatus_to_exitcode(status) == 0
+"""
+
+
+def test_a_fork_that_no_python_code_calls_still_forks(pytester: pytest.Pytester) -> None:
+    # The wrapper of os.fork looks at its caller's frame (for the place of Python's warning, for
+    # the threads alive): a thread that C code started on os.fork itself has none.
+    pytester.makepyfile(test_bare=BARE_THREAD_FORK)
+    result = pytester.runpytest_subprocess(
+        "-W", "error::pytest.PytestUnhandledThreadExceptionWarning", timeout=60
+    )
+    result.assert_outcomes(passed=1)

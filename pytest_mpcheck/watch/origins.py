@@ -378,7 +378,8 @@ class OriginRecorder:
                         recorder._forking_with_threads(label)
                 called = original
                 if forks and _FORK_WARNS:
-                    called = _call_from(sys._getframe(1), original)
+                    with suppress(ValueError):  # no Python caller (a thread C code started)
+                        called = _call_from(sys._getframe(1), original)
                 return recorder._starting(called, label, *args, **kwargs)
 
             setattr(module, attribute, wrapper)
