@@ -4,6 +4,8 @@ start times, and what a gone process reads as. Only this test process is read.""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +90,31 @@ def test_read_small_reads_past_a_short_read(tmp_path: Path) -> None:
     assert procfs._read_small(str(tmp_path / "big")) == data
     (tmp_path / "empty").write_bytes(b"")
     assert procfs._read_small(str(tmp_path / "empty")) == b""
+
+
+EXITED_CHILD = """
+import os, subprocess, sys, time
+from pytest_mpcheck._os import procfs
+
+seen = [procfs.may_have_exited_child()]  # no child at all
+child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                         stdin=subprocess.PIPE)
+seen.append(procfs.may_have_exited_child())  # a child, still running
+child.stdin.close()
+deadline = time.monotonic() + 30
+while procfs.state(child.pid) != "Z" and time.monotonic() < deadline:
+    time.sleep(0.01)
+seen.append(procfs.may_have_exited_child())  # a child that exited, not reaped
+seen.append(os.waitpid(child.pid, 0)[1])  # still there to be reaped, with its status
+seen.append(procfs.may_have_exited_child())  # reaped
+print(seen)
+"""
+
+
+def test_an_exited_child_is_told_in_one_call_and_left_to_its_owner() -> None:
+    # In a process of its own: this test's process may have children of other tests.
+    out = subprocess.run(
+        [sys.executable, "-c", EXITED_CHILD], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[False, False, True, 0, False]"

@@ -88,6 +88,20 @@ def has_no_children() -> bool:
     return _WAITID and _has_no_children()
 
 
+def may_have_exited_child() -> bool:
+    """Whether a child of this process may have exited and wait to be reaped (``False``: surely
+    none, live children or not): one system call, that reaps nothing (``WNOWAIT``)."""
+    if not _WAITID:
+        return True
+    try:
+        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False  # no child at all
+    except OSError:
+        return True
+    return exited is not None
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (its threads' children included)."""
     if pid == os.getpid() and has_no_children():

@@ -110,6 +110,10 @@ class OrphanReaper:
             # orphan. Reap once the start has finished.
             self._recorder.deferred = self._reap_safely
             return 0
+        if not procfs.may_have_exited_child():
+            # The usual case: the child whose end raised SIGCHLD was already reaped by its
+            # owner, while the session's helpers (a forkserver, a tracker) still run.
+            return 0
         reaped = 0
         for pid in procfs.children(self._pid):
             record = self._recorder.records.get(pid)
