@@ -65,19 +65,15 @@ def _children_from_proc(pid: int) -> list[int]:
 _PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
 
-def _has_no_children() -> bool:
-    """Whether this process has no child at all, live or zombie: one system call.
-
-    ``waitid`` fails with ``ECHILD`` when there is no child to wait for (any thread's, and the
-    orphans that reparented to this subreaper); ``WNOWAIT`` leaves a zombie unreaped.
-    """
+def _child_exited() -> bool | None:
+    """One ``waitid`` on every child of this process (any thread's, and the orphans that
+    reparented to this subreaper), that reaps nothing (``WNOWAIT``): ``None`` when there is no
+    child at all (``ECHILD``), else whether one has exited and waits to be reaped. Other errors
+    are raised."""
     try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
-        return True
-    except OSError:
-        return False
-    return False
+        return None
 
 
 _WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
@@ -85,21 +81,23 @@ _WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 def has_no_children() -> bool:
     """Whether this process surely has no child at all, live or zombie (``False``: it may)."""
-    return _WAITID and _has_no_children()
+    if not _WAITID:
+        return False
+    try:
+        return _child_exited() is None
+    except OSError:
+        return False
 
 
 def may_have_exited_child() -> bool:
     """Whether a child of this process may have exited and wait to be reaped (``False``: surely
-    none, live children or not): one system call, that reaps nothing (``WNOWAIT``)."""
+    none, live children or not)."""
     if not _WAITID:
         return True
     try:
-        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False  # no child at all
+        return bool(_child_exited())
     except OSError:
         return True
-    return exited is not None
 
 
 def children(pid: int) -> list[int]:
