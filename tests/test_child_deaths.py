@@ -184,10 +184,8 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "test_deaths.py:38",
             "*_ test_two_children_crash _*",
             "*- Captured mpcheck teardown -*",
-            # Both children are listed, but in about one loaded full-suite run in ten the first
-            # one's death goes missing (an open bug, see the CHANGELOG's Known issues): only one
-            # is required here until it is found.
-            "'crasher-?' (pid *): died of SIGSEGV: *",
+            "'crasher-0' (pid *): died of SIGSEGV: *",
+            "'crasher-1' (pid *): died of SIGSEGV: *",
             "Python tracebacks that crashed children wrote to standard error (2; a crash report "
             "does not say which process wrote it):",
             "  Segmentation fault:",

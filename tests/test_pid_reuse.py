@@ -70,3 +70,52 @@ def test_reused_pid_is_not_signalled(pytester: pytest.Pytester) -> None:
     finally:
         os.kill(newcomer, signal.SIGKILL)
         wait_until(lambda: not psutil.pid_exists(newcomer), timeout=5)
+
+
+PID_USED_TWICE = f"""
+import ctypes
+import multiprocessing
+
+
+def crash():
+    ctypes.string_at(0)
+
+
+def test_a_pid_used_twice():
+    context = multiprocessing.get_context("fork")
+    first = context.Process(target=crash, name="crasher")
+    first.start()
+    first.join()
+    for attempt in range(50):  # the kernel is asked for the same pid again
+        with open({NS_LAST_PID!r}, "w") as f:
+            f.write(str(first.pid - 1))
+        second = context.Process(target=int, name="second")
+        second.start()
+        second.join()
+        if second.pid == first.pid:
+            break
+    open("reused", "w").write(str(second.pid == first.pid))
+    assert first.exitcode == 0  # the test's own check fails: it is the report that is tested
+"""
+
+
+@pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
+def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
+    pytester: pytest.Pytester,
+) -> None:
+    # A child crashes and is reaped; a later child of the same test gets its pid (pid_max is
+    # 32768 on many machines: a busy one goes through all pids in minutes). The first child's
+    # start record must not be lost to the second's: its death is still told.
+    pytester.makepyfile(test_twice=PID_USED_TWICE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    if (pytester.path / "reused").read_text() != "True":
+        pytest.skip("another process took the pid first 50 times in a row")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- Captured mpcheck teardown -*",
+            "mpcheck: test_twice.py::test_a_pid_used_twice: child processes that died of a signal",
+            "",
+            "'crasher' (pid *): died of SIGSEGV: *",
+        ]
+    )

@@ -121,6 +121,9 @@ class OriginRecorder:
     def __init__(self, rootdir: Path) -> None:
         self._root_prefix = str(rootdir).rstrip(os.sep) + os.sep
         self.records: dict[int, StartRecord] = {}
+        self.displaced: list[StartRecord] = []
+        """Records whose pid the kernel gave to a newer process before the watch looked: the
+        processes they name ended; the watch reads their ends (``ProcessWatch._forget_gone``)."""
         self.started = 0
         self._owner = "<collection>"
         self._scope: object | None = None
@@ -267,6 +270,11 @@ class OriginRecorder:
                 record = dataclasses.replace(record, handle=None, name=None)
             record.pid = pid
             record.forked_here = forked_here
+            older = self.records.get(pid)
+            if older is not None and older is not record:
+                # The pid came round again (the kernel hands out a freed pid once it has gone
+                # through all the others): the process it named was reaped since.
+                self.displaced.append(older)
             self.records[pid] = record
             noted.add(pid)
             if not record.owner.startswith("<"):  # counts what tests and fixtures start

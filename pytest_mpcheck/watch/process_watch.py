@@ -518,6 +518,11 @@ class ProcessWatch:
         # and its note counted in the generation read next. In the order they were started
         # (the records'), which the reports keep.
         recorded = list(self.recorder.records)
+        # Records a newer process's note took the pid of: their processes ended first.
+        displaced, self.recorder.displaced = self.recorder.displaced, []
+        for ended in displaced:
+            if not ended.helper:
+                self.gone.append((ended, exit_status(ended)))
         if not recorded:
             return
         alive = self._last_tree
