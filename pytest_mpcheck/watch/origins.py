@@ -195,6 +195,7 @@ class OriginRecorder:
         """Record from this process: a fork of the pytest process now runs the tests."""
         self._pid = os.getpid()
         self.records.clear()
+        self.displaced = []
 
     # -- recording ------------------------------------------------------------------------------
 
