@@ -200,9 +200,11 @@ def test_pythons_own_warning_keeps_its_place(pytester: pytest.Pytester) -> None:
         "ignore::DeprecationWarning:multiprocessing.popen_fork",
         timeout=120,
     )
-    # The plugin's two warnings, and Python's for the two os.fork calls with the poller alive
-    # (the two forks of Process.start with the waiter alive are the ones the filter ignores).
-    result.assert_outcomes(passed=4, warnings=4)
+    # Python's warnings of the two os.fork calls with the poller alive name the test module's
+    # line; those of Process.start (the waiter alive) name popen_fork and are filtered out.
+    # Their number is not asserted: Python counts the threads the kernel still lists, and a
+    # thread just joined (test_threads_started_after_the_fork) may be one of them for a moment.
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
             "test_forks.py::test_os_fork_with_a_fixture_thread",
@@ -210,7 +212,10 @@ def test_pythons_own_warning_keeps_its_place(pytester: pytest.Pytester) -> None:
             f"  */test_forks.py:{line_of('the fork')}: DeprecationWarning: This process *",
         ]
     )
+    result.stdout.fnmatch_lines(expected_warnings())  # the plugin's own two
+    # Without the plugin's care, every one of Python's warnings would name its wrapper.
     result.stdout.no_fnmatch_line("*pytest_mpcheck*")
+    result.stdout.no_fnmatch_line("*popen_fork*")
 
 
 BARE_THREAD_FORK = """
