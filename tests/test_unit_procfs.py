@@ -1,5 +1,6 @@
 """procfs read in one place: the stat line (a command name may hold spaces and parentheses),
-start times, and what a gone process reads as. Only this test process is read."""
+start times, and what a gone process reads as. Only this test process is read, but for the
+one ``waitid`` reading of its children, which runs in a process of its own."""
 
 from __future__ import annotations
 
