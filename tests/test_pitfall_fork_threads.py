@@ -27,8 +27,6 @@ FORK_WITH_THREADS = """
 import os
 import threading
 
-import sys
-
 import pytest
 
 from workers import work
