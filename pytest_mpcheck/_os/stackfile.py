@@ -68,13 +68,26 @@ def answer_without_descriptor(path: str) -> None:
     which a blocked lock, pipe, queue or sleep lets it do at once (PEP 475); a thread stuck in C
     code that holds the GIL gives no stack, where ``faulthandler`` (:func:`answer_stack_signal`,
     the fixtures' children) would. The dump has ``faulthandler``'s format: one reader parses both.
+
+    The handler is this module's function and the path a global of it, not a closure made per
+    child: a fork child runs this before its own code, and every object it makes or touches is
+    a page the kernel copies for it.
     """
+    global _answer_path
+    _answer_path = path
+    signal.signal(STACK_SIGNAL, _dump_stacks)
 
-    def dump(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(Exception):  # a stack we cannot give must not disturb the child
-            scratch.append(path, _all_stacks(frame).encode("utf-8", "replace"))
 
-    signal.signal(STACK_SIGNAL, dump)
+#: Where :func:`_dump_stacks` writes, in a child that :func:`answer_without_descriptor` prepared.
+_answer_path: str | None = None
+
+
+def _dump_stacks(signum: int, frame: FrameType | None) -> None:
+    path = _answer_path
+    if path is None:
+        return
+    with contextlib.suppress(Exception):  # a stack we cannot give must not disturb the child
+        scratch.append(path, _all_stacks(frame).encode("utf-8", "replace"))
 
 
 def _all_stacks(interrupted: FrameType | None) -> str:
@@ -100,5 +113,7 @@ def _all_stacks(interrupted: FrameType | None) -> str:
 
 def answer_quietly_without_descriptor(path: str) -> None:
     """:func:`answer_without_descriptor`, where a failure must cost the child nothing."""
-    with contextlib.suppress(OSError, RuntimeError, ValueError):
+    try:  # noqa: SIM105 (not contextlib.suppress: see childsetup.prepare, run in every child)
         answer_without_descriptor(path)
+    except (OSError, RuntimeError, ValueError):
+        pass

@@ -25,7 +25,6 @@ them). Light on purpose: every such child imports this module.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import sys
@@ -48,29 +47,44 @@ def prepare(
 ) -> None:
     """Child side: see the module docstring. A failure only costs the child what it would
     have given (its stack, its resources, its task notes, its messages): it never keeps it from
-    running."""
+    running.
+
+    Every fork child runs this before its own code, and each object it makes or touches is a
+    page the kernel copies for that child: plain ``try`` blocks (not ``contextlib.suppress``),
+    and nothing called that has nothing to do.
+    """
     answer_quietly_without_descriptor(stack_path)
-    with contextlib.suppress(Exception):
+    try:
         # A crash's Python traceback goes to the child's own standard error, a descriptor it
         # has anyway (a fork child would otherwise write to pytest's copy of the terminal): where
         # pytest captures it, the report of the test that started the child shows it.
         faulthandler.enable(file=2, all_threads=True)
+    except Exception:
+        pass
     if queues is not None:
-        with contextlib.suppress(Exception):
+        try:
             from pytest_mpcheck.watch.tasknotes import note_tasks
 
             note_tasks(os.path.dirname(stack_path), *queues)
-    if feeders is not None:
-        with contextlib.suppress(Exception):
+        except Exception:
+            pass
+    if feeders is not None and _QUEUES_MODULE in sys.modules:
+        try:
             watch_feeders(feeders)
+        except Exception:
+            pass
     if resource_log is not None:
         from pytest_mpcheck.watch import resourcelog
 
-        with contextlib.suppress(Exception):
+        try:
             resourcelog.install_in_child(resource_log)
+        except Exception:
+            pass
     if messages is not None and target is not None and method is not None:
-        with contextlib.suppress(Exception):
+        try:
             _check_module_level(messages, target, method)
+        except Exception:
+            pass
 
 
 def _check_module_level(messages: str, target: object, method: str) -> None:
@@ -84,6 +98,9 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
     for message in found:  # one line per message
         scratch.append(messages, f"{os.getpid()}\t{json.dumps(message)}\n".encode())
 
+
+#: The module of ``multiprocessing``'s queues: nothing to watch in a child that has not imported it.
+_QUEUES_MODULE = "multiprocessing.queues"
 
 #: An attribute of the wrapper of ``Queue._start_thread``: the feeder logs it writes to (a fork
 #: of a prepared child inherits it; each run in one process, pytester's in-process ones, adds its).
@@ -113,7 +130,7 @@ def watch_feeders(path: str) -> None:
     made a queue, or a spawn or forkserver child that unpickled one with its process object
     (a ``Queue`` reaches a child only that way). Nothing is imported for a child without one.
     """
-    queues = sys.modules.get("multiprocessing.queues")
+    queues = sys.modules.get(_QUEUES_MODULE)
     cls = getattr(queues, "Queue", None)
     original = getattr(cls, "_start_thread", None)
     if original is None:

@@ -55,6 +55,8 @@ class ChildPreparation:
         """The queues of the pool or executor worker that each thread is forking."""
         self._feeders: str | None = None
         self._feeders_read = 0
+        self._workers_prepared = False
+        """Whether a pool's or executor's worker was prepared: only those write task notes."""
 
     @property
     def stack_path(self) -> str | None:
@@ -90,13 +92,16 @@ class ChildPreparation:
         if method is None:  # multiprocessing.Process: the default context's method
             with contextlib.suppress(Exception):
                 method = multiprocessing.get_start_method(allow_none=True)
+        queues = tasknotes.worker_queues(process)
+        if queues is not None:
+            self._workers_prepared = True
         return ChildSetup(
             self._stack_path,
             self._resource_log,
             self._messages,
             getattr(process, "_target", None),
             method,
-            tasknotes.worker_queues(process),
+            queues,
             self._feeders,
         )
 
@@ -108,6 +113,7 @@ class ChildPreparation:
         queues = tasknotes.worker_queues(process)
         if queues is None:
             return None
+        self._workers_prepared = True
         ident = threading.get_ident()
         self._forking[ident] = queues
 
@@ -117,25 +123,29 @@ class ChildPreparation:
         return started
 
     def _after_fork_in_child(self) -> None:
-        if self._stack_path is not None:
-            prepare(
-                self._stack_path,
-                queues=self._forking.get(threading.get_ident()),
-                feeders=self._feeders,
-            )
-            self._forking.clear()
+        # Every fork child runs this: only a pool's or executor's worker has queues to note.
+        path = self._stack_path
+        if path is None:
+            return
+        forking = self._forking
+        if forking:
+            prepare(path, queues=forking.get(threading.get_ident()), feeders=self._feeders)
+            forking.clear()
+        else:
+            prepare(path, feeders=self._feeders)
 
     def task_of(self, pid: int) -> str | None:
         """What the pool's or executor's worker ``pid``, now dead, was running (see
         :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was no such worker."""
-        if self.directory is None:
+        if self.directory is None or not self._workers_prepared:
             return None
         note = tasknotes.read_note(self.directory, pid)
         return None if note is None else tasknotes.describe(note)
 
     def forget(self, pid: int) -> None:
         """The process ``pid`` is gone: remove its task note, if it was a worker."""
-        if self.directory is not None:
+        # Called for every child that ends: nothing to do until a worker was prepared.
+        if self.directory is not None and self._workers_prepared:
             tasknotes.forget_note(self.directory, pid)
 
     def read_messages(self) -> list[tuple[int, str]]:

@@ -38,7 +38,7 @@ from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any
 
-from pytest_mpcheck._os import procfs
+from pytest_mpcheck._os import procfs, scratch
 from pytest_mpcheck.findings import ResourceFinding
 from pytest_mpcheck.watch.resourcelog import (
     SEMAPHORE,
@@ -96,8 +96,6 @@ class ResourceWatch:
 
     def start(self) -> None:
         """Wrap the tracker and open the run's resource log."""
-        from pytest_mpcheck._os import scratch  # the pytest process only
-
         # Children open it to append a line, and close it: none holds a descriptor of the
         # plugin's (a forked child would inherit one the pytest process kept open).
         self.log_path = scratch.make_file("resources", ".log")
@@ -139,8 +137,6 @@ class ResourceWatch:
         """
         if self.log_path is None:
             return
-        from pytest_mpcheck._os import scratch
-
         lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
         for line in lines:
             parts = line.split("\t")
