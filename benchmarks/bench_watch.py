@@ -9,7 +9,10 @@ Two suites are generated in a temporary directory:
 Each is run ``--rounds`` times with the plugin and with ``-p no:mpcheck``, alternating so that
 both see the same machine, and the ratio of the medians of the wall times is printed, and that of
 the best runs (the least disturbed); then the same for the CPU time (user + system) of pytest and
-its children, which a busy machine disturbs less than the wall time.
+its children, which a busy machine disturbs less than the wall time; then the same for the
+minor page faults of pytest and its children, which repeat from run to run whatever the machine
+does: after a fork, each page that the parent or the child writes faults once (and is copied for
+the child), so they count what the watch costs a forked child and the process that forked it.
 Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]``.
 """
 
@@ -49,8 +52,9 @@ def test_start_join(n):
 """
 
 
-def _run(directory: Path, plugin_on: bool) -> tuple[float, float]:
-    """One run of the suite in ``directory``: its wall time and CPU time, in seconds."""
+def _run(directory: Path, plugin_on: bool) -> tuple[float, float, float]:
+    """One run of the suite in ``directory``: its wall time and CPU time, in seconds, and its
+    minor page faults."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
     if not plugin_on:
         command += ["-p", "no:mpcheck"]
@@ -67,7 +71,7 @@ def _run(directory: Path, plugin_on: bool) -> tuple[float, float]:
     if done.returncode != 0:
         raise SystemExit(f"the benchmark suite failed:\n{done.stdout}\n{done.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
+    return elapsed, cpu, float(after.ru_minflt - before.ru_minflt)
 
 
 def main() -> None:
@@ -90,8 +94,8 @@ def main() -> None:
             (directory / "pytest.ini").write_text("[pytest]\n")
             (directory / f"test_{name.replace('-', '_')}.py").write_text(source)
             _run(directory, True)  # warm the file cache and the bytecode
-            on: list[tuple[float, float]] = []
-            off: list[tuple[float, float]] = []
+            on: list[tuple[float, float, float]] = []
+            off: list[tuple[float, float, float]] = []
             for _ in range(rounds):
                 on.append(_run(directory, True))
                 off.append(_run(directory, False))
@@ -105,6 +109,12 @@ def main() -> None:
                     f"ratio {median_on / median_off:.3f} (medians of {rounds}); "
                     f"best {best_on:.3f}s / {best_off:.3f}s = {best_on / best_off:.3f}"
                 )
+            faults_on = statistics.median(run[2] for run in on)
+            faults_off = statistics.median(run[2] for run in off)
+            print(
+                f"{name:>20} faults: plugin on {faults_on:.0f}, off {faults_off:.0f}, "
+                f"ratio {faults_on / faults_off:.3f} (medians of {rounds})"
+            )
 
 
 if __name__ == "__main__":

@@ -391,6 +391,7 @@ class ProcessWatch:
         if not self.reaper.installed and self.reaper.enabled:
             self.reaper.reap_orphans()
         if self._nothing_to_look_at(baseline):
+            self._forget_gone()  # the test's children ended (joined): read how
             return []
         asked: set[int] = set()
         early: dict[int, Holder] = {}
@@ -421,11 +422,12 @@ class ProcessWatch:
         return findings
 
     def _nothing_to_look_at(self, baseline: Baseline) -> bool:
-        """Whether the test left no trace at all: no child before it, none started during it
-        (not even one that already ended), none now. The usual test: one system call instead of
-        a look at the tree and a settle window."""
+        """Whether nothing can be left over: no child before the test, none now (those it
+        started have ended and were reaped), so no descendant at all. The usual test, and the
+        usual test that joins what it starts: one system call instead of a look at the tree and
+        a settle window."""
         generation = self.recorder.generation
-        if baseline.pids or self.pending or self.recorder.records:
+        if baseline.pids or self.pending:
             return False
         if not procfs.has_no_children():
             return False
