@@ -309,7 +309,11 @@ class MpCheckRun:
         preparation = self.child_preparation
         for record, status in gone:
             signum = -status if status is not None and status < 0 else None
-            if signum is None or signum in _ORDINARY_ENDS or record.pid in ended_here:
+            if (
+                signum is None
+                or signum in _ORDINARY_ENDS
+                or (record.pid in ended_here and not record.handed_on)
+            ):
                 preparation.forget(record.pid)
                 continue
             task = preparation.task_of(record.pid)

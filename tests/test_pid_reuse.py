@@ -119,3 +119,73 @@ def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
             "'crasher' (pid *): died of SIGSEGV: *",
         ]
     )
+
+
+PID_TO_A_GRANDCHILD = f"""
+import ctypes
+import multiprocessing
+import os
+import time
+
+
+def crash():
+    ctypes.string_at(0)
+
+
+def parent_of_newcomer(wanted, said):
+    # Asks the kernel for the crasher's pid for a child of its own, which the plugin never noted.
+    for attempt in range(50):
+        with open({NS_LAST_PID!r}, "w") as f:
+            f.write(str(wanted - 1))
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        if pid == wanted:
+            break
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    said.put(pid == wanted)
+    time.sleep(60)
+
+
+def test_a_pid_handed_to_a_grandchild():
+    context = multiprocessing.get_context("fork")
+    first = context.Process(target=crash, name="crasher")
+    first.start()
+    first.join()
+    said = context.Queue()
+    second = context.Process(target=parent_of_newcomer, args=(first.pid, said), name="second")
+    second.start()
+    open("reused", "w").write(str(first.pid) if said.get(timeout=30) else "")
+"""
+
+
+@pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
+def test_a_pid_handed_to_a_grandchild_is_not_taken_for_the_child_it_named(
+    pytester: pytest.Pytester,
+) -> None:
+    # A child crashes and is reaped; its pid goes to a grandchild, which the plugin did not note
+    # (a child's own fork). The crasher's start record must not be taken for the grandchild's:
+    # the crasher's death is told, and the grandchild is reported as what it is.
+    pytester.makepyfile(test_grandchild=PID_TO_A_GRANDCHILD)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--mp-kill-grace=0.5", timeout=90
+    )
+    pid = (pytester.path / "reused").read_text()
+    if not pid:
+        pytest.skip("another process took the pid first 50 times in a row")
+    result.assert_outcomes(passed=1, errors=1)
+    crasher_line = PID_TO_A_GRANDCHILD.lstrip("\n").splitlines().index("    first.start()") + 1
+    result.stdout.fnmatch_lines(
+        [
+            f"leaked process {pid} 'python*': still running*",
+            "    command:    (a fork of the pytest process) *",
+            "    started by: a child process (parent pid *), not by the test process",
+            "leaked process * 'second': still running*",
+            "*- Captured mpcheck teardown -*",
+            f"'crasher' (pid {pid}): died of SIGSEGV: *",
+            f"    started at: test_grandchild.py:{crasher_line} by multiprocessing.Process.start",
+        ]
+    )
+    result.stdout.no_fnmatch_line(f"leaked process {pid} 'crasher'*")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,10 @@ class StartRecord:
     """Forked by the pytest process itself, so its parent there will wait for it. ``False`` for
     a process that a forkserver forked for ``Process.start``: its ``Popen`` reads the exit status
     from the forkserver, so if it is orphaned (the forkserver died) nobody waits for it."""
+    handed_on: bool = False
+    """Its process ended and the kernel gave its pid to another (see
+    :attr:`OriginRecorder.displaced`): what the watch found or ended under that pid since was
+    the other process, never this one."""
 
 
 def _keep_exit_status(record: StartRecord, popen: Any, _gone: object = None) -> None:
@@ -275,6 +279,7 @@ class OriginRecorder:
             if older is not None and older is not record:
                 # The pid came round again (the kernel hands out a freed pid once it has gone
                 # through all the others): the process it named was reaped since.
+                older.handed_on = True
                 self.displaced.append(older)
             self.records[pid] = record
             noted.add(pid)
@@ -304,6 +309,29 @@ class OriginRecorder:
             record.helper = True
             if not record.owner.startswith("<"):
                 self.started -= 1
+
+    def drop_handed_on(self, tree: Mapping[int, int]) -> None:
+        """Take the records of this process's own children whose pid ``tree`` (a look at the
+        descendants: ``{pid: parent}``) gives another parent: the child ended and the kernel
+        handed its pid to a descendant that nothing noted (a child's own fork). The records go
+        to :attr:`displaced`, where the watch reads how their processes ended, instead of being
+        taken for the newcomer's (its name and start site, its create time).
+
+        The parent is read again before a record is taken: a child started since the look may
+        have been given the pid of a descendant that ended meanwhile.
+        """
+        for pid, record in list(self.records.items()):  # other threads may add records
+            parent = tree.get(pid)
+            if (
+                parent is not None
+                and parent != self._pid
+                and record.forked_here
+                and procfs.parent(pid) not in (None, self._pid)
+                and self.records.get(pid) is record
+            ):
+                del self.records[pid]
+                record.handed_on = True
+                self.displaced.append(record)
 
     def fill_create_times(self, alive: frozenset[int]) -> None:
         """Read the create time of the recorded processes in ``alive`` that have none yet."""

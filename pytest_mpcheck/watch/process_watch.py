@@ -130,6 +130,7 @@ class ProcessWatch:
         # losing its start record in ``_forget_gone``).
         generation = self.recorder.generation
         tree = procfs.descendants(self.session_pid)
+        self.recorder.drop_handed_on(tree)
         self._last_tree = frozenset(tree)
         self._last_generation = generation
         return tree
@@ -444,6 +445,7 @@ class ProcessWatch:
 
         def alive() -> dict[int, int]:
             tree = procfs.descendants(self.session_pid)
+            self.recorder.drop_handed_on(tree)
             self.recorder.fill_create_times(frozenset(tree))
             return {
                 pid: tree[pid]
@@ -520,17 +522,20 @@ class ProcessWatch:
         # and its note counted in the generation read next. In the order they were started
         # (the records'), which the reports keep.
         recorded = list(self.recorder.records)
-        # Records a newer process's note took the pid of: their processes ended first.
+        alive = self._last_tree
+        if recorded and (alive is None or self._last_generation != self.recorder.generation):
+            # A process noted since the last look is not in it.
+            tree = procfs.descendants(self.session_pid)
+            self.recorder.drop_handed_on(tree)
+            alive = frozenset(tree)
+        # Records a newer process's note took the pid of, or a descendant's that nothing
+        # noted: their processes ended first.
         displaced, self.recorder.displaced = self.recorder.displaced, []
         for ended in displaced:
             if not ended.helper:
                 self.gone.append((ended, exit_status(ended)))
-        if not recorded:
+        if not recorded or alive is None:
             return
-        alive = self._last_tree
-        if alive is None or self._last_generation != self.recorder.generation:
-            # A process noted since the last look is not in it.
-            alive = frozenset(procfs.descendants(self.session_pid))
         gone = [pid for pid in recorded if pid not in alive]
         for pid in gone:
             record = self.recorder.records.get(pid)

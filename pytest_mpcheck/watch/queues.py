@@ -163,7 +163,12 @@ class QueueWatch:
         found = []
         for record, status in gone:
             keys = self.feeding.pop(record.pid, None)
-            if not keys or status is None or status >= 0 or record.pid in ended_by_mpcheck:
+            if (
+                not keys
+                or status is None
+                or status >= 0
+                or (record.pid in ended_by_mpcheck and not record.handed_on)
+            ):
                 continue
             for key in keys:
                 made = self.made.get(key)
