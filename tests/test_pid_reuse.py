@@ -177,13 +177,21 @@ def test_a_pid_handed_to_a_grandchild_is_not_taken_for_the_child_it_named(
         pytest.skip("another process took the pid first 50 times in a row")
     result.assert_outcomes(passed=1, errors=1)
     crasher_line = PID_TO_A_GRANDCHILD.lstrip("\n").splitlines().index("    first.start()") + 1
+    # Leftovers are listed by pid, and pids wrap around: one block at a time.
     result.stdout.fnmatch_lines(
         [
             f"leaked process {pid} 'python*': still running*",
             "    command:    (a fork of the pytest process) *",
             "    started by: a child process (parent pid *), not by the test process",
-            "leaked process * 'second': still running*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["leaked process * 'second': still running*"])
+    result.stdout.fnmatch_lines(
+        [
             "*- Captured mpcheck teardown -*",
+            "mpcheck: test_grandchild.py::test_a_pid_handed_to_a_grandchild: child processes that"
+            " died of a signal",
+            "",
             f"'crasher' (pid {pid}): died of SIGSEGV: *",
             f"    started at: test_grandchild.py:{crasher_line} by multiprocessing.Process.start",
         ]
