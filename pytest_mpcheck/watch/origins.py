@@ -279,8 +279,7 @@ class OriginRecorder:
             if older is not None and older is not record:
                 # The pid came round again (the kernel hands out a freed pid once it has gone
                 # through all the others): the process it named was reaped since.
-                older.handed_on = True
-                self.displaced.append(older)
+                self._displace(older)
             self.records[pid] = record
             noted.add(pid)
             if not record.owner.startswith("<"):  # counts what tests and fixtures start
@@ -330,8 +329,13 @@ class OriginRecorder:
                 and self.records.get(pid) is record
             ):
                 del self.records[pid]
-                record.handed_on = True
-                self.displaced.append(record)
+                self._displace(record)
+
+    def _displace(self, record: StartRecord) -> None:
+        """``record``'s pid now names another process: keep the record for the watch to read
+        how its process ended (see :attr:`displaced`)."""
+        record.handed_on = True
+        self.displaced.append(record)
 
     def fill_create_times(self, alive: frozenset[int]) -> None:
         """Read the create time of the recorded processes in ``alive`` that have none yet."""

@@ -128,11 +128,11 @@ class ChildPreparation:
         if path is None:
             return
         forking = self._forking
+        queues = None
         if forking:
-            prepare(path, queues=forking.get(threading.get_ident()), feeders=self._feeders)
+            queues = forking.get(threading.get_ident())
             forking.clear()
-        else:
-            prepare(path, feeders=self._feeders)
+        prepare(path, queues=queues, feeders=self._feeders)
 
     def task_of(self, pid: int) -> str | None:
         """What the pool's or executor's worker ``pid``, now dead, was running (see

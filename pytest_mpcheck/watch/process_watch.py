@@ -129,10 +129,19 @@ class ProcessWatch:
         # while the look runs then makes the look stale, instead of being missed by it (and
         # losing its start record in ``_forget_gone``).
         generation = self.recorder.generation
-        tree = procfs.descendants(self.session_pid)
-        self.recorder.drop_handed_on(tree)
+        tree = self._descendants()
         self._last_tree = frozenset(tree)
         self._last_generation = generation
+        return tree
+
+    def _descendants(self) -> dict[int, int]:
+        """The descendants now, ``{pid: parent}``. The start records that their pids no longer
+        name (a child's pid handed to a grandchild) are taken first (see
+        :meth:`OriginRecorder.drop_handed_on`). Used by the looks after a test and a fixture;
+        the session's last look (:meth:`finish_session`) and pytest-timeout's
+        (``timeouts._test_children``) still read the tree alone."""
+        tree = procfs.descendants(self.session_pid)
+        self.recorder.drop_handed_on(tree)
         return tree
 
     def baseline(self) -> Baseline:
@@ -444,8 +453,7 @@ class ProcessWatch:
         label = next(iter(records.values())).owner
 
         def alive() -> dict[int, int]:
-            tree = procfs.descendants(self.session_pid)
-            self.recorder.drop_handed_on(tree)
+            tree = self._descendants()
             self.recorder.fill_create_times(frozenset(tree))
             return {
                 pid: tree[pid]
@@ -525,9 +533,7 @@ class ProcessWatch:
         alive = self._last_tree
         if recorded and (alive is None or self._last_generation != self.recorder.generation):
             # A process noted since the last look is not in it.
-            tree = procfs.descendants(self.session_pid)
-            self.recorder.drop_handed_on(tree)
-            alive = frozenset(tree)
+            alive = frozenset(self._descendants())
         # Records a newer process's note took the pid of, or a descendant's that nothing
         # noted: their processes ended first.
         displaced, self.recorder.displaced = self.recorder.displaced, []
