@@ -49,6 +49,27 @@ from pytest_mpcheck.watch.resources import ResourceWatch
 baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
 mode_key: pytest.StashKey[str] = pytest.StashKey()
 
+#: Who the processes started between two tests belong to (a plugin's hook, a thread).
+BETWEEN_TESTS = "<between tests>"
+
+
+#: The markers that change how one test is checked: their arguments are checked at its setup.
+_PER_TEST_MARKERS = frozenset({"mp_check", "mp_join_timeout"})
+
+
+def _carries_per_test_markers(item: pytest.Item) -> bool:
+    """Whether the test or a node above it has one of :data:`_PER_TEST_MARKERS`: one plain
+    walk, a third of what pytest's marker look-ups cost (which the usual test, with neither
+    marker, need not pay)."""
+    node: pytest.Item | pytest.Collector | None = item
+    while node is not None:
+        for mark in node.own_markers:
+            if mark.name in _PER_TEST_MARKERS:
+                return True
+        node = node.parent
+    return False
+
+
 #: The name the run is registered under as a plugin.
 PLUGIN_NAME = "mpcheck-run"
 
@@ -167,10 +188,11 @@ class MpCheckRun:
 
     def check_markers(self, item: pytest.Item) -> None:
         """Fail the test's setup if one of its markers has bad arguments."""
-        names = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not two
-        if "mp_check" in names:
+        if not _carries_per_test_markers(item):
+            return  # the usual test
+        if item.get_closest_marker("mp_check") is not None:
             item.stash[mode_key] = marker_mode(item, self.settings.mode)
-        if "mp_join_timeout" in names:
+        if item.get_closest_marker("mp_join_timeout") is not None:
             marker_join_timeout(item, self.settings.join_timeout)
 
     def test_mode(self, item: pytest.Item) -> str:
@@ -184,6 +206,10 @@ class MpCheckRun:
         that the user's own error stays what pytest shows first.
         """
         baseline = item.stash.get(baseline_key, None)
+        if baseline is not None and self._left_nothing(baseline):
+            self.recorder.set_owner(BETWEEN_TESTS)
+            self._current = None
+            return
         mode = self.test_mode(item)
         for fault in self.watch.reaper.take_faults():
             internal_error("reaping orphans during " + item.nodeid, fault)
@@ -215,7 +241,7 @@ class MpCheckRun:
                 self.queues.note_feeders(feeders, self.recorder.records)
             except Exception:
                 internal_error("reading which queues the children of " + item.nodeid + " fed")
-        self.recorder.set_owner("<between tests>")
+        self.recorder.set_owner(BETWEEN_TESTS)
         self._current = None
         if baseline is None:
             return
@@ -265,6 +291,20 @@ class MpCheckRun:
             pytest.fail(message, pytrace=False)
         else:
             warn_at_test(item, message)
+
+    def _left_nothing(self, baseline: Baseline) -> bool:
+        """Whether the test left nothing to read, check or report: it started no process,
+        has none now, made no named resource and no queue that was collected, and no fork or
+        fault was noted. The usual test of a large suite, which :meth:`end_test` then leaves
+        after a few attribute reads and one system call."""
+        return (
+            not self.recorder.threaded_forks
+            and self.recorder.generation == self._log_generation
+            and not self._pending_resources
+            and not self.resources.live
+            and not self.queues.collected_any()
+            and self.watch.quiet_test(baseline)
+        )
 
     def exit_status_of(self, pid: int) -> int | None:
         """The exit status of a child that the run recorded, where its process object read it."""
@@ -462,18 +502,15 @@ class MpCheckRun:
             internal_error("writing the report header")
             return None
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # Not a wrapper: a marker with bad arguments fails the setup like any setup error, and
+        # the other plugins' wrappers have begun their setup and see the failure. One call per
+        # test, which the suites of thousands of tests pay.
         try:
             self.begin_test(item)
         except Exception:
             internal_error("noting the processes before " + item.nodeid)
-        return (yield)
-
-    @pytest.hookimpl(specname="pytest_runtest_setup", tryfirst=True)
-    def pytest_runtest_setup_markers(self, item: pytest.Item) -> None:
-        # Not in the wrapper above: a failure there would skip the setup of the other plugins,
-        # whose teardown then fails on what their setup did not leave (pytest's own among them).
         self.check_markers(item)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -511,16 +548,6 @@ class MpCheckRun:
         result = yield
         timeouts.after_cancel_timer(item)
         return result
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(
-        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-    ) -> Any:
-        if fixturedef.scope == "function":
-            return (yield)
-        owner = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
-        with self.recorder.owned_by(owner, fixturedef):
-            return (yield)
 
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest

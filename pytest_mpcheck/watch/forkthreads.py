@@ -85,6 +85,10 @@ class ThreadedForks:
         for thread in threads:
             seen.threads.setdefault((thread.ident, thread.name), thread)
 
+    def __bool__(self) -> bool:
+        """Whether a fork was noted since the last :meth:`take`."""
+        return bool(self._forks)
+
     def take(self) -> list[ForkSeen]:
         """The forks noted so far; forgets them."""
         forks = list(self._forks.values())

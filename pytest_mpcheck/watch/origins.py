@@ -20,8 +20,8 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, FrameType
@@ -112,6 +112,28 @@ class StartRecord:
     the other process, never this one."""
 
 
+#: The hook whose implementation calls a fixture's function: pytest's own, or that of a plugin
+#: that replaces it. Its frame on a stack means that a fixture is being set up there, and its
+#: argument ``fixturedef`` (the hook's, so every implementation's) says which.
+_FIXTURE_SETUP_HOOK = "pytest_fixture_setup"
+
+
+def fixture_in_setup(frame: FrameType | None) -> Any | None:
+    """The definition (pytest's ``FixtureDef``) of the wider-scoped fixture (not function) whose
+    setup runs ``frame``, directly or through the calls it made; ``None``.
+
+    Read from the stack when a process or thread starts, rather than kept up to date by a hook
+    around every fixture's setup: the test process only pays for it when it starts something.
+    """
+    while frame is not None:
+        if frame.f_code.co_name == _FIXTURE_SETUP_HOOK:
+            fixturedef = frame.f_locals.get("fixturedef")
+            if getattr(fixturedef, "scope", "function") != "function":
+                return fixturedef
+        frame = frame.f_back
+    return None
+
+
 def _keep_exit_status(record: StartRecord, popen: Any, _gone: object = None) -> None:
     """The process object of ``record`` is being collected: keep what its popen read."""
     status = getattr(popen, "returncode", None)
@@ -130,10 +152,10 @@ class OriginRecorder:
         processes they name ended; the watch reads their ends (``ProcessWatch._forget_gone``)."""
         self.started = 0
         self._owner = "<collection>"
-        self._scope: object | None = None
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
-        self._wrapped_families: set[str] = set()
+        self._unwrapped_families = list(self.PROCESS_FAMILIES)
+        """The families of :attr:`PROCESS_FAMILIES` whose process class is not wrapped yet."""
         self._count_lock = threading.Lock()
         self.starting = 0
         """How many process-creating calls are running now, in all threads (they nest).
@@ -145,9 +167,9 @@ class OriginRecorder:
         """Goes up with every process noted: tells the watch that its last look is stale."""
         self.deferred: Callable[[], object] | None = None
         """Work to do once no such call runs (set by the orphan reaper)."""
-        self._thread_owners: weakref.WeakKeyDictionary[threading.Thread, tuple[str, object]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._thread_owners: weakref.WeakKeyDictionary[
+            threading.Thread, tuple[str, object | None]
+        ] = weakref.WeakKeyDictionary()
         """Who was running when each thread was started (see :meth:`_prepare`)."""
         self._thread_sites: weakref.WeakKeyDictionary[threading.Thread, str | None] = (
             weakref.WeakKeyDictionary()
@@ -173,27 +195,27 @@ class OriginRecorder:
 
     # -- who is running -------------------------------------------------------------------------
 
-    @contextmanager
-    def owned_by(self, owner: str, scope: object | None) -> Iterator[None]:
-        """Attribute the processes started inside the block to ``owner``."""
-        previous = (self._owner, self._scope)
-        self._owner, self._scope = owner, scope
-        try:
-            yield
-        finally:
-            self._owner, self._scope = previous
+    def current_owner(self, frame: FrameType | None) -> tuple[str, object | None]:
+        """Who is running the code of ``frame`` (and its callers): the wider-scoped fixture
+        whose setup is on the stack, with its definition, else the test (see
+        :meth:`set_owner`), with ``None``."""
+        fixturedef = fixture_in_setup(frame)
+        if fixturedef is not None:
+            return f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}", fixturedef
+        return self._owner, None
 
     def owner_of(self, pid: int) -> tuple[str, object | None]:
         """Who ``pid`` belongs to (owner, wider-scoped fixture or ``None``); for the pytest
-        process itself, who is running now."""
+        process itself, who is running now (see :meth:`current_owner`)."""
         record = self.records.get(pid) if pid != self._pid else None
         if record is not None:
             return record.owner, record.scope
-        return self._owner, self._scope
+        return self.current_owner(sys._getframe(1))
 
     def set_owner(self, owner: str) -> None:
-        """Attribute processes started from now on to ``owner`` (a test's node id)."""
-        self._owner, self._scope = owner, None
+        """Attribute processes started from now on to ``owner`` (a test's node id), but those
+        that a wider-scoped fixture's setup starts (see :meth:`current_owner`)."""
+        self._owner = owner
 
     def rebase(self) -> None:
         """Record from this process: a fork of the pytest process now runs the tests."""
@@ -215,13 +237,13 @@ class OriginRecorder:
         previous: StartRecord | None = getattr(local, "prepared", None)
         if previous is None and os.getpid() == self._pid:
             thread = threading.current_thread()
-            owner, scope = self._owner, self._scope
+            frame = sys._getframe(1)
+            owner, scope = self.current_owner(frame)
             started_by = self._thread_owners.get(thread)
             if started_by is not None and started_by[0] != owner:
                 # A thread older than this test (a pool's worker handler) starts for the one
                 # that started it: a fixture's scope, or the session once that test is over.
                 owner, scope = started_by[0], started_by[1] or HANDED_OVER
-            frame = sys._getframe(1)
             site = callsite.user_site(frame, self._root_prefix)
             test_site = callsite.test_site(frame, self._root_prefix)
             from_thread = False
@@ -390,8 +412,9 @@ class OriginRecorder:
         if outer is not None:  # os.fork inside Process.start: the record names the call
             site, call, owner = outer.site, outer.started_by, outer.owner
         else:
-            site = callsite.user_site(sys._getframe(2), self._root_prefix)
-            call, owner = label, self._owner
+            frame = sys._getframe(2)
+            site = callsite.user_site(frame, self._root_prefix)
+            call, owner = label, self.current_owner(frame)[0]
         self.threaded_forks.note(site, call, owner, threads)
 
     def _run_deferred(self) -> None:
@@ -442,10 +465,10 @@ class OriginRecorder:
         @functools.wraps(original_thread_start)
         def start_thread(thread: threading.Thread) -> None:
             if os.getpid() == recorder._pid:
-                recorder._thread_owners[thread] = (recorder._owner, recorder._scope)
                 test_site = None
                 try:
                     frame = sys._getframe(1)
+                    recorder._thread_owners[thread] = recorder.current_owner(frame)
                     site = callsite.user_site(frame, recorder._root_prefix)
                     test_site = callsite.test_site(frame, recorder._root_prefix)
                     if test_site is None:
@@ -473,16 +496,14 @@ class OriginRecorder:
         """Wrap ``BaseProcess.start`` of each multiprocessing family imported by now.
 
         Called again before each test: a suite may import ``multiprocess`` or ``billiard`` only
-        when its modules are collected. Three dictionary look-ups when nothing is new.
+        when its modules are collected. A dictionary look-up per family not wrapped yet.
         """
-        for family in self.PROCESS_FAMILIES:
-            if family in self._wrapped_families:
-                continue
-            module = sys.modules.get(f"{family}.process")
+        for family in tuple(self._unwrapped_families):
+            module = sys.modules.get(family + ".process")
             cls = getattr(module, "BaseProcess", None)
             if cls is None or not hasattr(cls, "start"):
                 continue
-            self._wrapped_families.add(family)
+            self._unwrapped_families.remove(family)
             if family != "multiprocessing" and getattr(cls.start, "__wrapped__", None):
                 continue  # the same class under another name
             self._wrap_method(cls, "start", f"{family}.Process.start")
@@ -539,4 +560,4 @@ class OriginRecorder:
         """Put the original calls back (in reverse order of wrapping)."""
         while self._undo:
             self._undo.pop()()
-        self._wrapped_families.clear()
+        self._unwrapped_families = list(self.PROCESS_FAMILIES)

@@ -431,6 +431,21 @@ class ProcessWatch:
         self._forget_gone()
         return findings
 
+    def quiet_test(self, baseline: Baseline) -> bool:
+        """Whether a test that began with ``baseline`` left the watch nothing to do: no start
+        record, no end or fault to read, no child before it or now. When so, the look is kept
+        as the next test's baseline, and :meth:`finish_test` need not be called."""
+        if (
+            self.recorder.records
+            or self.recorder.displaced
+            or self.gone
+            or self._ended_by_mpcheck
+            or self.reaper.faults
+            or (self.reaper.enabled and not self.reaper.installed)
+        ):
+            return False
+        return self._nothing_to_look_at(baseline)
+
     def _nothing_to_look_at(self, baseline: Baseline) -> bool:
         """Whether nothing can be left over: no child before the test, none now (those it
         started have ended and were reaped), so no descendant at all. The usual test, and the

@@ -133,6 +133,10 @@ class QueueWatch:
             type(queue).__name__, site, weakref.ref(queue, lambda _: collected.append(key))
         )
 
+    def collected_any(self) -> bool:
+        """Whether a queue was collected since the last :meth:`forget_collected`."""
+        return bool(self._collected)
+
     def forget_collected(self) -> None:
         """Forget the queues collected since the last call. Called after a test's ends were
         read: a queue that a test made and dropped is still named in that test's report."""
