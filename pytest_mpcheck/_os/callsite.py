@@ -12,15 +12,27 @@ that led to it.
 
 from __future__ import annotations
 
+import functools
 import os
-import sysconfig
 from types import FrameType
 
-_PATHS = sysconfig.get_paths()
-_STDLIB = (_PATHS["stdlib"], _PATHS["platstdlib"])
-_SITE_PACKAGES = (_PATHS["purelib"], _PATHS["platlib"])
 #: The plugin's own files (this module is one package below the top): never the user's line.
 _THIS_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
+@functools.cache
+def _library_paths() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The beginnings of the file names that are never the user's line (Python's own
+    library, this plugin, ``<string>``), and those of installed packages; ``sysconfig``'s
+    paths, read on the first call: it loads a module of build data, which a run that starts
+    no process never needs."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return (
+        ("<", _THIS_PACKAGE, paths["stdlib"], paths["platstdlib"]),
+        (paths["purelib"], paths["platlib"]),
+    )
 
 
 def user_site(frame: FrameType | None, root_prefix: str) -> str | None:
@@ -29,12 +41,13 @@ def user_site(frame: FrameType | None, root_prefix: str) -> str | None:
     A file under ``root_prefix`` (the rootdir, with a trailing separator) is shown relative to
     it. ``None`` when every frame is Python's or this plugin's.
     """
+    not_users, site_packages = _library_paths()
     library_site = None
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(("<", _THIS_PACKAGE)) or filename.startswith(_STDLIB)):
+        if not filename.startswith(not_users):
             shown = filename[len(root_prefix) :] if filename.startswith(root_prefix) else filename
-            if not filename.startswith(_SITE_PACKAGES):
+            if not filename.startswith(site_packages):
                 return f"{shown}:{frame.f_lineno}"
             if library_site is None:
                 library_site = f"{shown}:{frame.f_lineno}"

@@ -15,6 +15,7 @@ thread, with the source line where it can be read.
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import re
@@ -30,11 +31,20 @@ from types import FrameType
 from pytest_mpcheck._os import procfs, scratch
 from pytest_mpcheck._os.stackfile import STACK_SIGNAL, STACKS_NAME
 
-_FAULTHANDLER_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
-_FAULTHANDLER_THREAD = re.compile(r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$")
-_TRACEBACK_FRAME = re.compile(r'^\s+File "(.+)", line \d+, in (.+)$')
-_PYSPY_FRAME = re.compile(r"^\s+(?P<func>\S.*) \((?P<file>.+):(?P<line>\d+)\)\s*$")
-_PYSPY_THREAD = re.compile(r"^Thread (?P<tid>\S+) \((?P<state>[^)]*)\)(?::\s*\"(?P<name>.*)\")?")
+
+@functools.cache
+def _pattern(source: str) -> re.Pattern[str]:
+    """``source`` compiled, on its first use: the patterns of the dumps below, compiled at
+    import, would cost every pytest run a millisecond for dumps that most runs never read."""
+    return re.compile(source)
+
+
+#: The lines of the dumps that the parsers below read (see :func:`_pattern`).
+_FAULTHANDLER_FRAME = r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$'
+_FAULTHANDLER_THREAD = r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$"
+_TRACEBACK_FRAME = r'^\s+File "(.+)", line \d+, in (.+)$'
+_PYSPY_FRAME = r"^\s+(?P<func>\S.*) \((?P<file>.+):(?P<line>\d+)\)\s*$"
+_PYSPY_THREAD = r"^Thread (?P<tid>\S+) \((?P<state>[^)]*)\)(?::\s*\"(?P<name>.*)\")?"
 
 _STATES = {
     "R": "running",
@@ -158,16 +168,18 @@ _Frames = list[tuple[str, int, str]]
 
 
 def _blocks(
-    dump: str, thread: re.Pattern[str], head: Callable[[re.Match[str]], str], frame: re.Pattern[str]
+    dump: str, thread: str, head: Callable[[re.Match[str]], str], frame: str
 ) -> list[tuple[str, _Frames]]:
-    """A dump's threads, each as its heading and its frames (as the dump lists them)."""
+    """A dump's threads, each as its heading and its frames (as the dump lists them);
+    ``thread`` and ``frame`` are the patterns of their lines."""
     blocks: list[tuple[str, _Frames]] = []
+    thread_line, frame_line = _pattern(thread), _pattern(frame)
     for raw in dump.splitlines():
-        found = thread.match(raw)
+        found = thread_line.match(raw)
         if found:
             blocks.append((head(found), []))
             continue
-        found = frame.match(raw)
+        found = frame_line.match(raw)
         if found and blocks:
             blocks[-1][1].append(
                 (found.group("file"), int(found.group("line")), found.group("func"))
@@ -208,7 +220,7 @@ def _from_faulthandler(dump: str) -> str:
 
 
 #: The first line faulthandler writes for a crash (a segmentation fault, an abort...).
-_FATAL_ERROR = re.compile(r"^Fatal Python error: (?P<what>.+?)\s*$")
+_FATAL_ERROR = r"^Fatal Python error: (?P<what>.+?)\s*$"
 #: Lines of faulthandler's crash report besides its thread headings and frames.
 _FATAL_ERROR_EXTRAS = ("Extension modules:", "Stack (most recent call first)", "<no Python frame>")
 
@@ -228,16 +240,16 @@ def fatal_errors(captured: str) -> list[tuple[str, str]]:
     lines = captured.splitlines()
     index = 0
     while index < len(lines):
-        head = _FATAL_ERROR.match(lines[index])
+        head = _pattern(_FATAL_ERROR).match(lines[index])
         index += 1
         if head is None:
             continue
         report: list[str] = []
-        while index < len(lines) and not _FATAL_ERROR.match(lines[index]):
+        while index < len(lines) and not _pattern(_FATAL_ERROR).match(lines[index]):
             line = lines[index]
             if line.strip() and not (
                 line[0].isspace()
-                or _FAULTHANDLER_THREAD.match(line)
+                or _pattern(_FAULTHANDLER_THREAD).match(line)
                 or line.startswith(_FATAL_ERROR_EXTRAS)
             ):
                 break  # the report ended: what follows is other output
@@ -407,7 +419,7 @@ def _main_thread_frames(stack: str) -> list[tuple[str, str]]:
     for line in stack.splitlines()[1:]:
         if line.startswith("Thread"):
             break
-        frame = _TRACEBACK_FRAME.match(line)
+        frame = _pattern(_TRACEBACK_FRAME).match(line)
         if frame:
             frames.append((frame.group(1), frame.group(2)))
     return frames
@@ -438,7 +450,7 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
         for line in stack.splitlines()[1:]:
             if line.startswith("Thread"):
                 break
-            frame = _TRACEBACK_FRAME.match(line)
+            frame = _pattern(_TRACEBACK_FRAME).match(line)
             if frame:
                 innermost, source = (frame.group(1), frame.group(2)), ""
             elif innermost is not None:

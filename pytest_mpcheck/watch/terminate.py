@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing.pool
 import multiprocessing.process
 import os
 import signal
@@ -21,10 +20,13 @@ import threading
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mpcheck._os import procfs
 from pytest_mpcheck._os.poll import poll_until
+
+if TYPE_CHECKING:
+    import multiprocessing.pool
 
 #: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
 KILL_WAIT = 5.0
@@ -61,9 +63,12 @@ def _is_pool_worker_candidate(leftover: Leftover) -> bool:
 
 def _pools_listing(pids: set[int]) -> list[tuple[multiprocessing.pool.Pool, set[int]]]:
     """The live ``Pool`` objects whose workers have these pids, with those pids."""
+    pool_module = sys.modules.get("multiprocessing.pool")
+    if pool_module is None:
+        return []  # never imported: no Pool was made (importing it here would cost every run)
     found = []
     for candidate in gc.get_objects():
-        if isinstance(candidate, multiprocessing.pool.Pool):
+        if isinstance(candidate, pool_module.Pool):
             workers = getattr(candidate, "_pool", None) or ()
             listed = {getattr(worker, "pid", None) for worker in workers} & pids
             if listed:
