@@ -13,14 +13,25 @@ its children, which a busy machine disturbs less than the wall time; then the sa
 minor page faults of pytest and its children, which repeat from run to run whatever the machine
 does: after a fork, each page that the parent or the child writes faults once (and is copied for
 the child), so they count what the watch costs a forked child and the process that forked it.
-Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]``.
+
+``--instructions`` adds, per suite, one run each way under valgrind (``cachegrind`` without its
+cache simulation, every process followed): the instructions that pytest and the processes it
+exec'd executed (a forked child's count goes on from its parent's, so forked children are left
+out: the fork suite counts the pytest process alone). They barely move between runs, so they
+show what a change did on a machine whose times drift; a run takes some twenty times as long as
+without valgrind (a spawned child's start under valgrind, over a second).
+
+Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]
+[--instructions]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,12 +66,8 @@ def test_start_join(n):
 def _run(directory: Path, plugin_on: bool) -> tuple[float, float, float]:
     """One run of the suite in ``directory``: its wall time and CPU time, in seconds, and its
     minor page faults."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-    if not plugin_on:
-        command += ["-p", "no:mpcheck"]
-    # Bytecode is cached, as on a user's machine: with PYTHONDONTWRITEBYTECODE every run would
-    # compile (and pytest would assert-rewrite) the plugin's modules again, which no user pays.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    command = _command(plugin_on)
+    env = _environment()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
@@ -74,14 +81,64 @@ def _run(directory: Path, plugin_on: bool) -> tuple[float, float, float]:
     return elapsed, cpu, float(after.ru_minflt - before.ru_minflt)
 
 
+def _command(plugin_on: bool) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    return command if plugin_on else [*command, "-p", "no:mpcheck"]
+
+
+def _environment() -> dict[str, str]:
+    # Bytecode is cached, as on a user's machine: with PYTHONDONTWRITEBYTECODE every run would
+    # compile (and pytest would assert-rewrite) the plugin's modules again, which no user pays.
+    # A fixed hash seed: the instructions of two runs then differ by a few in a million.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _instructions(directory: Path, plugin_on: bool, valgrind: str) -> int:
+    """The instructions that one run of the suite in ``directory`` executed, in all its
+    processes (valgrind's cachegrind counts them; each process prints its own total)."""
+    done = subprocess.run(
+        [
+            valgrind,
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--trace-children=yes",
+            "--cachegrind-out-file=/dev/null",
+            *_command(plugin_on),
+        ],
+        cwd=directory,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the suite failed under valgrind:\n{done.stdout}\n{done.stderr}")
+    # A forked child's count starts from its parent's at the fork: only the processes that
+    # valgrind started anew (pytest, and those exec'd: spawned children, forkservers, resource
+    # trackers), which each print their command line first, are added up.
+    started = set(re.findall(r"^==(\d+)== Command: ", done.stderr, re.MULTILINE))
+    totals = re.findall(r"^==(\d+)== I\s+refs:\s+([\d,]+)", done.stderr, re.MULTILINE)
+    return sum(int(total.replace(",", "")) for pid, total in totals if pid in started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs per suite and setting")
     parser.add_argument(
         "--methods", default="fork,spawn,forkserver", help="start methods of the process suites"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the instructions of one run each way, under valgrind",
+    )
     arguments = parser.parse_args()
     rounds = arguments.rounds
+    valgrind = shutil.which("valgrind") if arguments.instructions else None
+    if arguments.instructions and valgrind is None:
+        parser.error("--instructions needs valgrind on PATH (apt install valgrind)")
     suites = [("trivial", TRIVIAL)] + [
         (f"processes-{method}", PROCESSES.replace("METHOD", method))
         for method in arguments.methods.split(",")
@@ -115,6 +172,13 @@ def main() -> None:
                 f"{name:>20} faults: plugin on {faults_on:.0f}, off {faults_off:.0f}, "
                 f"ratio {faults_on / faults_off:.3f} (medians of {rounds})"
             )
+            if valgrind is not None:
+                counted_on = _instructions(directory, True, valgrind)
+                counted_off = _instructions(directory, False, valgrind)
+                print(
+                    f"{name:>20} instructions: plugin on {counted_on / 1e6:.1f}M, "
+                    f"off {counted_off / 1e6:.1f}M, ratio {counted_on / counted_off:.3f}"
+                )
 
 
 if __name__ == "__main__":
