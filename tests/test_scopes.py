@@ -100,3 +100,36 @@ def test_process_started_by_an_older_process_is_not_blamed(pytester: pytest.Pyte
             "    ended by:   SIGTERM (ended by mpcheck)",
         ]
     )
+
+
+def test_a_fixture_set_up_inside_the_test_body_owns_its_process(pytester: pytest.Pytester) -> None:
+    # A session fixture set up by request.getfixturevalue() while the test runs: what it starts
+    # is the fixture's (read from the stack when the process starts), what the test body starts
+    # next is the test's.
+    pytester.makepyfile(
+        test_lazy="""
+        import subprocess, pytest
+
+        @pytest.fixture(scope="session")
+        def lazy():
+            return subprocess.Popen(["sleep", "72"])  # never stopped
+
+        def test_body(request):
+            server = request.getfixturevalue("lazy")
+            own = subprocess.Popen(["sleep", "0"])
+            own.wait()
+            assert server.poll() is None
+        """
+    )
+    result = pytester.runpytest_subprocess("--mp-kill-grace=0.5", timeout=60)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: session-scoped fixture 'lazy' (finalized at the teardown of "
+            "test_lazy.py::test_body) left 1 process behind (1 leaked)",
+            "    command:    sleep 72",
+            "    started at: test_lazy.py:5 by subprocess.Popen",
+            "    owned by:   session-scoped fixture 'lazy'",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*sleep 0*")

@@ -117,6 +117,13 @@ class StartRecord:
 #: argument ``fixturedef`` (the hook's, so every implementation's) says which.
 _FIXTURE_SETUP_HOOK = "pytest_fixture_setup"
 
+#: pytest's hooks that run a test's phases: a fixture's setup is always inside one of them, so
+#: the walk stops at the first (the stack of a test that starts a process is a few frames deep
+#: to there, and some sixty to its bottom).
+_TEST_PHASE_HOOKS = frozenset(
+    {"pytest_runtest_setup", "pytest_runtest_call", "pytest_pyfunc_call", "pytest_runtest_teardown"}
+)
+
 
 def fixture_in_setup(frame: FrameType | None) -> Any | None:
     """The definition (pytest's ``FixtureDef``) of the wider-scoped fixture (not function) whose
@@ -126,10 +133,13 @@ def fixture_in_setup(frame: FrameType | None) -> Any | None:
     around every fixture's setup: the test process only pays for it when it starts something.
     """
     while frame is not None:
-        if frame.f_code.co_name == _FIXTURE_SETUP_HOOK:
+        name = frame.f_code.co_name
+        if name == _FIXTURE_SETUP_HOOK:
             fixturedef = frame.f_locals.get("fixturedef")
             if getattr(fixturedef, "scope", "function") != "function":
                 return fixturedef
+        elif name in _TEST_PHASE_HOOKS:
+            return None
         frame = frame.f_back
     return None
 
