@@ -53,7 +53,7 @@ def _test_children(run: MpCheckRun, item: pytest.Item) -> list[hangs.Suspect]:
     baseline = run.baseline_of(item)
     before = baseline.pids if baseline is not None else frozenset()
     suspects = []
-    tree = procfs.descendants(run.watch.session_pid)
+    tree = run.watch.descendants()
     for pid in tree:
         if pid in before or procfs.state(pid) in (None, "Z"):
             continue

@@ -197,3 +197,34 @@ def test_a_pid_handed_to_a_grandchild_is_not_taken_for_the_child_it_named(
         ]
     )
     result.stdout.no_fnmatch_line(f"leaked process {pid} 'crasher'*")
+
+
+@pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
+def test_a_pid_handed_to_a_grandchild_before_a_timeout_is_not_taken_for_the_child(
+    pytester: pytest.Pytester,
+) -> None:
+    # As above, then the test hangs until pytest-timeout ends it: the children that mpcheck
+    # reports and ends for the timeout are read with the same care, so the grandchild that has
+    # the crasher's pid is not named after the crasher.
+    hangs = PID_TO_A_GRANDCHILD + "    time.sleep(60)\n"
+    pytester.makepyfile(test_grandchild=hangs)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--mp-kill-grace=0.5",
+        "--timeout=8",
+        "--timeout-method=signal",
+        timeout=90,
+    )
+    pid = (pytester.path / "reused").read_text()
+    if not pid:
+        pytest.skip("another process took the pid first 50 times in a row")
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_grandchild.py::test_a_pid_handed_to_a_grandchild: pytest-timeout "
+            "(8s, signal method): * child processes of the test still running; their stacks, "
+            "then ended",
+        ]
+    )
+    result.stdout.fnmatch_lines([f"hung process {pid} 'python*': hung, *"])
+    result.stdout.no_fnmatch_line(f"hung process {pid} 'crasher'*")

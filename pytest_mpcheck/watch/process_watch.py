@@ -129,17 +129,16 @@ class ProcessWatch:
         # while the look runs then makes the look stale, instead of being missed by it (and
         # losing its start record in ``_forget_gone``).
         generation = self.recorder.generation
-        tree = self._descendants()
+        tree = self.descendants()
         self._last_tree = frozenset(tree)
         self._last_generation = generation
         return tree
 
-    def _descendants(self) -> dict[int, int]:
+    def descendants(self) -> dict[int, int]:
         """The descendants now, ``{pid: parent}``. The start records that their pids no longer
         name (a child's pid handed to a grandchild) are taken first (see
-        :meth:`OriginRecorder.drop_handed_on`). Used by the looks after a test and a fixture;
-        the session's last look (:meth:`finish_session`) and pytest-timeout's
-        (``timeouts._test_children``) still read the tree alone."""
+        :meth:`OriginRecorder.drop_handed_on`): every look of the watch goes through here, so
+        that no record is read for a process it does not name."""
         tree = procfs.descendants(self.session_pid)
         self.recorder.drop_handed_on(tree)
         return tree
@@ -468,7 +467,7 @@ class ProcessWatch:
         label = next(iter(records.values())).owner
 
         def alive() -> dict[int, int]:
-            tree = self._descendants()
+            tree = self.descendants()
             self.recorder.fill_create_times(frozenset(tree))
             return {
                 pid: tree[pid]
@@ -496,7 +495,7 @@ class ProcessWatch:
             self.reaper.reap_orphans()
 
         def remaining() -> dict[int, int]:
-            tree = procfs.descendants(self.session_pid)
+            tree = self.descendants()
             return {
                 pid: parent
                 for pid, parent in tree.items()
@@ -548,7 +547,7 @@ class ProcessWatch:
         alive = self._last_tree
         if recorded and (alive is None or self._last_generation != self.recorder.generation):
             # A process noted since the last look is not in it.
-            alive = frozenset(self._descendants())
+            alive = frozenset(self.descendants())
         # Records a newer process's note took the pid of, or a descendant's that nothing
         # noted: their processes ended first.
         displaced, self.recorder.displaced = self.recorder.displaced, []
