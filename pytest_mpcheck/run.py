@@ -16,6 +16,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from collections.abc import Generator
 from types import ModuleType
 from typing import Any
@@ -93,6 +94,9 @@ class MpCheckRun:
         self._log_generation = -1
         self.subreaper = False
         self._current: pytest.Item | None = None
+        self._scope_hook: _FixtureScopes | None = None
+        self._scope_lock = threading.Lock()
+        self.recorder.on_fixture_owner = self.watch_fixture_scopes
         self._session_baseline: Baseline | None = None
         self.left_at_end: list[Finding] = []
         self.resources_left_at_end: list[ResourceFinding] = []
@@ -406,6 +410,21 @@ class MpCheckRun:
         if feeders and mode != "off":
             warn_at_test(item, report.format_terminated_feeders(item.nodeid, feeders))
 
+    def watch_fixture_scopes(self) -> None:
+        """Check each wider-scoped fixture's processes when it is finalized, from now on.
+
+        Called (by :class:`OriginRecorder`) when a process, a thread or a named resource is
+        first attributed to such a fixture: until then no hook runs at each fixture's
+        finalization, which the tests of a suite whose fixtures start nothing would all pay.
+        """
+        with self._scope_lock:  # a thread started by a fixture may get here at the same time
+            if self._scope_hook is not None:
+                return
+            self._scope_hook = _FixtureScopes(self)
+        manager = self.config.pluginmanager
+        manager.register(self._scope_hook, PLUGIN_NAME + "-scopes")
+        self.config.add_cleanup(functools.partial(manager.unregister, self._scope_hook))
+
     def scope_finished(self, scope: object) -> None:
         """A module-, class-, package- or session-scoped fixture was finalized."""
         item = self._current
@@ -549,12 +568,6 @@ class MpCheckRun:
         timeouts.after_cancel_timer(item)
         return result
 
-    def pytest_fixture_post_finalizer(
-        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-    ) -> None:
-        if fixturedef.scope != "function":
-            self.scope_finished(fixturedef)
-
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """pytest-xdist: add up what a worker that finished found."""
@@ -624,6 +637,20 @@ def _one_teardown_failure(error: BaseException) -> BaseException | None:
         return None
     text = "\n\n".join(str(leaf.msg) for leaf in leaves if isinstance(leaf, pytest.fail.Exception))
     return pytest.fail.Exception(text, pytrace=False)
+
+
+class _FixtureScopes:
+    """The hook that checks a wider-scoped fixture once it is finalized (see
+    :meth:`MpCheckRun.watch_fixture_scopes`)."""
+
+    def __init__(self, run: MpCheckRun) -> None:
+        self._run = run
+
+    def pytest_fixture_post_finalizer(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> None:
+        if fixturedef.scope != "function":
+            self._run.scope_finished(fixturedef)
 
 
 #: The checks of the fixtures' children before the run's conftest files were imported.

@@ -196,6 +196,9 @@ class OriginRecorder:
         self.fork_setup: Callable[[Any], Callable[[], None] | None] | None = None
         """Called with each process object that ``Process.start`` starts by fork, before the
         fork: what its at-fork callback needs to know of it; returns what to call once started."""
+        self.on_fixture_owner: Callable[[], None] | None = None
+        """Called each time something is attributed to a wider-scoped fixture: the session
+        then watches for that fixture's finalization."""
         self.threaded_forks = ThreadedForks()
         """Forks made while other threads ran, since the last test ended."""
         self._thread = threading.local()
@@ -211,6 +214,8 @@ class OriginRecorder:
         :meth:`set_owner`), with ``None``."""
         fixturedef = fixture_in_setup(frame)
         if fixturedef is not None:
+            if self.on_fixture_owner is not None:
+                self.on_fixture_owner()
             return f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}", fixturedef
         return self._owner, None
 
