@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import report, timeouts, xdist
-from pytest_mpcheck._os import scratch, stacks
+from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
 from pytest_mpcheck.errors import internal_error, warn_at_test
 from pytest_mpcheck.findings import (
@@ -382,6 +382,8 @@ class MpCheckRun:
                 for _, key, content in getattr(item, "_report_sections", ())
                 if key == "stderr"
             )
+            from pytest_mpcheck._os import stacks  # only for a death: it is a large module
+
             crashes = stacks.fatal_errors(stderr) if captured else []
             item.add_report_section(
                 "teardown",

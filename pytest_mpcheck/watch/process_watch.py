@@ -15,17 +15,22 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mpcheck._os import procfs
 from pytest_mpcheck._os.poll import poll_until
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
 from pytest_mpcheck.settings import Settings
-from pytest_mpcheck.watch import helpers, ownership
 from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder, StartRecord
-from pytest_mpcheck.watch.ownership import Holder
 from pytest_mpcheck.watch.reaper import OrphanReaper
 from pytest_mpcheck.watch.terminate import SENT_BY_MPCHECK, Leftover, end_processes
+
+if TYPE_CHECKING:
+    from pytest_mpcheck.watch.ownership import Holder
+
+# helpers and ownership are imported where they are used: only once a process outlives a
+# test. Each module the plugin imports at start costs every pytest run, and more once pytest
+# loads it through its assertion rewriter (as it does the modules of an installed plugin).
 
 #: ``(process) -> True`` when another plugin vetoes the finding.
 VetoFn = Callable[[ProcessInfo], bool]
@@ -173,6 +178,8 @@ class ProcessWatch:
             command = procfs.cmdline(pid)
         if command == procfs.own_cmdline():
             return False  # a fork of this process (or of this xdist worker): never a helper
+        from pytest_mpcheck.watch import helpers
+
         if self._helper_pids is None:
             self._helper_pids = helpers.running_helper_pids()
         return (
@@ -267,6 +274,8 @@ class ProcessWatch:
                 handles.append(handle)
         if not handles:
             return {}
+        from pytest_mpcheck.watch import ownership
+
         found = ownership.live_holders(handles, collect=collect)
         by_pid = {handle.pid: found[id(handle)] for handle in handles if id(handle) in found}
         del handles
