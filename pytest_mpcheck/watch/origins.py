@@ -215,7 +215,9 @@ class OriginRecorder:
         fixturedef = fixture_in_setup(frame)
         if fixturedef is not None:
             if self.on_fixture_owner is not None:
-                self.on_fixture_owner()
+                # Runs inside the user's call (a process or thread starting): never raise there.
+                with suppress(Exception):
+                    self.on_fixture_owner()
             return f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}", fixturedef
         return self._owner, None
 
