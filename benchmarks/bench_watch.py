@@ -21,8 +21,13 @@ out: the fork suite counts the pytest process alone). They barely move between r
 show what a change did on a machine whose times drift; a run takes some twenty times as long as
 without valgrind (a spawned child's start under valgrind, over a second).
 
+``--python`` runs the suites with another interpreter: that of a virtual environment where the
+plugin was installed with ``pip install .`` shows what users get, which an editable install does
+not (pytest loads an installed plugin's modules through its assertion rewriter, some 1 ms each
+at every start).
+
 Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]
-[--instructions]``.
+[--instructions] [--python PYTHON]``.
 """
 
 from __future__ import annotations
@@ -63,10 +68,10 @@ def test_start_join(n):
 """
 
 
-def _run(directory: Path, plugin_on: bool) -> tuple[float, float, float]:
+def _run(directory: Path, python: str, plugin_on: bool) -> tuple[float, float, float]:
     """One run of the suite in ``directory``: its wall time and CPU time, in seconds, and its
     minor page faults."""
-    command = _command(plugin_on)
+    command = _command(python, plugin_on)
     env = _environment()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -81,8 +86,8 @@ def _run(directory: Path, plugin_on: bool) -> tuple[float, float, float]:
     return elapsed, cpu, float(after.ru_minflt - before.ru_minflt)
 
 
-def _command(plugin_on: bool) -> list[str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+def _command(python: str, plugin_on: bool) -> list[str]:
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
     return command if plugin_on else [*command, "-p", "no:mpcheck"]
 
 
@@ -95,7 +100,7 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _instructions(directory: Path, plugin_on: bool, valgrind: str) -> int:
+def _instructions(directory: Path, python: str, plugin_on: bool, valgrind: str) -> int:
     """The instructions that one run of the suite in ``directory`` executed, in all its
     processes (valgrind's cachegrind counts them; each process prints its own total)."""
     done = subprocess.run(
@@ -105,7 +110,7 @@ def _instructions(directory: Path, plugin_on: bool, valgrind: str) -> int:
             "--cache-sim=no",
             "--trace-children=yes",
             "--cachegrind-out-file=/dev/null",
-            *_command(plugin_on),
+            *_command(python, plugin_on),
         ],
         cwd=directory,
         env=_environment(),
@@ -134,8 +139,25 @@ def main() -> None:
         action="store_true",
         help="also count the instructions of one run each way, under valgrind",
     )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter to run the suites with (default: this one); give that of a "
+        "virtual environment where the plugin was installed with `pip install .` to measure "
+        "what users get: pytest loads an installed plugin's modules through its assertion "
+        "rewriter, an editable one's through Python's own importer",
+    )
     arguments = parser.parse_args()
     rounds = arguments.rounds
+    python = arguments.python
+    try:
+        found = subprocess.run(
+            [python, "-c", "import pytest_mpcheck"], capture_output=True, text=True, check=False
+        )
+    except OSError as error:
+        parser.error(f"--python {python}: cannot run it ({error.strerror})")
+    if found.returncode != 0:
+        parser.error(f"--python {python}: cannot import pytest_mpcheck there\n{found.stderr}")
     valgrind = shutil.which("valgrind") if arguments.instructions else None
     if arguments.instructions and valgrind is None:
         parser.error("--instructions needs valgrind on PATH (apt install valgrind)")
@@ -150,12 +172,12 @@ def main() -> None:
             directory.mkdir()
             (directory / "pytest.ini").write_text("[pytest]\n")
             (directory / f"test_{name.replace('-', '_')}.py").write_text(source)
-            _run(directory, True)  # warm the file cache and the bytecode
+            _run(directory, python, True)  # warm the file cache and the bytecode
             on: list[tuple[float, float, float]] = []
             off: list[tuple[float, float, float]] = []
             for _ in range(rounds):
-                on.append(_run(directory, True))
-                off.append(_run(directory, False))
+                on.append(_run(directory, python, True))
+                off.append(_run(directory, python, False))
             for index, what in ((0, "wall"), (1, "cpu")):
                 median_on = statistics.median(run[index] for run in on)
                 median_off = statistics.median(run[index] for run in off)
@@ -173,8 +195,8 @@ def main() -> None:
                 f"ratio {faults_on / faults_off:.3f} (medians of {rounds})"
             )
             if valgrind is not None:
-                counted_on = _instructions(directory, True, valgrind)
-                counted_off = _instructions(directory, False, valgrind)
+                counted_on = _instructions(directory, python, True, valgrind)
+                counted_off = _instructions(directory, python, False, valgrind)
                 print(
                     f"{name:>20} instructions: plugin on {counted_on / 1e6:.1f}M, "
                     f"off {counted_off / 1e6:.1f}M, ratio {counted_on / counted_off:.3f}"
