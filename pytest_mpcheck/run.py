@@ -135,7 +135,7 @@ class MpCheckRun:
             self.child_preparation.install(self.resources.log_path)
             # Where each queue is made: a child that feeds one says so (the feeder log).
             config.add_cleanup(self.queues.uninstall)
-            self.queues.install()
+            self.queues.install(self.child_preparation.feeder_log)
             self.recorder.child_setup = self.child_preparation.setup_for
             self.recorder.fork_setup = self.child_preparation.fork_setup
             self.watch.stack_file = self.child_preparation.stack_path

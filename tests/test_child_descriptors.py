@@ -1,7 +1,9 @@
 """A child holds exactly the descriptors its own code opened: none of the plugin's.
 
 loky's suite counts the files a child has open (``lsof``) and fails on any it did not expect; a
-plugin that prepares every child (for its stacks, its resources) must not leave one there.
+plugin that prepares every child (for its stacks, its resources) must not leave one there. Nor
+does a fork child keep the plugin's ``SIGCHLD`` handler (the orphan reaper is the pytest
+process's), and what prepares it writes nothing to its standard error.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from tests.conftest import FAST_ARGS
 COUNTS_ITS_FILES = """
 import multiprocessing
 import os
+import signal
 
 import pytest
 
@@ -55,6 +58,31 @@ def test_pool_worker_maps_its_task_note_and_holds_no_file(method):
     assert not [f for f in files if "mpcheck-" in f], files
     # The one file of the plugin's in a worker: its task note, mapped, its descriptor closed.
     assert [os.path.basename(path) for path in mapped] == [f"tasks-{pid}"], mapped
+
+
+def sigchld_handler(queue):
+    queue.put(repr(signal.getsignal(signal.SIGCHLD)))
+
+
+@pytest.mark.parametrize("how", ["Process", "os.fork"])
+def test_fork_child_has_the_sigchld_handler_of_before_and_a_quiet_start(how, capfd):
+    before = repr(signal.SIG_DFL)
+    queue = multiprocessing.get_context("fork").SimpleQueue()
+    if how == "Process":
+        child = multiprocessing.get_context("fork").Process(target=sigchld_handler, args=(queue,))
+        child.start()
+        child.join()
+        assert child.exitcode == 0
+    else:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sigchld_handler(queue)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+    assert queue.get() == before
+    assert capfd.readouterr().err == ""
 """
 
 
@@ -62,4 +90,4 @@ def test_pool_worker_maps_its_task_note_and_holds_no_file(method):
 def test_a_child_holds_no_descriptor_of_the_plugin(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile(test_files=COUNTS_ITS_FILES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, f"--mp-check={mode}", timeout=120)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=8)

@@ -16,16 +16,20 @@ one callback registered keeps nothing else of it alive.
 
 from __future__ import annotations
 
-import inspect
 import os
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Hashable
+from typing import Any
 
 _ATTRIBUTE = "_pytest_mpcheck_after_fork_in_child"
 
-_Callbacks = dict[Hashable, Callable[[], Callable[[], object] | None]]
-"""Weak references to the callbacks, by :func:`_key`."""
+_Entry = tuple["weakref.ref[Any] | None", "weakref.ref[Callable[..., object]]"]
+"""A callback, held weakly: the object of a method (``None`` for a function), and the function."""
+
+_Callbacks = dict[Hashable, _Entry]
+"""The callbacks, by :func:`_key`."""
 
 
 def _callbacks() -> _Callbacks:
@@ -38,12 +42,20 @@ def _callbacks() -> _Callbacks:
 
 
 def _after_fork_in_child() -> None:
-    for reference in list(getattr(os, _ATTRIBUTE, {}).values()):
-        callback = reference()
-        if callback is None:
+    # Every fork child runs this before its own code, and each page that a Python object it
+    # touches lies on is copied for the child: plain weak references (called in C), no
+    # ``WeakMethod`` and no bound method made.
+    for owner_reference, function_reference in tuple(getattr(os, _ATTRIBUTE, {}).values()):
+        function = function_reference()
+        if function is None:
             continue
         try:
-            callback()
+            if owner_reference is None:
+                function()
+            else:
+                owner = owner_reference()
+                if owner is not None:
+                    function(owner)
         except Exception:
             # As the interpreter does when one of its own at-fork callbacks fails: say so, go on.
             traceback.print_exc()
@@ -63,12 +75,12 @@ def register(callback: Callable[[], object]) -> None:
     or a method of an object that lives as long as the registration should. A function of the
     same name (the module imported again) replaces it.
     """
-    reference: Callable[[], Callable[[], object] | None]
-    if inspect.ismethod(callback):
-        reference = weakref.WeakMethod(callback)
+    entry: _Entry
+    if isinstance(callback, types.MethodType):
+        entry = (weakref.ref(callback.__self__), weakref.ref(callback.__func__))
     else:
-        reference = weakref.ref(callback)
-    _callbacks()[_key(callback)] = reference
+        entry = (None, weakref.ref(callback))
+    _callbacks()[_key(callback)] = entry
 
 
 def unregister(callback: Callable[[], object]) -> None:
@@ -79,7 +91,9 @@ def unregister(callback: Callable[[], object]) -> None:
 def registered() -> int:
     """How many callbacks forked children run now (those whose owner is gone are dropped)."""
     callbacks = _callbacks()
-    for key, reference in list(callbacks.items()):
-        if reference() is None:
+    for key, (owner_reference, function_reference) in list(callbacks.items()):
+        if function_reference() is None or (
+            owner_reference is not None and owner_reference() is None
+        ):
             del callbacks[key]
     return len(callbacks)

@@ -14,6 +14,10 @@ descriptors (``/proc/PID/fd``), and uses the session's for the others.
 
 from __future__ import annotations
 
+# signal's C half (no stub): ``signal.signal`` and ``signal.getsignal`` turn each handler into a
+# member of an enum, or try to and catch the failure; in a forked child, which runs this before
+# its own code, every object that touches lies on a page the kernel copies for it.
+import _signal  # type: ignore[import-not-found,unused-ignore]
 import contextlib
 import faulthandler
 import os
@@ -24,6 +28,7 @@ from pytest_mpcheck._os import scratch
 TYPE_CHECKING = False  # not typing's: every prepared child imports this module
 if TYPE_CHECKING:
     from types import FrameType
+    from typing import Any
 
 #: The signal on which a prepared child writes the stacks of all its threads to its stack file.
 #: A real-time signal, because user code rarely uses them (SIGUSR1 is a common choice of its own).
@@ -75,7 +80,29 @@ def answer_without_descriptor(path: str) -> None:
     """
     global _answer_path
     _answer_path = path
-    signal.signal(STACK_SIGNAL, _dump_stacks)
+    _signal.signal(STACK_SIGNAL, _dump_stacks)
+
+
+def c_handler(handler: Any) -> Any:
+    """``handler`` (what ``signal.signal`` returned, ``None`` for a handler not set from Python)
+    as :func:`set_signal_handler` takes it: ``_signal``'s own ``SIG_DFL`` and ``SIG_IGN`` objects,
+    which it compares by identity, for the numbers and ``signal``'s enum members."""
+    if handler is None or handler is _signal.SIG_DFL:
+        return _signal.SIG_DFL
+    if isinstance(handler, int):
+        return _signal.SIG_IGN if handler == _signal.SIG_IGN else _signal.SIG_DFL
+    return handler
+
+
+def set_signal_handler(signum: int, handler: Any, only_from: Any = None) -> None:
+    """``signal.signal(signum, handler)``, at the cost of two calls in C, for a ``handler`` that
+    :func:`c_handler` gave; with ``only_from``, only while the handler is that object. Raises
+    ``ValueError`` as ``signal.signal`` does (not the main thread).
+
+    For the code a forked child runs before its own: see the import of ``_signal`` above.
+    """
+    if only_from is None or _signal.getsignal(signum) is only_from:
+        _signal.signal(signum, handler)
 
 
 #: Where :func:`_dump_stacks` writes, in a child that :func:`answer_without_descriptor` prepared.

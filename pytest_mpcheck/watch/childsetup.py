@@ -32,6 +32,10 @@ import sys
 from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.stackfile import answer_quietly_without_descriptor
 
+TYPE_CHECKING = False  # not typing's: every prepared child imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 #: How the fix passes an object to a plain ``Process`` (``NAME``: the object's name).
 PLAIN_CALL = "Process(target=..., args=(NAME, ...))"
 
@@ -126,9 +130,10 @@ def watch_feeders(path: str) -> None:
     and process, at its first ``put()``, never per put. ``key`` is :func:`queue_key`, the same
     in every process that shares the queue.
 
-    Only where ``multiprocessing.queues`` is imported already: a fork child of a process that
-    made a queue, or a spawn or forkserver child that unpickled one with its process object
-    (a ``Queue`` reaches a child only that way). Nothing is imported for a child without one.
+    Only where ``multiprocessing.queues`` is imported already: a spawn or forkserver child that
+    unpickled a queue with its process object (a ``Queue`` reaches such a child only that way).
+    Nothing is imported for a child without one. A fork child inherits the wrapper that the
+    session put in place (:func:`watch_feeders_of_forks`).
     """
     queues = sys.modules.get(_QUEUES_MODULE)
     cls = getattr(queues, "Queue", None)
@@ -136,25 +141,62 @@ def watch_feeders(path: str) -> None:
     if original is None:
         return  # no queue here
     logs: list[str] | None = getattr(original, _FEEDER_LOGS, None)
-    if logs is not None:  # wrapped already: a fork of a prepared child, or another run's
+    if logs is not None:  # wrapped already: a fork of a prepared child
         if path not in logs:
             logs.append(path)
         return
     logs = [path]
+    wrapper = _noting_feeders(original, logs, None)
+    setattr(wrapper, _FEEDER_LOGS, logs)
+    setattr(cls, "_start_thread", wrapper)  # noqa: B010
+
+
+def watch_feeders_of_forks(path: str) -> Callable[[], None]:
+    """Session side: :func:`watch_feeders` for every child that this process forks from now on,
+    which inherits the wrapper, so that a fork child runs nothing for it before its own code;
+    the session's own queues are not noted. Returns what undoes it.
+
+    Each run wraps what it finds, as the queue watch does: an in-process run inside a test wraps
+    the outer run's wrapper, and a child forked then notes its feeders for both.
+    """
+    import multiprocessing.queues
+
+    cls = multiprocessing.queues.Queue
+    original = cls._start_thread  # type: ignore[attr-defined]
+    logs = [path]
+    wrapper = _noting_feeders(original, logs, os.getpid())
+
+    def undo() -> None:
+        if cls._start_thread is wrapper:  # type: ignore[attr-defined]
+            setattr(cls, "_start_thread", original)  # noqa: B010
+        else:  # someone wrapped it after us: theirs stays, ours only passes the call on
+            logs.clear()
+
+    setattr(cls, "_start_thread", wrapper)  # noqa: B010
+    return undo
+
+
+def _noting_feeders(
+    original: Callable[[object], None], logs: list[str], session: int | None
+) -> Callable[[object], None]:
+    """A ``Queue._start_thread`` that calls ``original``, then notes the queue in ``logs``
+    (in a process other than ``session``)."""
 
     def _start_thread(self: object) -> None:
         original(self)
         try:
+            pid = os.getpid()
+            if pid == session:
+                return
             key = queue_key(self)
             if key:
-                line = f"{os.getpid()}\t{key}\n".encode()
+                line = f"{pid}\t{key}\n".encode()
                 for log in logs:
                     scratch.append(log, line)
         except Exception:
             pass  # the child feeds its queue whatever befalls the note
 
-    setattr(_start_thread, _FEEDER_LOGS, logs)
-    setattr(cls, "_start_thread", _start_thread)  # noqa: B010
+    return _start_thread
 
 
 class ChildSetup:

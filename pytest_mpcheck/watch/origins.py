@@ -239,6 +239,11 @@ class OriginRecorder:
         self._pid = os.getpid()
         self.records.clear()
         self.displaced = []
+        # The calls that were running at the fork were the parent's, its own among them.
+        self._count_lock = threading.Lock()
+        self.starting = 0
+        self.deferred = None
+        self._thread = threading.local()
 
     # -- recording ------------------------------------------------------------------------------
 
@@ -250,9 +255,11 @@ class OriginRecorder:
         (``os.fork`` inside ``Process.start``) shares the outer call's record, which names it.
         Returns the record that was being prepared before, to put back afterwards.
         """
+        if os.getpid() != self._pid:
+            return None  # a forked child inherited the wrappers; only the pytest process records
         local = self._thread
         previous: StartRecord | None = getattr(local, "prepared", None)
-        if previous is None and os.getpid() == self._pid:
+        if previous is None:
             thread = threading.current_thread()
             frame = sys._getframe(1)
             owner, scope = self.current_owner(frame)
@@ -285,7 +292,14 @@ class OriginRecorder:
         return previous
 
     def _finish(self, previous: StartRecord | None) -> None:
-        """After the call (see :meth:`_prepare`)."""
+        """After the call (see :meth:`_prepare`).
+
+        Nothing in a forked child, which runs this right after ``os.fork`` returns there: the
+        count is the parent's (and its lock may have been held by another of the parent's
+        threads, which the child does not have), and each page it touched would be copied.
+        """
+        if os.getpid() != self._pid:
+            return
         self._thread.prepared = previous
         with self._count_lock:
             self.starting -= 1

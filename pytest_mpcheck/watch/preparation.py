@@ -64,6 +64,11 @@ class ChildPreparation:
         return self._stack_path
 
     @property
+    def feeder_log(self) -> str | None:
+        """The session's feeder log, where prepared children note the queues they feed."""
+        return self._feeders
+
+    @property
     def installed(self) -> bool:
         """Whether children started now are prepared."""
         return self._stack_path is not None
@@ -132,7 +137,8 @@ class ChildPreparation:
         if forking:
             queues = forking.get(threading.get_ident())
             forking.clear()
-        prepare(path, queues=queues, feeders=self._feeders)
+        # The feeders: the wrapper the session put in place is inherited (see queues).
+        prepare(path, queues=queues)
 
     def task_of(self, pid: int) -> str | None:
         """What the pool's or executor's worker ``pid``, now dead, was running (see

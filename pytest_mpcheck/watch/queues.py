@@ -18,7 +18,8 @@ How the plugin finds it, with no cost per ``put()``:
   semaphore of its read lock), which every process that shares the queue knows the same, under
   every start method;
 - each prepared child notes in the session's feeder log, once per queue, that it started the
-  queue's feeder thread (:func:`pytest_mpcheck.watch.childsetup.watch_feeders`);
+  queue's feeder thread (:func:`pytest_mpcheck.watch.childsetup.watch_feeders`; a fork child
+  inherits the wrapper from the pytest process, where it notes nothing);
 - after each test, the ends of the children are read (:attr:`ProcessWatch.gone`): one that fed a
   queue that the test process made and that died of a signal which the plugin did not send is a
   :class:`~pytest_mpcheck.findings.TerminatedFeeder`.
@@ -44,7 +45,7 @@ from typing import Any
 
 from pytest_mpcheck._os import callsite
 from pytest_mpcheck.findings import ChildDeath, TerminatedFeeder
-from pytest_mpcheck.watch.childsetup import queue_key
+from pytest_mpcheck.watch.childsetup import queue_key, watch_feeders_of_forks
 from pytest_mpcheck.watch.origins import StartRecord
 
 #: ``name = <...>.Queue(`` at the start of a line: a single target (a name or an attribute), then
@@ -85,8 +86,9 @@ class QueueWatch:
 
     # -- the queues made ----------------------------------------------------------------------
 
-    def install(self) -> None:
-        """Note each ``Queue`` (``JoinableQueue``) made from now on, and where.
+    def install(self, feeder_log: str | None = None) -> None:
+        """Note each ``Queue`` (``JoinableQueue``) made from now on, and where; and make each
+        child forked from now on note in ``feeder_log`` the queues it feeds.
 
         Each run wraps what it finds, as the resource watch does: an in-process run inside a
         test wraps the outer run's wrapper. Should someone else have wrapped it after us when we
@@ -113,7 +115,14 @@ class QueueWatch:
                 setattr(cls, "__init__", original)  # noqa: B010
 
         setattr(cls, "__init__", __init__)  # noqa: B010
-        self._undo = undo
+        undo_feeders = None if feeder_log is None else watch_feeders_of_forks(feeder_log)
+
+        def undo_all() -> None:
+            undo()
+            if undo_feeders is not None:
+                undo_feeders()
+
+        self._undo = undo_all
 
     def uninstall(self) -> None:
         """Stop noting queues, and forget them."""

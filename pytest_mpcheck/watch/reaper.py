@@ -20,7 +20,11 @@ from types import FrameType
 from typing import Any
 
 from pytest_mpcheck._os import atfork, procfs
+from pytest_mpcheck._os.stackfile import c_handler, set_signal_handler
 from pytest_mpcheck.watch.origins import OriginRecorder
+
+#: Read once: ``signal.SIGCHLD`` is an enum member, an attribute look-up in the child.
+_SIGCHLD = int(getattr(signal, "SIGCHLD", 0))
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -32,6 +36,10 @@ class OrphanReaper:
         self._recorder = recorder
         self._pid = os.getpid()
         self._previous: _Handler = None
+        self._handler = self._on_sigchld
+        """The handler installed: one bound method, that a forked child finds by identity."""
+        self._restored: _Handler = None
+        """What a forked child puts back: the handler there was before."""
         self.enabled = False
         """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
@@ -43,11 +51,12 @@ class OrphanReaper:
         if not hasattr(signal, "SIGCHLD"):
             return False
         try:
-            self._previous = signal.signal(signal.SIGCHLD, self._on_sigchld)
+            self._previous = signal.signal(signal.SIGCHLD, self._handler)
             signal.siginterrupt(signal.SIGCHLD, False)
         except ValueError:  # not the main thread of the main interpreter
             return False
         self.installed = True
+        self._restored = c_handler(self._previous)
         atfork.register(self._restore_in_child)  # until uninstall: os's would keep us alive
         return True
 
@@ -57,19 +66,19 @@ class OrphanReaper:
         if not self.installed or os.getpid() != self._pid:
             return
         try:
-            if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
-                signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+            if signal.getsignal(signal.SIGCHLD) is self._handler:
+                signal.signal(signal.SIGCHLD, self._restored)
         except ValueError:
             pass
         self.installed = False
 
     def _restore_in_child(self) -> None:
-        # A forked child must not keep a handler meant for the pytest process.
+        # A forked child must not keep a handler meant for the pytest process. Every fork child
+        # runs this before its own code: signal's C half, and one handler compared by identity.
         if self.installed and os.getpid() != self._pid:
             self.installed = False
-            try:
-                if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
-                    signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+            try:  # noqa: SIM105 (not contextlib.suppress: see childsetup.prepare)
+                set_signal_handler(_SIGCHLD, self._restored, only_from=self._handler)
             except ValueError:
                 pass
 
