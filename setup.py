@@ -9,7 +9,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "pytest_mpcheck.locks._lockrec", ["pytest_mpcheck/locks/_lockrec.c"], optional=True
+            "pytest_mpcheck.locks._lockrec", ["src/pytest_mpcheck/locks/_lockrec.c"], optional=True
         ),
     ],
 )

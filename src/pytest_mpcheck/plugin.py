@@ -13,7 +13,9 @@ them.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import multiprocessing
+import sys
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -52,6 +54,7 @@ def pytest_load_initial_conftests(
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.add_cleanup(functools.partial(_release_loaders, config))  # the last cleanup to run
     for marker in settings.MARKERS:
         config.addinivalue_line("markers", marker)
     run = MpCheckRun(config, settings.resolve_settings(config))
@@ -59,6 +62,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, PLUGIN_NAME)
     config.add_cleanup(functools.partial(config.pluginmanager.unregister, run))
     run.start()
+
+
+def _release_loaders(config: pytest.Config) -> None:
+    """Let the plugin's modules forget the run that imported them.
+
+    pytest loads the modules of an installed plugin through its assertion rewriter, which then
+    is their loader (``__loader__``, ``__spec__.loader``) and holds the run's config. The modules
+    that this plugin imports on first use (a fixture's, a report's) are first imported during
+    some run; in a process that makes several runs (``pytester.runpytest_inprocess``), each such
+    module would keep that run, its config and all its plugins, alive for good. At the end of
+    each run, the modules it loaded get a plain loader of their file instead.
+    """
+    for name, module in list(sys.modules.items()):
+        if name != "pytest_mpcheck" and not name.startswith("pytest_mpcheck."):
+            continue
+        loader = getattr(module, "__loader__", None)
+        path = getattr(module, "__file__", None)
+        # The rewriter's loader keeps its config as ``config``: pytest's, not ours to rely on
+        # further (the in-process tests say when it stops holding).
+        if getattr(loader, "config", None) is not config or not isinstance(path, str):
+            continue
+        plain = importlib.machinery.SourceFileLoader(name, path)
+        module.__loader__ = plain
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is loader:
+            spec.loader = plain
 
 
 @pytest.fixture
