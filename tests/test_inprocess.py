@@ -67,6 +67,7 @@ import ctypes
 import gc
 import inspect
 import json
+import sys
 import weakref
 
 import pytest
@@ -91,12 +92,18 @@ counts = []
 fork_callbacks = [atfork.registered()]
 
 
+plugin_loaders = set()
+
+
 class KeepConfig:
     def __init__(self, plugin):
         self.plugin = plugin
 
     def pytest_configure(self, config):
         configs[self.plugin].append(weakref.ref(config))
+        plugin = sys.modules.get("pytest_mpcheck.plugin")
+        if plugin is not None:
+            plugin_loaders.add(type(plugin.__loader__).__name__)
 
 
 # The "off" runs follow the "on" runs, so that the "on" figures cannot profit from them.
@@ -132,6 +139,7 @@ def test_after_the_runs():
                 configs=len(configs["on"]),
                 alive={{p: sum(ref() is not None for ref in refs) for p, refs in configs.items()}},
                 fork_callbacks=fork_callbacks,
+                plugin_loaders=sorted(plugin_loaders),
             ),
             out,
         )
@@ -151,6 +159,9 @@ def test_in_process_runs_leave_nothing_alive(pytester: pytest.Pytester, outer: s
     result.assert_outcomes(passed=2 * IN_PROCESS_RUNS + 1)
     measured = json.loads((pytester.path / "measured.json").read_text())
     assert measured["configs"] == IN_PROCESS_RUNS
+    # As pytest loads an installed plugin: through its assertion rewriter, which becomes the
+    # loader of the modules it loads and holds its run's config (what the plugin must release).
+    assert "AssertionRewritingHook" in measured["plugin_loaders"], measured["plugin_loaders"]
     # The crisp check: the Config of every finished run is collected.
     assert measured["alive"] == {"on": 0, "off": 0}
     # Over the counted runs, no more objects kept with the plugin than without it: a fixed
