@@ -21,10 +21,10 @@ out: the fork suite counts the pytest process alone). They barely move between r
 show what a change did on a machine whose times drift; a run takes some twenty times as long as
 without valgrind (a spawned child's start under valgrind, over a second).
 
-``--python`` runs the suites with another interpreter: that of a virtual environment where the
-plugin was installed with ``pip install .`` shows what users get, which an editable install does
-not (pytest loads an installed plugin's modules through its assertion rewriter, some 1 ms each
-at every start).
+``--python`` runs the suites with another interpreter, such as that of a virtual environment where
+the plugin was installed with ``pip install .`` (pytest loads an installed plugin's modules
+through its assertion rewriter, some 1 ms each at every start; this repository's editable install,
+a ``src`` layout, is loaded the same way).
 
 Usage: ``python benchmarks/bench_watch.py [--rounds N] [--methods fork,spawn,forkserver]
 [--instructions] [--python PYTHON]``.
@@ -142,10 +142,8 @@ def main() -> None:
     parser.add_argument(
         "--python",
         default=sys.executable,
-        help="the interpreter to run the suites with (default: this one); give that of a "
-        "virtual environment where the plugin was installed with `pip install .` to measure "
-        "what users get: pytest loads an installed plugin's modules through its assertion "
-        "rewriter, an editable one's through Python's own importer",
+        help="the interpreter to run the suites with (default: this one), such as that of a "
+        "virtual environment where the plugin was installed with `pip install .`",
     )
     arguments = parser.parse_args()
     rounds = arguments.rounds
