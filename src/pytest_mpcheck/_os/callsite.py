@@ -20,34 +20,65 @@ from types import FrameType
 _THIS_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 
 
-@functools.cache
-def _library_paths() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The beginnings of the file names that are never the user's line (Python's own
-    library, this plugin, ``<string>``), and those of installed packages; ``sysconfig``'s
-    paths, read on the first call: it loads a module of build data, which a run that starts
-    no process never needs."""
-    import sysconfig
+#: How :func:`user_site` takes a frame's file: the plugin's own or Python's (passed over), an
+#: installed package's (a library: named only when no frame of the user's is further out), the
+#: user's.
+_PASSED_OVER, _LIBRARY, _USERS = range(3)
 
-    paths = sysconfig.get_paths()
+_Paths = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+@functools.cache
+def _library_paths() -> _Paths:
+    """The beginnings of the file names that :func:`user_site` passes over (``<string>`` and
+    the like, this plugin), those of installed packages, and those of Python's own library.
+
+    Read from ``site`` and ``os`` on the first call. Not from ``sysconfig``: it loads a module of
+    build data (some 200 kB, which every later fork of the pytest process copies the page
+    tables of), and it names only the directory that ``pip`` installs to, not every directory
+    that packages are imported from (Debian's ``/usr/lib/python3/dist-packages``, the user's).
+    """
+    import site
+
+    packages = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        packages.append(site.getusersitepackages())
+    stdlib = os.path.dirname(os.__file__)
     return (
-        ("<", _THIS_PACKAGE, paths["stdlib"], paths["platstdlib"]),
-        (paths["purelib"], paths["platlib"]),
+        ("<", _THIS_PACKAGE),
+        tuple(os.path.join(path, "") for path in packages),
+        (os.path.join(stdlib, ""),),
     )
 
 
+def _kind(filename: str, paths: _Paths) -> int:
+    """Whose ``filename`` is (see :data:`_USERS`). The installed packages are told apart before
+    Python's own library: without a virtual environment, ``site-packages`` lies inside it."""
+    own, packages, stdlib = paths
+    if filename.startswith(own):
+        return _PASSED_OVER
+    if filename.startswith(packages):
+        return _LIBRARY
+    if filename.startswith(stdlib):
+        return _PASSED_OVER
+    return _USERS
+
+
 def user_site(frame: FrameType | None, root_prefix: str) -> str | None:
-    """``file:line`` of the first frame of user code from ``frame`` outwards.
+    """``file:line`` of the first frame of user code from ``frame`` outwards; the first frame of
+    an installed package when there is none.
 
     A file under ``root_prefix`` (the rootdir, with a trailing separator) is shown relative to
     it. ``None`` when every frame is Python's or this plugin's.
     """
-    not_users, site_packages = _library_paths()
+    paths = _library_paths()
     library_site = None
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(not_users):
+        kind = _kind(filename, paths)
+        if kind != _PASSED_OVER:
             shown = filename[len(root_prefix) :] if filename.startswith(root_prefix) else filename
-            if not filename.startswith(site_packages):
+            if kind == _USERS:
                 return f"{shown}:{frame.f_lineno}"
             if library_site is None:
                 library_site = f"{shown}:{frame.f_lineno}"

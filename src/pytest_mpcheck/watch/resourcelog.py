@@ -71,7 +71,7 @@ def wrap(note: _Note) -> tuple[Callable[..., Any], Callable[[], None]]:
 
 def call_site(frame: FrameType) -> str:
     """``file:line`` of the user's code that made the resource."""
-    from pytest_mpcheck._os import callsite  # only when a resource is made (sysconfig is not light)
+    from pytest_mpcheck._os import callsite  # only when a resource is made: children import us
 
     return callsite.user_site(frame, os.getcwd() + os.sep) or "unknown place"
 
