@@ -228,3 +228,58 @@ def test_a_pid_handed_to_a_grandchild_before_a_timeout_is_not_taken_for_the_chil
     )
     result.stdout.fnmatch_lines([f"hung process {pid} 'python*': hung, *"])
     result.stdout.no_fnmatch_line(f"hung process {pid} 'crasher'*")
+
+
+#: The same hand-over, made after the last test's look: a hook that runs before the plugin's at the
+#: end of the session. Only the session's own look then sees the grandchild.
+PID_TO_A_GRANDCHILD_AT_SESSION_END = (
+    PID_TO_A_GRANDCHILD.split("\n\ndef test_a_pid_handed_to_a_grandchild")[0]
+    + """
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    context = multiprocessing.get_context("fork")
+    first = context.Process(target=crash, name="crasher")
+    first.start()
+    first.join()
+    said = context.Queue()
+    second = context.Process(target=parent_of_newcomer, args=(first.pid, said), name="second")
+    second.start()
+    open("reused", "w").write(str(first.pid) if said.get(timeout=30) else "")
+"""
+)
+
+
+@pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
+def test_a_pid_handed_to_a_grandchild_before_the_session_ends_is_not_taken_for_the_child(
+    pytester: pytest.Pytester,
+) -> None:
+    # As above, once the tests are over: what the session's end reports and ends is read with
+    # the same care, so the grandchild that has the crasher's pid is not named after it.
+    pytester.makeconftest(PID_TO_A_GRANDCHILD_AT_SESSION_END)
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--mp-kill-grace=0.5", timeout=90
+    )
+    pid = (pytester.path / "reused").read_text()
+    if not pid:
+        pytest.skip("another process took the pid first 50 times in a row")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*2 processes still running at the end of the session, that no test or fixture was "
+            "blamed for:",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"leaked process {pid} 'python*': still running*",
+            "    command:    (a fork of the pytest process) *",
+            "    started by: a child process (parent pid *), not by the test process",
+        ]
+    )
+    result.stdout.fnmatch_lines(["leaked process * 'second': still running*"])
+    result.stdout.no_fnmatch_line(f"*process {pid} 'crasher'*")
