@@ -121,7 +121,9 @@ def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
     )
 
 
-PID_TO_A_GRANDCHILD = f"""
+#: A child crashes and is reaped; a second child asks the kernel for its pid for a child of its
+#: own (which the plugin never noted), and says whether it got it.
+GRANDCHILD_HELPERS = f"""
 import ctypes
 import multiprocessing
 import os
@@ -149,7 +151,7 @@ def parent_of_newcomer(wanted, said):
     time.sleep(60)
 
 
-def test_a_pid_handed_to_a_grandchild():
+def hand_the_crasher_s_pid_to_a_grandchild():
     context = multiprocessing.get_context("fork")
     first = context.Process(target=crash, name="crasher")
     first.start()
@@ -159,6 +161,15 @@ def test_a_pid_handed_to_a_grandchild():
     second.start()
     open("reused", "w").write(str(first.pid) if said.get(timeout=30) else "")
 """
+
+PID_TO_A_GRANDCHILD = (
+    GRANDCHILD_HELPERS
+    + """
+
+def test_a_pid_handed_to_a_grandchild():
+    hand_the_crasher_s_pid_to_a_grandchild()
+"""
+)
 
 
 @pytest.mark.skipif(not _can_choose_pids(), reason="needs a writable " + NS_LAST_PID + " (root)")
@@ -233,7 +244,7 @@ def test_a_pid_handed_to_a_grandchild_before_a_timeout_is_not_taken_for_the_chil
 #: The same hand-over, made after the last test's look: a hook that runs before the plugin's at the
 #: end of the session. Only the session's own look then sees the grandchild.
 PID_TO_A_GRANDCHILD_AT_SESSION_END = (
-    PID_TO_A_GRANDCHILD.split("\n\ndef test_a_pid_handed_to_a_grandchild")[0]
+    GRANDCHILD_HELPERS
     + """
 
 import pytest
@@ -241,14 +252,7 @@ import pytest
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
-    context = multiprocessing.get_context("fork")
-    first = context.Process(target=crash, name="crasher")
-    first.start()
-    first.join()
-    said = context.Queue()
-    second = context.Process(target=parent_of_newcomer, args=(first.pid, said), name="second")
-    second.start()
-    open("reused", "w").write(str(first.pid) if said.get(timeout=30) else "")
+    hand_the_crasher_s_pid_to_a_grandchild()
 """
 )
 
