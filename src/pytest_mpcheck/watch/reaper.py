@@ -12,6 +12,7 @@ calls are not interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import traceback
@@ -65,11 +66,8 @@ class OrphanReaper:
         atfork.unregister(self._restore_in_child)
         if not self.installed or os.getpid() != self._pid:
             return
-        try:
-            if signal.getsignal(signal.SIGCHLD) is self._handler:
-                signal.signal(signal.SIGCHLD, self._restored)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # not the main thread
+            set_signal_handler(_SIGCHLD, self._restored, only_from=self._handler)
         self.installed = False
 
     def _restore_in_child(self) -> None:
