@@ -106,10 +106,6 @@ def _check_module_level(messages: str, target: object, method: str) -> None:
 #: The module of ``multiprocessing``'s queues: nothing to watch in a child that has not imported it.
 _QUEUES_MODULE = "multiprocessing.queues"
 
-#: An attribute of the wrapper of ``Queue._start_thread``: the feeder logs it writes to (a fork
-#: of a prepared child inherits it; each run in one process, pytester's in-process ones, adds its).
-_FEEDER_LOGS = "_mpcheck_feeder_logs"
-
 
 def queue_key(queue: object) -> str | None:
     """What names a ``multiprocessing`` queue alike in every process that shares it, from the
@@ -132,23 +128,16 @@ def watch_feeders(path: str) -> None:
 
     Only where ``multiprocessing.queues`` is imported already: a spawn or forkserver child that
     unpickled a queue with its process object (a ``Queue`` reaches such a child only that way).
-    Nothing is imported for a child without one. A fork child inherits the wrapper that the
-    session put in place (:func:`watch_feeders_of_forks`).
+    Nothing is imported for a child without one. Called once per such child, by :func:`prepare`
+    as it unpickles its process object; a fork child inherits the wrapper that the session put
+    in place instead (:func:`watch_feeders_of_forks`), and so does a fork of a spawned child.
     """
     queues = sys.modules.get(_QUEUES_MODULE)
     cls = getattr(queues, "Queue", None)
     original = getattr(cls, "_start_thread", None)
     if original is None:
         return  # no queue here
-    logs: list[str] | None = getattr(original, _FEEDER_LOGS, None)
-    if logs is not None:  # wrapped already: a fork of a prepared child
-        if path not in logs:
-            logs.append(path)
-        return
-    logs = [path]
-    wrapper = _noting_feeders(original, logs, None)
-    setattr(wrapper, _FEEDER_LOGS, logs)
-    setattr(cls, "_start_thread", wrapper)  # noqa: B010
+    setattr(cls, "_start_thread", _noting_feeders(original, [path], None))  # noqa: B010
 
 
 def watch_feeders_of_forks(path: str) -> Callable[[], None]:
