@@ -238,18 +238,19 @@ def fatal_errors(captured: str) -> list[tuple[str, str]]:
     call last. Other output around them is left out."""
     found: list[tuple[str, str]] = []
     lines = captured.splitlines()
+    fatal_error, thread_heading = _pattern(_FATAL_ERROR), _pattern(_FAULTHANDLER_THREAD)
     index = 0
     while index < len(lines):
-        head = _pattern(_FATAL_ERROR).match(lines[index])
+        head = fatal_error.match(lines[index])
         index += 1
         if head is None:
             continue
         report: list[str] = []
-        while index < len(lines) and not _pattern(_FATAL_ERROR).match(lines[index]):
+        while index < len(lines) and not fatal_error.match(lines[index]):
             line = lines[index]
             if line.strip() and not (
                 line[0].isspace()
-                or _pattern(_FAULTHANDLER_THREAD).match(line)
+                or thread_heading.match(line)
                 or line.startswith(_FATAL_ERROR_EXTRAS)
             ):
                 break  # the report ended: what follows is other output
@@ -416,10 +417,11 @@ def kernel_state(pid: int) -> tuple[str | None, str | None]:
 def _main_thread_frames(stack: str) -> list[tuple[str, str]]:
     """(file, function) of each frame of the first thread block (the main thread)."""
     frames = []
+    frame_line = _pattern(_TRACEBACK_FRAME)
     for line in stack.splitlines()[1:]:
         if line.startswith("Thread"):
             break
-        frame = _pattern(_TRACEBACK_FRAME).match(line)
+        frame = frame_line.match(line)
         if frame:
             frames.append((frame.group(1), frame.group(2)))
     return frames
@@ -447,10 +449,11 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
         # The first thread block is the main thread; its last frame is the innermost.
         innermost = None
         source = ""
+        frame_line = _pattern(_TRACEBACK_FRAME)
         for line in stack.splitlines()[1:]:
             if line.startswith("Thread"):
                 break
-            frame = _pattern(_TRACEBACK_FRAME).match(line)
+            frame = frame_line.match(line)
             if frame:
                 innermost, source = (frame.group(1), frame.group(2)), ""
             elif innermost is not None:
