@@ -101,6 +101,15 @@ class OrphanReaper:
         faults, self.faults = self.faults, []
         return faults
 
+    def _start_in_progress(self) -> bool:
+        """Whether a process-creating call runs in some thread now: the pid of the child it
+        forked may not be noted yet, and that child could be taken for an orphan. The reaping
+        is then left to the end of the call (:attr:`OriginRecorder.deferred`)."""
+        if not self._recorder.starting:
+            return False
+        self._recorder.deferred = self._reap_safely
+        return True
+
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped.
 
@@ -112,10 +121,7 @@ class OrphanReaper:
         by C code that bypasses every wrapper would look like an orphan: that is the subreaper's
         trade-off (``--mp-subreaper=off`` turns it off).
         """
-        if self._recorder.starting:
-            # A child is being started and its pid is not noted yet: it could be taken for an
-            # orphan. Reap once the start has finished.
-            self._recorder.deferred = self._reap_safely
+        if self._start_in_progress():
             return 0
         if not procfs.may_have_exited_child():
             # The usual case: the child whose end raised SIGCHLD was already reaped by its
@@ -123,6 +129,12 @@ class OrphanReaper:
             return 0
         reaped = 0
         for pid in procfs.children(self._pid):
+            # Again before each record is read: the look at the children reads files, which
+            # lets other threads run, and a start begun since the first check may have forked
+            # a child that is listed here and not noted yet (one that exits at once, such as
+            # `sh -c "exit 3"`, is a zombie already). Its status is its caller's.
+            if self._start_in_progress():
+                break
             record = self._recorder.records.get(pid)
             if (record is not None and record.forked_here) or not procfs.is_zombie(pid):
                 continue
