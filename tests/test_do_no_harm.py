@@ -235,13 +235,51 @@ def test_a_pool_kept_by_a_module_is_handed_to_the_session(pytester: pytest.Pytes
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             os.kill(worker, signal.SIGKILL)  # it dies holding the lock
-            while worker in [w.pid for w in BROKEN._pool]:
+            while [w.pid for w in BROKEN._pool] in ([worker], []):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)  # the pool replaces it
         """,
+        # A process that another thread started and still holds in a local variable (as a
+        # pool's thread does between a new worker's start() and its append to the pool's list)
+        # is that thread's to use: it is reported, but not ended under it.
+        test_threaded="""
+        import multiprocessing, threading, time
+
+        KEPT = {}
+
+        def keep_a_child():
+            context = multiprocessing.get_context("fork")
+            child = context.Process(target=time.sleep, args=(30,), name="kept")
+            child.start()
+            KEPT["started"].set()
+            KEPT["release"].wait(30)
+            KEPT["alive"] = child.is_alive()
+            child.terminate()
+            child.join()
+
+        def test_a_thread_starts_a_child_and_keeps_it():
+            KEPT.update(started=threading.Event(), release=threading.Event())
+            KEPT["thread"] = threading.Thread(target=keep_a_child, name="keeper")
+            KEPT["thread"].start()
+            assert KEPT["started"].wait(20)
+
+        def test_the_thread_still_has_it():
+            KEPT["release"].set()
+            KEPT["thread"].join(20)
+            assert KEPT["alive"]
+        """,
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=4, errors=2)
+    result.assert_outcomes(passed=6, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_threaded.py::test_a_thread_starts_a_child_and_keeps_it left 1 process "
+            "behind (1 leaked)",
+            "leaked process * 'kept': still running*",
+            "    kept running: still held by the running thread 'keeper', which later tests may "
+            "use; handed to the session, and ended when the session ends",
+        ]
+    )
     # The pool that lost its lock: its terminate() did not return, its new worker was ended by
     # a signal, and pytest ended (it hung at exit before).
     result.stdout.fnmatch_lines(

@@ -6,14 +6,21 @@ reusable executor) would break the later tests that use that object if it were k
 them: it is reported and handed to the session instead. The question is asked of the garbage
 collector (who refers to the ``Process`` object), only for leftovers, and in a few passes over
 the heap whatever their number.
+
+A process that another thread has just started and not yet filed (a pool's thread between a
+replacement worker's ``start()`` and its ``append`` to the pool's list) is held only by a local
+variable of that running thread: the running thread is then its holder.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
+import os
 import subprocess
 import sys
+import threading
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +55,8 @@ class Holder:
         owner = self.owner
         if isinstance(owner, types.ModuleType):
             return f"a global of module {owner.__name__}"
+        if isinstance(owner, threading.Thread):
+            return f"the running thread {owner.name!r}"
         kind = type(owner)
         return f"a live {kind.__module__}.{kind.__qualname__}"
 
@@ -134,8 +143,46 @@ def live_holders(handles: list[Any], collect: bool = True) -> dict[int, Holder]:
         frontier = {key: reached[key] for key in leads_of}
         if not frontier:
             break
+    _held_by_running_threads(by_id, found)
     return found
 
+
+def _held_by_running_threads(by_id: dict[int, Any], found: dict[int, Holder]) -> None:
+    """Add to ``found`` the handles that a local variable of another running thread holds.
+
+    The thread asking (the test's, now in its teardown) and the plugin's own frames are left
+    out: they hold the handles only to ask about them.
+    """
+    current = threading.get_ident()
+    threads = {thread.ident: thread for thread in threading.enumerate()}
+    for ident, top in sys._current_frames().items():
+        thread = threads.get(ident)
+        if ident == current or thread is None:
+            continue
+        frame: types.FrameType | None = top
+        while frame is not None:
+            if not frame.f_code.co_filename.startswith(_PLUGIN_DIR):
+                # An odd object among the locals (a property that raises) costs only this frame.
+                with contextlib.suppress(Exception):
+                    values = list(frame.f_locals.values())
+                    for handle in values:
+                        if id(handle) in by_id and id(handle) not in found:
+                            found[id(handle)] = Holder(thread, _processes_among(values, handle))
+            frame = frame.f_back
+
+
+def _processes_among(values: list[Any], handle: Any) -> list[Any]:
+    """The process objects other than ``handle`` in ``values`` or in a container among them."""
+    siblings: dict[int, Any] = {}
+    for value in values:
+        for other in (value, *_members(value)):
+            if other is not handle and _is_process(other):
+                siblings[id(other)] = other
+    return list(siblings.values())
+
+
+#: The plugin's own files: its frames hold handles only to ask about them.
+_PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Modules whose objects keep a test's values only until its teardown is over.
 _FRAMEWORK = ("_pytest.", "pluggy.")
