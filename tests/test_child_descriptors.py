@@ -48,16 +48,19 @@ def test_child_has_no_file_of_the_plugin(method):
 def own_files_and_maps():
     with open("/proc/self/maps") as maps:
         mapped = [line.split()[-1] for line in maps if "mpcheck-" in line]
-    return os.getpid(), open_files(), mapped
+    with open("/proc/self/stat") as stat:
+        start = stat.read().rsplit(")", 1)[1].split()[22 - 3]  # field 22: start, in ticks
+    return f"{os.getpid()}-{start}", open_files(), mapped
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_pool_worker_maps_its_task_note_and_holds_no_file(method):
     with multiprocessing.get_context(method).Pool(1) as pool:
-        pid, files, mapped = pool.apply(own_files_and_maps)
+        worker, files, mapped = pool.apply(own_files_and_maps)
     assert not [f for f in files if "mpcheck-" in f], files
-    # The one file of the plugin's in a worker: its task note, mapped, its descriptor closed.
-    assert [os.path.basename(path) for path in mapped] == [f"tasks-{pid}"], mapped
+    # The one file of the plugin's in a worker: its task note (named by its pid and start),
+    # mapped, its descriptor closed.
+    assert [os.path.basename(path) for path in mapped] == [f"tasks-{worker}"], mapped
 
 
 def sigchld_handler(queue):

@@ -75,6 +75,9 @@ def test_reused_pid_is_not_signalled(pytester: pytest.Pytester) -> None:
 PID_USED_TWICE = f"""
 import ctypes
 import multiprocessing
+import os
+import signal
+import time
 
 
 def crash():
@@ -96,6 +99,28 @@ def test_a_pid_used_twice():
             break
     open("reused", "w").write(str(second.pid == first.pid))
     assert first.exitcode == 0  # the test's own check fails: it is the report that is tested
+
+
+def killed(n):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_s_pid_used_twice():
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as first:
+        dead = first.apply(os.getpid)
+        first.apply_async(killed, (3,))
+        while dead in [worker.pid for worker in first._pool]:
+            time.sleep(0.02)  # the pool reaps it and starts another
+    for attempt in range(50):  # the kernel is asked for the dead worker's pid again
+        with open({NS_LAST_PID!r}, "w") as f:
+            f.write(str(dead - 1))
+        with context.Pool(1) as second:
+            if second._pool[0].pid == dead:
+                assert second.apply(abs, (-5,)) == 5  # its task note is the dead one's no more
+                break
+    open("reused-worker", "w").write(str(second._pool[0].pid == dead))
+    assert not "the report is tested"
 """
 
 
@@ -106,17 +131,31 @@ def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
     # A child crashes and is reaped; a later child of the same test gets its pid (pid_max is
     # 32768 on many machines: a busy one goes through all pids in minutes). The first child's
     # start record must not be lost to the second's: its death is still told.
+    # The same for a pool's worker: the task it was running when it died is told, not that of
+    # the later worker that got its pid (their task notes were once named by pid alone).
     pytester.makepyfile(test_twice=PID_USED_TWICE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(failed=2)
     if (pytester.path / "reused").read_text() != "True":
         pytest.skip("another process took the pid first 50 times in a row")
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             "*- Captured mpcheck teardown -*",
             "mpcheck: test_twice.py::test_a_pid_used_twice: child processes that died of a signal",
             "",
             "'crasher' (pid *): died of SIGSEGV: *",
+        ]
+    )
+    if (pytester.path / "reused-worker").read_text() != "True":
+        pytest.skip("another process took the worker's pid first 50 times in a row")
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: test_twice.py::test_a_worker_s_pid_used_twice: child processes that died "
+            "of a signal",
+            "",
+            "'ForkPoolWorker-*' (pid *): died of SIGKILL: *",
+            "    started at: test_twice.py:* by multiprocessing.Process.start",
+            "    running:    killed(3), defined at test_twice.py:*",
         ]
     )
 

@@ -346,7 +346,7 @@ class MpCheckRun:
             return
         if mode == "off":
             for record, _ in gone:
-                self.child_preparation.forget(record.pid)
+                self.child_preparation.forget(record.pid, record.create_time)
             return
         ended_here = {finding.process.pid for finding in findings} | ended_by_mpcheck
         deaths = []
@@ -358,10 +358,10 @@ class MpCheckRun:
                 or signum in _ORDINARY_ENDS
                 or (record.pid in ended_here and not record.handed_on)
             ):
-                preparation.forget(record.pid)
+                preparation.forget(record.pid, record.create_time)
                 continue
-            task = preparation.task_of(record.pid)
-            preparation.forget(record.pid)
+            task = preparation.task_of(record.pid, record.create_time)
+            preparation.forget(record.pid, record.create_time)
             deaths.append(
                 ChildDeath(
                     pid=record.pid,

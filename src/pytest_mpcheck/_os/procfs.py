@@ -229,6 +229,14 @@ def _start_ticks(pid: int) -> int | None:
     return _stat_number(pid, 22)
 
 
+def start_ticks(create_time: float | None) -> int | None:
+    """The start of a process in clock ticks since boot (field 22 of its ``/proc/<pid>/stat``),
+    from the ``create_time`` that :func:`create_time` gave for it; ``None`` without procfs."""
+    if create_time is None or _BOOT_TIME is None:
+        return None
+    return round((create_time - _BOOT_TIME) * _CLOCK_TICKS)
+
+
 def create_time(pid: int) -> float | None:
     """When ``pid`` started (seconds since the epoch), or ``None`` if it is gone.
 

@@ -28,6 +28,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from pytest_mpcheck._os import callsite, procfs
+from pytest_mpcheck.watch import tasknotes
 from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 
 #: The scope of processes handed to the session: still held by a live object (a pool, an
@@ -305,11 +306,18 @@ class OriginRecorder:
             self.starting -= 1
         self._run_deferred()
 
-    def note(self, pid: int, handle: object | None = None, forked_here: bool = False) -> None:
+    def note(
+        self,
+        pid: int,
+        handle: object | None = None,
+        forked_here: bool = False,
+        worker: bool = False,
+    ) -> None:
         """Record that ``pid`` was just started by the call being made now.
 
         ``forked_here``: the pid came from a fork made by this process (``os.fork``,
-        ``fork_exec``), not from a forkserver (see :attr:`StartRecord.forked_here`).
+        ``fork_exec``), not from a forkserver (see :attr:`StartRecord.forked_here`). ``worker``:
+        ``handle`` is a pool's or an executor's worker.
 
         This runs right after a fork: it only files the record :meth:`_prepare` made. The create
         time, which guards against pid reuse, is read later (:meth:`fill_create_times`): the child
@@ -353,6 +361,10 @@ class OriginRecorder:
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
+            if worker and record.create_time is None:
+                # A pool's or executor's worker names its task note by its start (see
+                # tasknotes): the note of one that dies before the test ends is found by it.
+                record.create_time = procfs.create_time(pid)
 
     def count_as_helper(self, pid: int) -> None:
         """``pid`` turned out to be a session helper: not a process the test started itself."""
@@ -570,10 +582,12 @@ class OriginRecorder:
                     and getattr(self, "_start_method", None) == "fork"
                     else None
                 )
+                # Asked before the start, which drops the process's target and arguments.
+                worker = is_process_start and tasknotes.worker_queues(self) is not None
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
-                        recorder.note(self.pid, handle=self)
+                        recorder.note(self.pid, handle=self, worker=worker)
                     return result
                 finally:
                     if started is not None:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pytest_mpcheck._os import atfork, scratch, sharedmap
+from pytest_mpcheck._os import atfork, procfs, scratch, sharedmap
 from pytest_mpcheck._os.stackfile import stack_path
 from pytest_mpcheck.watch import tasknotes
 from pytest_mpcheck.watch.childsetup import ChildSetup, prepare
@@ -140,19 +140,24 @@ class ChildPreparation:
         # The feeders: the wrapper the session put in place is inherited (see queues).
         prepare(path, queues=queues)
 
-    def task_of(self, pid: int) -> str | None:
-        """What the pool's or executor's worker ``pid``, now dead, was running (see
-        :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was no such worker."""
-        if self.directory is None or not self._workers_prepared:
+    def task_of(self, pid: int, create_time: float | None) -> str | None:
+        """What the pool's or executor's worker ``pid`` that started at ``create_time``, now
+        dead, was running (see :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was
+        no such worker."""
+        start = procfs.start_ticks(create_time)
+        if self.directory is None or not self._workers_prepared or start is None:
             return None
-        note = tasknotes.read_note(self.directory, pid)
+        note = tasknotes.read_note(self.directory, pid, start)
         return None if note is None else tasknotes.describe(note)
 
-    def forget(self, pid: int) -> None:
-        """The process ``pid`` is gone: remove its task note, if it was a worker."""
+    def forget(self, pid: int, create_time: float | None) -> None:
+        """The process ``pid`` that started at ``create_time`` is gone: remove its task note, if
+        it was a worker."""
         # Called for every child that ends: nothing to do until a worker was prepared.
         if self.directory is not None and self._workers_prepared:
-            tasknotes.forget_note(self.directory, pid)
+            start = procfs.start_ticks(create_time)
+            if start is not None:
+                tasknotes.forget_note(self.directory, pid, start)
 
     def read_messages(self) -> list[tuple[int, str]]:
         """What children wrote to the message log since the last call: ``(pid, message)``."""

@@ -2,7 +2,9 @@
 
 Child side (light: a prepared child imports it only when it is the worker of a
 ``multiprocessing.pool.Pool`` or of a ``concurrent.futures.ProcessPoolExecutor``): the worker
-maps a small file of its own in the session's stacks directory (``tasks-<pid>``) and closes it
+maps a small file of its own in the session's stacks directory (``tasks-<pid>-<start>``, its
+start in clock ticks since boot: a later worker that the kernel gives the same pid, before the
+dead one's note was read, has a note of its own) and closes it
 at once (:mod:`pytest_mpcheck._os.sharedmap`): it keeps a memory map of the plugin's, never a
 descriptor. The receiving end of its task queue is wrapped so that each task it takes is copied
 there as it arrived (its pickle, up to :data:`KEPT` bytes) and the worker marked busy; the
@@ -29,8 +31,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, ClassVar
 
-#: The name of a worker's note in the session's stacks directory (``%d``: its pid).
-NOTE_NAME = "tasks-%d"
+#: The name of a worker's note in the session's stacks directory: its pid, and its start in clock
+#: ticks since boot (field 22 of ``/proc/<pid>/stat``).
+NOTE_NAME = "tasks-%d-%d"
 
 #: The bytes of a task's pickle a note keeps; a longer one is named by its function alone.
 KEPT = 64 * 1024
@@ -68,7 +71,7 @@ def note_tasks(directory: str, tasks: Any, results: Any) -> None:
     with contextlib.suppress(Exception):
         from pytest_mpcheck._os.sharedmap import map_file
 
-        note = map_file(note_path(directory, os.getpid()), NOTE_SIZE)
+        note = map_file(note_path(directory, os.getpid(), _own_start()), NOTE_SIZE)
         if note is None:
             return
         reader = tasks._reader
@@ -109,14 +112,27 @@ class TaskNote:
         self.data = data
 
 
-def note_path(directory: str, pid: int) -> str:
-    return os.path.join(directory, NOTE_NAME % pid)
-
-
-def read_note(directory: str, pid: int) -> TaskNote | None:
-    """Session side: the note of the worker ``pid``, or ``None`` (not a worker, or no task yet)."""
+def _own_start() -> int:
+    """This process's start in clock ticks since boot (field 22 of its ``/proc/self/stat``)."""
+    fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with open(note_path(directory, pid), "rb") as file:
+        stat = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    # The command name (field 2) may hold spaces and parentheses: count from its last ")".
+    return int(stat[stat.rindex(b")") + 2 :].split()[22 - 3])
+
+
+def note_path(directory: str, pid: int, start: int) -> str:
+    """The note of the worker ``pid`` that started ``start`` clock ticks after boot."""
+    return os.path.join(directory, NOTE_NAME % (pid, start))
+
+
+def read_note(directory: str, pid: int, start: int) -> TaskNote | None:
+    """Session side: the note of the worker ``pid`` that started at ``start`` (clock ticks since
+    boot), or ``None`` (not a worker, or no task yet)."""
+    try:
+        with open(note_path(directory, pid, start), "rb") as file:
             head = file.read(_HEADER.size)
             if len(head) < _HEADER.size:
                 return None
@@ -129,10 +145,10 @@ def read_note(directory: str, pid: int) -> TaskNote | None:
     return TaskNote(busy == 1, size, data)
 
 
-def forget_note(directory: str, pid: int) -> None:
+def forget_note(directory: str, pid: int, start: int) -> None:
     """Remove the note of a worker that is gone."""
     with contextlib.suppress(OSError):
-        os.unlink(note_path(directory, pid))
+        os.unlink(note_path(directory, pid, start))
 
 
 class _Opaque:
