@@ -353,11 +353,7 @@ class MpCheckRun:
         preparation = self.child_preparation
         for record, status in gone:
             signum = -status if status is not None and status < 0 else None
-            if (
-                signum is None
-                or signum in _ORDINARY_ENDS
-                or (record.pid in ended_here and not record.handed_on)
-            ):
+            if signum is None or signum in _ORDINARY_ENDS or record.is_among(ended_here):
                 preparation.forget(record.pid, record.create_time)
                 continue
             task = preparation.task_of(record.pid, record.create_time)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +111,11 @@ class StartRecord:
     """Its process ended and the kernel gave its pid to another (see
     :attr:`OriginRecorder.displaced`): what the watch found or ended under that pid since was
     the other process, never this one."""
+
+    def is_among(self, pids: Collection[int]) -> bool:
+        """Whether ``pids`` (what the watch found or ended, by pid) names this record's process,
+        not a later one that the kernel gave its pid to."""
+        return self.pid in pids and not self.handed_on
 
 
 #: The hook whose implementation calls a fixture's function: pytest's own, or that of a plugin

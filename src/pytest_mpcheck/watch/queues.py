@@ -176,12 +176,7 @@ class QueueWatch:
         found = []
         for record, status in gone:
             keys = self.feeding.pop(record.pid, None)
-            if (
-                not keys
-                or status is None
-                or status >= 0
-                or (record.pid in ended_by_mpcheck and not record.handed_on)
-            ):
+            if not keys or status is None or status >= 0 or record.is_among(ended_by_mpcheck):
                 continue
             for key in keys:
                 made = self.made.get(key)
