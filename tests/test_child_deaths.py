@@ -57,8 +57,10 @@ def oom(value, note=""):
 
 
 def until_replaced(pool, pid):
+    # The worker object, not its pid: a new worker may be given the dead one's pid.
+    old = [worker for worker in pool._pool if worker.pid == pid]
     deadline = time.monotonic() + 60
-    while pid in [worker.pid for worker in pool._pool] and time.monotonic() < deadline:
+    while any(w is o for w in pool._pool for o in old) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
