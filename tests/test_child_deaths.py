@@ -56,10 +56,8 @@ def oom(value, note=""):
     return value
 
 
-def until_replaced(pool, pid):
-    # The worker object, not its pid: a new worker may be given the dead one's pid.
-    old = [worker for worker in pool._pool if worker.pid == pid]
-    deadline = time.monotonic() + 60
+def until_replaced(pool, pid):  # by the object: a new worker may be given the same pid
+    old, deadline = [w for w in pool._pool if w.pid == pid], time.monotonic() + 60
     while any(w is o for w in pool._pool for o in old) and time.monotonic() < deadline:
         time.sleep(0.02)
 
