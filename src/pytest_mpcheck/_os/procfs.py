@@ -224,14 +224,14 @@ _BOOT_TIME = _boot_time()
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot."""
     return _stat_number(pid, 22)
 
 
-def start_ticks(create_time: float | None) -> int | None:
-    """The start of a process in clock ticks since boot (field 22 of its ``/proc/<pid>/stat``),
-    from the ``create_time`` that :func:`create_time` gave for it; ``None`` without procfs."""
+def ticks_of(create_time: float | None) -> int | None:
+    """The start of a process in clock ticks since boot (as :func:`start_ticks` reads it), from
+    the ``create_time`` that :func:`create_time` gave for it; ``None`` without procfs."""
     if create_time is None or _BOOT_TIME is None:
         return None
     return round((create_time - _BOOT_TIME) * _CLOCK_TICKS)
@@ -244,7 +244,7 @@ def create_time(pid: int) -> float | None:
     it is what tells a process from a later one that got the same pid.
     """
     if _BOOT_TIME is not None:
-        ticks = _start_ticks(pid)
+        ticks = start_ticks(pid)
         if ticks is not None:
             return _BOOT_TIME + ticks / _CLOCK_TICKS
         if os.path.exists("/proc/self/stat"):
@@ -265,7 +265,7 @@ def is_same_process(pid: int, created: float) -> bool:
 
 def age(pid: int) -> float | None:
     """Seconds since ``pid`` started, to the clock tick (psutil's create time may be 1 s off)."""
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     try:
         with open("/proc/uptime", "rb") as uptime:
             now = float(uptime.read().split()[0])

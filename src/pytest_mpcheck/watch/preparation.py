@@ -144,7 +144,7 @@ class ChildPreparation:
         """What the pool's or executor's worker ``pid`` that started at ``create_time``, now
         dead, was running (see :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was
         no such worker."""
-        start = procfs.start_ticks(create_time)
+        start = procfs.ticks_of(create_time)
         if self.directory is None or not self._workers_prepared or start is None:
             return None
         note = tasknotes.read_note(self.directory, pid, start)
@@ -155,7 +155,7 @@ class ChildPreparation:
         it was a worker."""
         # Called for every child that ends: nothing to do until a worker was prepared.
         if self.directory is not None and self._workers_prepared:
-            start = procfs.start_ticks(create_time)
+            start = procfs.ticks_of(create_time)
             if start is not None:
                 tasknotes.forget_note(self.directory, pid, start)
 

@@ -69,9 +69,12 @@ def note_tasks(directory: str, tasks: Any, results: Any) -> None:
     ``SimpleQueue`` or ``Queue``), and that it is idle again when it puts to ``results``. A
     failure only costs the note."""
     with contextlib.suppress(Exception):
+        from pytest_mpcheck._os.procfs import start_ticks
         from pytest_mpcheck._os.sharedmap import map_file
 
-        note = map_file(note_path(directory, os.getpid(), _own_start()), NOTE_SIZE)
+        pid = os.getpid()
+        start = start_ticks(pid)
+        note = None if start is None else map_file(note_path(directory, pid, start), NOTE_SIZE)
         if note is None:
             return
         reader = tasks._reader
@@ -110,17 +113,6 @@ class TaskNote:
         self.size = size
         """The length of the whole pickle (``data`` holds at most :data:`KEPT` bytes of it)."""
         self.data = data
-
-
-def _own_start() -> int:
-    """This process's start in clock ticks since boot (field 22 of its ``/proc/self/stat``)."""
-    fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        stat = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    # The command name (field 2) may hold spaces and parentheses: count from its last ")".
-    return int(stat[stat.rindex(b")") + 2 :].split()[22 - 3])
 
 
 def note_path(directory: str, pid: int, start: int) -> str:
