@@ -91,7 +91,7 @@ def test_a_library_s_line_when_no_user_code_led_to_it(monkeypatch: pytest.Monkey
 
 def test_this_interpreter_s_paths_come_without_sysconfig() -> None:
     own, packages, stdlib = callsite._library_paths()
-    assert callsite._THIS_PACKAGE in own
+    assert callsite.PLUGIN_PACKAGE in own
     assert stdlib == (os.path.join(os.path.dirname(os.__file__), ""),)
     assert set(packages) >= {os.path.join(path, "") for path in site.getsitepackages()}
     # sysconfig's build data would be copied into every fork of the pytest process.

@@ -17,7 +17,7 @@ import os
 from types import FrameType
 
 #: The plugin's own files (this module is one package below the top): never the user's line.
-_THIS_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+PLUGIN_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 
 
 #: How :func:`user_site` takes a frame's file: the plugin's own or Python's (passed over), an
@@ -45,7 +45,7 @@ def _library_paths() -> _Paths:
         packages.append(site.getusersitepackages())
     stdlib = os.path.dirname(os.__file__)
     return (
-        ("<", _THIS_PACKAGE),
+        ("<", PLUGIN_PACKAGE),
         tuple(os.path.join(path, "") for path in packages),
         (os.path.join(stdlib, ""),),
     )
@@ -99,7 +99,7 @@ def test_site(frame: FrameType | None, root_prefix: str) -> str | None:
     outwards; ``None`` when no such frame is on the stack (a pool's own thread)."""
     while frame is not None:
         filename = frame.f_code.co_filename
-        if _is_test_file(filename) and not filename.startswith(_THIS_PACKAGE):
+        if _is_test_file(filename) and not filename.startswith(PLUGIN_PACKAGE):
             shown = filename[len(root_prefix) :] if filename.startswith(root_prefix) else filename
             return f"{shown}:{frame.f_lineno}"
         frame = frame.f_back

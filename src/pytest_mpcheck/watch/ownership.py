@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import os
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pytest_mpcheck._os import callsite
 
 #: Objects that only pass a reference on: the holder is what refers to them.
 _CONTAINERS = (
@@ -161,7 +162,7 @@ def _held_by_running_threads(by_id: dict[int, Any], found: dict[int, Holder]) ->
             continue
         frame: types.FrameType | None = top
         while frame is not None:
-            if not frame.f_code.co_filename.startswith(_PLUGIN_DIR):
+            if not frame.f_code.co_filename.startswith(callsite.PLUGIN_PACKAGE):
                 # An odd object among the locals (a property that raises) costs only this frame.
                 with contextlib.suppress(Exception):
                     values = list(frame.f_locals.values())
@@ -180,9 +181,6 @@ def _processes_among(values: list[Any], handle: Any) -> list[Any]:
                 siblings[id(other)] = other
     return list(siblings.values())
 
-
-#: The plugin's own files: its frames hold handles only to ask about them.
-_PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Modules whose objects keep a test's values only until its teardown is over.
 _FRAMEWORK = ("_pytest.", "pluggy.")
