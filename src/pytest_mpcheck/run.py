@@ -356,8 +356,7 @@ class MpCheckRun:
             if signum is None or signum in _ORDINARY_ENDS or record.is_among(ended_here):
                 preparation.forget(record.pid, record.create_time)
                 continue
-            task = preparation.task_of(record.pid, record.create_time)
-            preparation.forget(record.pid, record.create_time)
+            task = preparation.forget(record.pid, record.create_time, read=True)
             deaths.append(
                 ChildDeath(
                     pid=record.pid,

@@ -140,24 +140,19 @@ class ChildPreparation:
         # The feeders: the wrapper the session put in place is inherited (see queues).
         prepare(path, queues=queues)
 
-    def task_of(self, pid: int, create_time: float | None) -> str | None:
-        """What the pool's or executor's worker ``pid`` that started at ``create_time``, now
-        dead, was running (see :mod:`pytest_mpcheck.watch.tasknotes`), or ``None`` when it was
-        no such worker."""
-        start = procfs.ticks_of(create_time)
-        if self.directory is None or not self._workers_prepared or start is None:
-            return None
-        note = tasknotes.read_note(self.directory, pid, start)
-        return None if note is None else tasknotes.describe(note)
-
-    def forget(self, pid: int, create_time: float | None) -> None:
+    def forget(self, pid: int, create_time: float | None, read: bool = False) -> str | None:
         """The process ``pid`` that started at ``create_time`` is gone: remove its task note, if
-        it was a worker."""
+        it was a pool's or executor's worker. With ``read``: first say what it was running (see
+        :mod:`pytest_mpcheck.watch.tasknotes`); ``None`` when it was no such worker."""
         # Called for every child that ends: nothing to do until a worker was prepared.
-        if self.directory is not None and self._workers_prepared:
-            start = procfs.ticks_of(create_time)
-            if start is not None:
-                tasknotes.forget_note(self.directory, pid, start)
+        if self.directory is None or not self._workers_prepared:
+            return None
+        start = procfs.ticks_of(create_time)
+        if start is None:
+            return None
+        note = tasknotes.read_note(self.directory, pid, start) if read else None
+        tasknotes.forget_note(self.directory, pid, start)
+        return None if note is None else tasknotes.describe(note)
 
     def read_messages(self) -> list[tuple[int, str]]:
         """What children wrote to the message log since the last call: ``(pid, message)``."""
