@@ -196,12 +196,14 @@ class OriginRecorder:
         )
         """The line of a test module or conftest.py that led to each thread's start (directly,
         or through the thread that started it)."""
-        self.child_setup: Callable[[Any], object | None] | None = None
+        self.child_setup: Callable[[Any, Any], object | None] | None = None
         """What to put in each process object that ``Process.start`` starts by spawn or
-        forkserver, so that the child is prepared (see :mod:`pytest_mpcheck.watch.preparation`)."""
+        forkserver, so that the child is prepared (see :mod:`pytest_mpcheck.watch.preparation`).
+        Called with the process object and its task queues (:func:`tasknotes.worker_queues`)."""
         self.fork_setup: Callable[[Any], Callable[[], None] | None] | None = None
-        """Called with each process object that ``Process.start`` starts by fork, before the
-        fork: what its at-fork callback needs to know of it; returns what to call once started."""
+        """Called before each fork that ``Process.start`` makes, with the task queues of the
+        process (:func:`tasknotes.worker_queues`): what its at-fork callback needs to know of
+        it; returns what to call once started."""
         self.on_fixture_owner: Callable[[], None] | None = None
         """Called each time something is attributed to a wider-scoped fixture: the session
         then watches for that fixture's finalization."""
@@ -566,14 +568,15 @@ class OriginRecorder:
             @functools.wraps(original)
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 previous = recorder._prepare(label)
+                # Asked before the start, which drops the process's target and arguments.
+                queues = tasknotes.worker_queues(self) if is_process_start else None
+                forks = getattr(self, "_start_method", None) == "fork"
                 setup_for = recorder.child_setup
                 # Pickled with the process object for a spawn or forkserver child; a fork child
                 # is prepared by the at-fork callback instead, and never sees it.
                 setup = (
-                    setup_for(self)
-                    if is_process_start
-                    and setup_for is not None
-                    and getattr(self, "_start_method", None) != "fork"
+                    setup_for(self, queues)
+                    if is_process_start and setup_for is not None and not forks
                     else None
                 )
                 prepare = setup is not None
@@ -581,18 +584,14 @@ class OriginRecorder:
                     vars(self)[CHILD_SETUP_ATTRIBUTE] = setup
                 fork_setup = recorder.fork_setup
                 started = (
-                    fork_setup(self)
-                    if is_process_start
-                    and fork_setup is not None
-                    and getattr(self, "_start_method", None) == "fork"
+                    fork_setup(queues)
+                    if is_process_start and fork_setup is not None and forks
                     else None
                 )
-                # Asked before the start, which drops the process's target and arguments.
-                worker = is_process_start and tasknotes.worker_queues(self) is not None
                 try:
                     result = original(self, *args, **kwargs)
                     if isinstance(self.pid, int):
-                        recorder.note(self.pid, handle=self, worker=worker)
+                        recorder.note(self.pid, handle=self, worker=queues is not None)
                     return result
                 finally:
                     if started is not None:

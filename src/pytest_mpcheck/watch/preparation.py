@@ -89,15 +89,16 @@ class ChildPreparation:
         # lookup ready (see tasknotes).
         sharedmap.warm_up(tasknotes.NOTE_SIZE)
 
-    def setup_for(self, process: Any) -> ChildSetup | None:
-        """What to put in ``process`` (a spawn or forkserver one) before it starts."""
+    def setup_for(self, process: Any, queues: tuple[Any, Any] | None) -> ChildSetup | None:
+        """What to put in ``process`` (a spawn or forkserver one) before it starts; ``queues``:
+        its task queues when it is a pool's or executor's worker (see
+        :func:`tasknotes.worker_queues`)."""
         if self._stack_path is None:
             return None
         method = getattr(process, "_start_method", None)
         if method is None:  # multiprocessing.Process: the default context's method
             with contextlib.suppress(Exception):
                 method = multiprocessing.get_start_method(allow_none=True)
-        queues = tasknotes.worker_queues(process)
         if queues is not None:
             self._workers_prepared = True
         return ChildSetup(
@@ -110,13 +111,11 @@ class ChildPreparation:
             self._feeders,
         )
 
-    def fork_setup(self, process: Any) -> Callable[[], None] | None:
-        """Before ``process`` starts by fork: when it is a pool's or executor's worker, its
-        at-fork callback (in the child, in the thread that forks) makes it note its tasks."""
-        if self._stack_path is None:
-            return None
-        queues = tasknotes.worker_queues(process)
-        if queues is None:
+    def fork_setup(self, queues: tuple[Any, Any] | None) -> Callable[[], None] | None:
+        """Before a process starts by fork: when it is a pool's or executor's worker (``queues``,
+        its task queues, see :func:`tasknotes.worker_queues`), its at-fork callback (in the
+        child, in the thread that forks) makes it note its tasks."""
+        if self._stack_path is None or queues is None:
             return None
         self._workers_prepared = True
         ident = threading.get_ident()
