@@ -414,55 +414,54 @@ def kernel_state(pid: int) -> tuple[str | None, str | None]:
     return (_STATES.get(state, state) if state else None), procfs.wchan(pid)
 
 
-def _main_thread_frames(stack: str) -> list[tuple[str, str]]:
-    """(file, function) of each frame of the first thread block (the main thread)."""
-    frames = []
+#: A frame of a stack: its file, its function, and its source line ("" when none is shown).
+_Frame = tuple[str, str, str]
+
+
+def _main_thread_frames(stack: str | None) -> list[_Frame]:
+    """The frames of the first thread block (the main thread), outermost first."""
+    frames: list[_Frame] = []
     frame_line = _pattern(_TRACEBACK_FRAME)
-    for line in stack.splitlines()[1:]:
+    for line in (stack or "").splitlines()[1:]:
         if line.startswith("Thread"):
             break
         frame = frame_line.match(line)
         if frame:
-            frames.append((frame.group(1), frame.group(2)))
+            frames.append((frame.group(1), frame.group(2), ""))
+        elif frames:
+            frames[-1] = (frames[-1][0], frames[-1][1], line.strip())
     return frames
 
 
 def pitfall(stack: str | None) -> tuple[str, str] | None:
     """What the process waits in and the explanation, when its stack shows a classic pitfall."""
-    if not stack:
-        return None
-    frames = _main_thread_frames(stack)
+    return _pitfall_in(_main_thread_frames(stack))
+
+
+def _pitfall_in(frames: list[_Frame]) -> tuple[str, str] | None:
     for ending, function, words, explanation in _PITFALLS:
-        if any(f.endswith(ending) and func.rpartition(".")[2] == function for f, func in frames):
+        if any(f.endswith(ending) and func.rpartition(".")[2] == function for f, func, _ in frames):
             return words, explanation
     return None
 
 
 def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     """What the process seems to wait in, from its innermost Python frame and the kernel."""
-    found = pitfall(stack)
+    return _waiting_in(_main_thread_frames(stack), wchan)
+
+
+def _waiting_in(frames: list[_Frame], wchan: str | None) -> str | None:
+    found = _pitfall_in(frames)
     if found is not None:
         return found[0]
-    if stack and _is_idle_worker(_main_thread_frames(stack)):
+    if _is_idle_worker(frames):
         return IDLE_WORKER
-    if stack:
-        # The first thread block is the main thread; its last frame is the innermost.
-        innermost = None
-        source = ""
-        frame_line = _pattern(_TRACEBACK_FRAME)
-        for line in stack.splitlines()[1:]:
-            if line.startswith("Thread"):
-                break
-            frame = frame_line.match(line)
-            if frame:
-                innermost, source = (frame.group(1), frame.group(2)), ""
-            elif innermost is not None:
-                source = line.strip()
-        if innermost is not None:
-            filename, func = innermost
-            for ending, function, words in _FRAME_WORDS:
-                if filename.endswith(ending) and (not function or function == func):
-                    return words
+    if frames:
+        # The last frame of the main thread is the innermost.
+        filename, func, source = frames[-1]
+        for ending, function, words in _FRAME_WORDS:
+            if filename.endswith(ending) and (not function or function == func):
+                return words
         # A C function called from the innermost frame: its source line names it (the kernel
         # function behind time.sleep differs between Python versions).
         for call, words in _CALL_WORDS:
@@ -476,10 +475,10 @@ def waiting_in(stack: str | None, wchan: str | None) -> str | None:
     return None
 
 
-def _is_idle_worker(frames: list[tuple[str, str]]) -> bool:
+def _is_idle_worker(frames: list[_Frame]) -> bool:
     """Whether the frames (outermost first) are a pool worker's loop waiting for a task: the
     innermost loop frame calls its task queue's ``get()``, not the task."""
-    names = [(filename, func.rpartition(".")[2]) for filename, func in frames]  # py-spy: Class.f
+    names = [(filename, func.rpartition(".")[2]) for filename, func, _ in frames]  # Class.f
     for index in range(len(names) - 1, -1, -1):
         filename, func = names[index]
         if any(filename.endswith(end) and func == loop for end, loop in _WORKER_LOOPS):
@@ -517,8 +516,9 @@ def stacks_of(
             if tried:
                 text = pyspy_stack(pid, left)
         state, wchan = kernel[pid]
-        words = waiting_in(text, wchan) if state != "running" else None
-        found = pitfall(text)
+        frames = _main_thread_frames(text)
+        words = _waiting_in(frames, wchan) if state != "running" else None
+        found = _pitfall_in(frames)
         result[pid] = Stack(
             text=text,
             waiting_in=words,
