@@ -198,15 +198,7 @@ class ChildSetup:
     pool and executor.
     """
 
-    __slots__ = (
-        "feeders",
-        "messages",
-        "method",
-        "queues",
-        "resource_log",
-        "stack_path",
-        "target",
-    )
+    __slots__ = ("arguments",)
 
     def __init__(
         self,
@@ -218,23 +210,9 @@ class ChildSetup:
         queues: tuple[object, object] | None = None,
         feeders: str | None = None,
     ) -> None:
-        self.stack_path = stack_path
-        self.queues = queues
-        """A pool's or executor's worker: its task and result queues (the process object's own,
-        pickled once with it)."""
-        self.resource_log = resource_log
-        self.messages = messages
-        self.target = target
-        self.method = method
-        self.feeders = feeders
+        # The arguments of prepare(), in its order. queues: a pool's or executor's worker's task
+        # and result queues (the process object's own, pickled once with it).
+        self.arguments = (stack_path, resource_log, messages, target, method, queues, feeders)
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return prepare, (
-            self.stack_path,
-            self.resource_log,
-            self.messages,
-            self.target,
-            self.method,
-            self.queues,
-            self.feeders,
-        )
+        return prepare, self.arguments
