@@ -125,6 +125,32 @@ def test_a_worker_s_pid_used_twice():
                 break
     open("reused-worker", "w").write(str(second._pool[0].pid == dead))
     assert not "the report is tested"
+
+
+def put_then_die(queue):
+    queue.put("first")
+    time.sleep(0.3)  # the feeder thread has written it
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_feeder_s_pid_used_twice():
+    context = multiprocessing.get_context("fork")
+    killed_feeder_queue = context.Queue()
+    later_feeder_queue = context.Queue()
+    first = context.Process(target=put_then_die, args=(killed_feeder_queue,), name="killed")
+    first.start()
+    assert killed_feeder_queue.get(timeout=30) == "first"
+    first.join()
+    for attempt in range(50):  # the kernel is asked for the killed feeder's pid again
+        with open({NS_LAST_PID!r}, "w") as f:
+            f.write(str(first.pid - 1))
+        second = context.Process(target=later_feeder_queue.put, args=("later",), name="later")
+        second.start()
+        assert later_feeder_queue.get(timeout=30) == "later"
+        second.join()
+        if second.pid == first.pid:
+            break
+    open("reused-feeder", "w").write(str(second.pid == first.pid))
 """
 
 
@@ -137,9 +163,11 @@ def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
     # start record must not be lost to the second's: its death is still told.
     # The same for a pool's worker: the task it was running when it died is told, not that of
     # the later worker that got its pid (their task notes were once named by pid alone).
+    # And for a queue's feeder: the queue that a later child given the pid fed (and left
+    # sound) is not taken for one that the killed child fed (the feeder log named pids alone).
     pytester.makepyfile(test_twice=PID_USED_TWICE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=2, passed=1)
     if (pytester.path / "reused").read_text() != "True":
         pytest.skip("another process took the pid first 50 times in a row")
     result.stdout.fnmatch_lines(
@@ -162,6 +190,17 @@ def test_an_end_is_told_when_the_pid_was_handed_again_within_the_test(
             "    running:    killed(3), defined at test_twice.py:*",
         ]
     )
+    if (pytester.path / "reused-feeder").read_text() != "True":
+        pytest.skip("another process took the feeder's pid first 50 times in a row")
+    result.stdout.fnmatch_lines(
+        [
+            "*MpCheckWarning: mpcheck: test_twice.py::test_a_feeder_s_pid_used_twice: a "
+            "multiprocessing queue can no longer be trusted: *",
+            "  Queue 'killed_feeder_queue' made at test_twice.py:*: 'killed' (pid *) put to it, "
+            "then was ended by SIGKILL *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*later_feeder_queue*")
 
 
 #: A child crashes and is reaped; a second child asks the kernel for its pid for a child of its

@@ -242,7 +242,8 @@ class MpCheckRun:
             try:
                 # Before the watch forgets the records of the children that ended.
                 feeders = self.child_preparation.read_feeders()
-                self.queues.note_feeders(feeders, self.recorder.records)
+                if feeders:
+                    self.queues.note_feeders(feeders, self.watch.unread_records())
             except Exception:
                 internal_error("reading which queues the children of " + item.nodeid + " fed")
         self.recorder.set_owner(BETWEEN_TESTS)

@@ -121,10 +121,11 @@ def queue_key(queue: object) -> str | None:
 
 
 def watch_feeders(path: str) -> None:
-    """Append ``pid<TAB>key`` to the feeder log at ``path`` each time this process starts the
-    feeder thread of a ``multiprocessing`` ``Queue`` (or ``JoinableQueue``): once per queue
-    and process, at its first ``put()``, never per put. ``key`` is :func:`queue_key`, the same
-    in every process that shares the queue.
+    """Append ``pid<TAB>start<TAB>key`` to the feeder log at ``path`` each time this process
+    starts the feeder thread of a ``multiprocessing`` ``Queue`` (or ``JoinableQueue``): once per
+    queue and process, at its first ``put()``, never per put. ``start`` is when the process
+    started, in clock ticks since boot (empty if unknown), which tells it from a later process
+    given its pid; ``key`` is :func:`queue_key`, the same in every process that shares the queue.
 
     Only where ``multiprocessing.queues`` is imported already: a spawn or forkserver child that
     unpickled a queue with its process object (a ``Queue`` reaches such a child only that way).
@@ -179,7 +180,11 @@ def _noting_feeders(
                 return
             key = queue_key(self)
             if key:
-                line = f"{pid}\t{key}\n".encode()
+                # With its start: a later process given the same pid is another feeder.
+                from pytest_mpcheck._os.procfs import start_ticks
+
+                start = start_ticks(pid)
+                line = f"{pid}\t{'' if start is None else start}\t{key}\n".encode()
                 for log in logs:
                     scratch.append(log, line)
         except Exception:

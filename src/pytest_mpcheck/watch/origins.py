@@ -111,6 +111,9 @@ class StartRecord:
     """Its process ended and the kernel gave its pid to another (see
     :attr:`OriginRecorder.displaced`): what the watch found or ended under that pid since was
     the other process, never this one."""
+    fed_queues: tuple[str, ...] = ()
+    """The keys of the ``multiprocessing`` queues its process began to feed, as far as read
+    (see :mod:`pytest_mpcheck.watch.queues`)."""
 
     def is_among(self, pids: Collection[int]) -> bool:
         """Whether ``pids`` (what the watch found or ended, by pid) names this record's process,
@@ -346,8 +349,11 @@ class OriginRecorder:
             older = self.records.get(pid)
             if older is not None and older is not record:
                 # The pid came round again (the kernel hands out a freed pid once it has gone
-                # through all the others): the process it named was reaped since.
+                # through all the others): the process it named was reaped since. What each
+                # one writes is told apart by its start, known for the newcomer from now on.
                 self._displace(older)
+                if record.create_time is None:
+                    record.create_time = procfs.create_time(pid)
             self.records[pid] = record
             noted.add(pid)
             if not record.owner.startswith("<"):  # counts what tests and fixtures start

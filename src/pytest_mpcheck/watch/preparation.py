@@ -164,12 +164,18 @@ class ChildPreparation:
                 found.append((pid, str(json.loads(text))))
         return found
 
-    def read_feeders(self) -> list[tuple[int, str]]:
-        """What children wrote to the feeder log since the last call: ``(pid, queue key)``."""
+    def read_feeders(self) -> list[tuple[int, int | None, str]]:
+        """What children wrote to the feeder log since the last call: ``(pid, start, queue
+        key)``, ``start`` the child's start in clock ticks since boot (``None`` if unknown)."""
         if self._feeders is None:
             return []
         lines, self._feeders_read = scratch.read_new_lines(self._feeders, self._feeders_read)
-        return _by_pid(lines)
+        found = []
+        for pid, text in _by_pid(lines):
+            start, _, key = text.partition("\t")
+            if key:
+                found.append((pid, int(start) if start.isdigit() else None, key))
+        return found
 
     def uninstall(self) -> None:
         """Stop preparing children and remove the files (children still alive keep theirs

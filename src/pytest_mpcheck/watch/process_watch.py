@@ -532,6 +532,15 @@ class ProcessWatch:
         ended, self._ended_by_mpcheck = self._ended_by_mpcheck, set()
         return ended
 
+    def unread_records(self) -> list[StartRecord]:
+        """The start records whose process's end was not taken yet (:meth:`take_gone`): those
+        of live processes, of processes gone since, and those whose pid was given to another."""
+        return [
+            *self.recorder.records.values(),
+            *self.recorder.displaced,
+            *(record for record, _ in self.gone),
+        ]
+
     def take_gone(self) -> list[tuple[StartRecord, int | None]]:
         """The processes that ended since the last call (see :attr:`gone`)."""
         gone, self.gone = self.gone, []

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mpcheck._os import callsite
+from pytest_mpcheck._os import callsite, procfs
 from pytest_mpcheck.findings import ChildDeath, TerminatedFeeder
 from pytest_mpcheck.watch.childsetup import queue_key, watch_feeders_of_forks
 from pytest_mpcheck.watch.origins import StartRecord
@@ -80,8 +80,6 @@ class QueueWatch:
         """The queues made in this process, by :func:`queue_key`."""
         self._collected: list[str] = []
         """Keys of queues collected since the last :meth:`forget_collected`."""
-        self.feeding: dict[int, list[str]] = {}
-        """Which queues each live child began to feed, by pid."""
         self._undo: Callable[[], None] | None = None
 
     # -- the queues made ----------------------------------------------------------------------
@@ -130,7 +128,6 @@ class QueueWatch:
             self._undo()
             self._undo = None
         self.made.clear()
-        self.feeding.clear()
 
     def _note(self, queue: Any, frame: Any) -> None:
         key = queue_key(queue)
@@ -158,14 +155,21 @@ class QueueWatch:
 
     # -- the children that fed them -----------------------------------------------------------
 
-    def note_feeders(self, lines: Iterable[tuple[int, str]], children: Collection[int]) -> None:
-        """Take in the feeder log's ``(pid, key)`` lines: of ``children`` (the test process's
-        own, not a grandchild) and of queues that this process made."""
-        for pid, key in lines:
-            if pid in children and key in self.made:
-                keys = self.feeding.setdefault(pid, [])
-                if key not in keys:
-                    keys.append(key)
+    def note_feeders(
+        self, lines: Iterable[tuple[int, int | None, str]], children: Iterable[StartRecord]
+    ) -> None:
+        """Take in the feeder log's ``(pid, start, key)`` lines, each noted on the record of
+        the child that wrote it (:attr:`StartRecord.fed_queues`): of ``children`` (the test
+        process's own, not a grandchild), and of queues that this process made."""
+        records: dict[int, list[StartRecord]] = {}
+        for record in children:
+            records.setdefault(record.pid, []).append(record)
+        for pid, start, key in lines:
+            if key not in self.made:
+                continue
+            writer = _writer_of(records.get(pid, ()), start)
+            if writer is not None and key not in writer.fed_queues:
+                writer.fed_queues += (key,)
 
     def ended(
         self, gone: Iterable[tuple[StartRecord, int | None]], ended_by_mpcheck: Collection[int]
@@ -175,7 +179,7 @@ class QueueWatch:
         child of ``gone`` is forgotten."""
         found = []
         for record, status in gone:
-            keys = self.feeding.pop(record.pid, None)
+            keys = record.fed_queues
             if not keys or status is None or status >= 0 or record.is_among(ended_by_mpcheck):
                 continue
             for key in keys:
@@ -211,3 +215,19 @@ class QueueWatch:
         filename = path if os.path.isabs(path) else os.path.join(self._root, path)
         match = _ASSIGNED.match(linecache.getline(filename, int(line)))
         return match["name"] if match else None
+
+
+def _writer_of(records: Iterable[StartRecord], start: int | None) -> StartRecord | None:
+    """Which of ``records`` (of one pid) wrote a feeder line, from the start the line gives: the
+    one that started then. A record whose start is not known (a child that ended before its test
+    did, its create time never read) stands for the process that had the pid first; the start of
+    any later one given that pid was read when it took the pid (see :meth:`OriginRecorder.note`).
+    """
+    unknown = None
+    for record in records:
+        ticks = procfs.ticks_of(record.create_time)
+        if ticks is None:
+            unknown = record
+        elif start is None or ticks == start:
+            return record
+    return unknown
