@@ -3,13 +3,14 @@ with py-spy and without."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
 import time
 import venv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,29 @@ def wait_until(
     if message is None:
         return False
     raise AssertionError(f"{message} (waited {timeout:g}s)")
+
+
+#: Held by each test that asks the kernel for a given pid through ``ns_last_pid``: two such tests
+#: at once, in two xdist workers (or two runs of the suite), would each write their own wish
+#: between the other's write and fork, and skip after losing 50 times in a row.
+PID_CHOICE_LOCK = os.path.join(tempfile.gettempdir(), "pytest-mpcheck-tests-ns_last_pid.lock")
+
+
+@pytest.fixture
+def choosing_pids() -> Iterator[None]:
+    """One test at a time asks the kernel for given pids (see :data:`PID_CHOICE_LOCK`). Waits at
+    most 300 s (each holder's inner run is bounded) and then goes on unserialized."""
+    with open(PID_CHOICE_LOCK, "a") as lock:
+        wait_until(lambda: _try_lock(lock.fileno()), timeout=300, interval=0.05)
+        yield  # closing the file releases the lock
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def process_gone(pid: int, created: float) -> bool:

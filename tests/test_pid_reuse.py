@@ -13,6 +13,9 @@ from tests.conftest import wait_until
 
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 
+#: Every test here asks the kernel for given pids: one at a time (see the fixture).
+pytestmark = pytest.mark.usefixtures("choosing_pids")
+
 
 def _can_choose_pids() -> bool:
     return sys.platform.startswith("linux") and os.access(NS_LAST_PID, os.W_OK)
