@@ -105,10 +105,13 @@ class OrphanReaper:
         """Whether a process-creating call runs in some thread now: the pid of the child it
         forked may not be noted yet, and that child could be taken for an orphan. The reaping
         is then left to the end of the call (:attr:`OriginRecorder.deferred`)."""
-        if not self._recorder.starting:
+        recorder = self._recorder
+        if not recorder.starting:
             return False
-        self._recorder.deferred = self._reap_safely
-        return True
+        recorder.deferred = self._reap_safely
+        # A start that ended between the look at the count and the line above did not see the
+        # deferral: with no start left to run it, the reaping is not left to one.
+        return bool(recorder.starting)
 
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped.
