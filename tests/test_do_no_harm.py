@@ -118,6 +118,24 @@ def test_bad_subreaper_value_is_a_usage_error(pytester: pytest.Pytester) -> None
 #: Exit statuses that must reach their own callers while the orphan reaper runs on every SIGCHLD
 #: (principle 3), one module each, for one inner run with the subreaper on.
 STATUSES = {
+    # A conftest's pytest_configure runs before the plugin's: nothing noted this child's start,
+    # and it is no orphan all the same (nor one started at the conftest's import).
+    "conftest": """
+        import subprocess
+
+        BUILT_AT_IMPORT = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 3"])
+
+        def pytest_configure(config):
+            config.migration = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 5"])
+        """,
+    "test_older_children": """
+        import time
+        import conftest
+
+        def test_their_statuses_are_kept(pytestconfig):
+            time.sleep(0.6)  # they exit, SIGCHLD comes, the orphan reaper runs
+            assert (conftest.BUILT_AT_IMPORT.wait(), pytestconfig.migration.wait()) == (3, 5)
+        """,
     # As a bounded stress test: two threads start short-lived children, for 2 s (about 1,200
     # children on a loaded 2-core machine; each costs 1.5 ms of CPU, so 4 s cost 2 s more).
     "test_race": """
@@ -181,7 +199,7 @@ STATUSES = {
 def test_exit_statuses_reach_their_callers_under_the_subreaper(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(**STATUSES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
     # The orphaned forkserver child is no test's zombie (and nothing else was left).
     result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])

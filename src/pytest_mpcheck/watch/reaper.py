@@ -46,11 +46,17 @@ class OrphanReaper:
         self.installed = False
         self.faults: list[str] = []
         """Tracebacks of the handler's own failures, for the session to report (never raised)."""
+        self._older: dict[int, float | None] = {}
+        """The children this process had when the handler was installed, with their create
+        times: nothing noted their start (a conftest's ``pytest_configure``, or its import,
+        started them before this plugin's), and whoever started them may wait for them."""
 
     def install(self) -> bool:
         """Install the handler; ``False`` if this is not the main thread or has no SIGCHLD."""
         if not hasattr(signal, "SIGCHLD"):
             return False
+        # Reaped at the end of each test when the handler cannot be installed: read first.
+        self._older = {pid: procfs.create_time(pid) for pid in procfs.children(self._pid)}
         try:
             self._previous = signal.signal(signal.SIGCHLD, self._handler)
             signal.siginterrupt(signal.SIGCHLD, False)
@@ -113,10 +119,17 @@ class OrphanReaper:
         # deferral: with no start left to run it, the reaping is not left to one.
         return bool(recorder.starting)
 
+    def _is_older(self, pid: int) -> bool:
+        """Whether ``pid`` is still the child it named when the handler was installed (one whose
+        create time could not be read then is taken to be)."""
+        created = self._older[pid]
+        return created is None or procfs.is_same_process(pid, created)
+
     def reap_orphans(self) -> int:
         """Reap the zombie orphans that reparented to this process; how many were reaped.
 
-        A zombie child is an orphan when no process-creating call of this process forked it:
+        A zombie child is an orphan when no process-creating call of this process forked it, and
+        it was not a child already when the handler was installed:
         every way Python starts a process is recorded (:mod:`origins`), in every thread, and while
         any thread is inside such a call the reaping waits for it to finish. A process that a
         forkserver forked for ``Process.start`` is recorded but is an orphan all the same once it
@@ -140,6 +153,8 @@ class OrphanReaper:
                 break
             record = self._recorder.records.get(pid)
             if (record is not None and record.forked_here) or not procfs.is_zombie(pid):
+                continue
+            if pid in self._older and self._is_older(pid):
                 continue
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
