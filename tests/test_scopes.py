@@ -8,7 +8,8 @@ import pytest
 def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
-        import subprocess, pytest
+        import multiprocessing, subprocess, pytest
+        from concurrent.futures import ProcessPoolExecutor
 
         @pytest.fixture(scope="session")
         def server():
@@ -22,6 +23,19 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
             yield proc
             proc.terminate()
             proc.wait()
+
+        # Executors start their workers at their first submit(), in a test: still the fixture's.
+        @pytest.fixture(scope="session")
+        def executor():
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(2, mp_context=context) as ex:
+                yield ex
+
+        @pytest.fixture(scope="module")
+        def spawn_executor():
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(1, mp_context=context) as ex:
+                yield ex
         """
     )
     pytester.makepyfile(
@@ -36,11 +50,30 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
         def test_third(server):
             assert server.poll() is None
         """,
+        test_a_executors="""
+        import time
+        import pytest
+
+        def test_first_submit(executor):
+            assert executor.submit(abs, -3).result(timeout=30) == 3
+
+        @pytest.mark.timeout(1, method="signal")
+        def test_times_out(spawn_executor):
+            spawn_executor.submit(time.sleep, 5).result()
+
+        def test_the_same_workers_after_the_timeout(executor, spawn_executor):
+            assert list(executor.map(abs, [-1, -2])) == [1, 2]
+            assert spawn_executor.submit(abs, -4).result(timeout=30) == 4
+        """,
     )
     result = pytester.runpytest_subprocess("--mp-kill-grace=0.5", timeout=60)
     # Neither the first test nor the module fixture's tidy process is blamed; the session
     # fixture's process is found when the session scope ends (in the last test's teardown).
-    result.assert_outcomes(passed=3, errors=1)
+    # The executors' workers are the fixtures' though a test's submit() started them: no test
+    # is blamed, and pytest-timeout's end of a test leaves them to the tests after it.
+    result.assert_outcomes(passed=5, failed=1, errors=1)
+    result.stdout.fnmatch_lines(["FAILED test_a_executors.py::test_times_out - Failed: Timeout*"])
+    result.stdout.no_fnmatch_line("*BrokenProcessPool*")
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_third*",
@@ -48,7 +81,7 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
             "test_b.py::test_third) left 1 process behind (1 leaked)",
             "leaked process * 'sleep': still running*",
             "    command:    sleep 70",
-            "    started at: conftest.py:5 by subprocess.Popen",
+            "    started at: conftest.py:6 by subprocess.Popen",
             "    owned by:   session-scoped fixture 'server'",
             "    ended by:   SIGTERM (ended by mpcheck)",
         ]

@@ -190,6 +190,12 @@ class OriginRecorder:
             threading.Thread, tuple[str, object | None]
         ] = weakref.WeakKeyDictionary()
         """Who was running when each thread was started (see :meth:`_prepare`)."""
+        self._executor_owners: weakref.WeakKeyDictionary[Any, tuple[str, object | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Who was running when each process pool executor was made (see :meth:`_prepare`)."""
+        self._unwrapped_executors = list(self.EXECUTOR_CLASSES)
+        """The classes of :attr:`EXECUTOR_CLASSES` whose ``__init__`` is not wrapped yet."""
         self._thread_sites: weakref.WeakKeyDictionary[threading.Thread, str | None] = (
             weakref.WeakKeyDictionary()
         )
@@ -274,10 +280,13 @@ class OriginRecorder:
             thread = threading.current_thread()
             frame = sys._getframe(1)
             owner, scope = self.current_owner(frame)
-            started_by = self._thread_owners.get(thread)
+            # An executor older than this test (a fixture's, which starts its workers on its
+            # first submit()), or a thread older than it (a pool's worker handler), starts for
+            # whoever made it: a fixture's scope, or the session once that test is over.
+            started_by = self._executor_starting(frame) if self._executor_owners else None
+            if started_by is None:
+                started_by = self._thread_owners.get(thread)
             if started_by is not None and started_by[0] != owner:
-                # A thread older than this test (a pool's worker handler) starts for the one
-                # that started it: a fixture's scope, or the session once that test is over.
                 owner, scope = started_by[0], started_by[1] or HANDED_OVER
             site = callsite.user_site(frame, self._root_prefix)
             test_site = callsite.test_site(frame, self._root_prefix)
@@ -301,6 +310,25 @@ class OriginRecorder:
         with self._count_lock:
             self.starting += 1
         return previous
+
+    def _executor_starting(self, frame: FrameType | None) -> tuple[str, object | None] | None:
+        """Who made the executor whose method is starting a process, if one is: a method of it
+        (``_spawn_process``, ``_adjust_process_count``) is among the few frames above the start
+        call, ``frame`` (the wrapper's). ``None`` when no such executor's making was seen."""
+        owners = self._executor_owners
+        for _ in range(4):  # the wrapper, Process.start's caller, and up to two callers of it
+            if frame is None:
+                break
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                try:
+                    made_by = owners.get(frame.f_locals["self"])
+                except (KeyError, TypeError):  # no weak reference to it: no executor
+                    made_by = None
+                if made_by is not None:
+                    return made_by
+            frame = frame.f_back
+        return None
 
     def _finish(self, previous: StartRecord | None) -> None:
         """After the call (see :meth:`_prepare`).
@@ -548,12 +576,25 @@ class OriginRecorder:
     #: Modules that define a ``BaseProcess`` of their own: multiprocessing and its forks.
     PROCESS_FAMILIES = ("multiprocessing", "multiprocess", "billiard")
 
+    #: Process pool executors that start their workers on demand (at a ``submit()``, perhaps in
+    #: a later test than the one that made them): ``(module, class)``.
+    EXECUTOR_CLASSES = (
+        ("concurrent.futures.process", "ProcessPoolExecutor"),
+        ("loky.process_executor", "ProcessPoolExecutor"),
+    )
+
     def wrap_process_families(self) -> None:
-        """Wrap ``BaseProcess.start`` of each multiprocessing family imported by now.
+        """Wrap ``BaseProcess.start`` of each multiprocessing family imported by now, and the
+        ``__init__`` of each executor class of :attr:`EXECUTOR_CLASSES`.
 
         Called again before each test: a suite may import ``multiprocess`` or ``billiard`` only
         when its modules are collected. A dictionary look-up per family not wrapped yet.
         """
+        for module_name, class_name in tuple(self._unwrapped_executors):
+            cls = getattr(sys.modules.get(module_name), class_name, None)
+            if cls is not None:
+                self._unwrapped_executors.remove((module_name, class_name))
+                self._note_executors_made(cls)
         for family in tuple(self._unwrapped_families):
             module = sys.modules.get(family + ".process")
             cls = getattr(module, "BaseProcess", None)
@@ -563,6 +604,23 @@ class OriginRecorder:
             if family != "multiprocessing" and getattr(cls.start, "__wrapped__", None):
                 continue  # the same class under another name
             self._wrap_method(cls, "start", f"{family}.Process.start")
+
+    def _note_executors_made(self, cls: Any) -> None:
+        """Note who is running (see :meth:`current_owner`) when each executor of ``cls`` is made:
+        the workers it starts later are theirs."""
+        original = cls.__init__
+        recorder = self
+
+        @functools.wraps(original)
+        def __init__(executor: Any, *args: Any, **kwargs: Any) -> None:
+            original(executor, *args, **kwargs)
+            if os.getpid() == recorder._pid:
+                with suppress(Exception):  # the executor is made whatever befalls the note
+                    owner = recorder.current_owner(sys._getframe(1))
+                    recorder._executor_owners[executor] = owner
+
+        setattr(cls, "__init__", __init__)  # noqa: B010
+        self._undo.append(functools.partial(setattr, cls, "__init__", original))
 
     def _method_wrapper(self) -> Callable[[Any, str, str], None]:
         recorder = self
