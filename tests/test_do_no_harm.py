@@ -158,6 +158,23 @@ STATUSES = {
                 t.join()
             assert wrong == []
         """,
+    # os.system forks and waits in C (system(3)), past the wrappers of os.fork and fork_exec:
+    # its child is no orphan either, whichever thread calls it. Bounded: 1 s (some 1,200 calls,
+    # about a tenth of which lost their status to the reaper before the fix). The main thread
+    # wakes for each result, so that the handler runs while the other threads are in system().
+    "test_os_system": """
+        import os, time
+        from concurrent.futures import ThreadPoolExecutor
+
+        def test_four_threads():
+            wrong = []
+            deadline = time.monotonic() + 1
+            with ThreadPoolExecutor(4) as pool:
+                while time.monotonic() < deadline:
+                    statuses = pool.map(os.system, ["exit 3"] * 20)
+                    wrong += [status for status in statuses if status != 3 << 8]
+            assert wrong == []
+        """,
     # multiprocess, billiard and loky have their own copy of spawnv_passfds, which calls
     # _posixsubprocess.fork_exec: the child it starts is no orphan, and its status stays.
     "test_fork_exec": """
@@ -192,6 +209,41 @@ STATUSES = {
             p.join(10)
             assert p.exitcode in (0, 255)
         """,
+    # Code under test that resets SIGCHLD to its default (a library restoring the signal
+    # dispositions) does not leave the orphans adopted from then on zombies: the orphan
+    # reaper's handler is put back after the test. A handler of the user's, or SIG_IGN, stays.
+    # Named to run last: each test leaves the next one its handler.
+    "test_sigchld_reset": """
+        import os, signal, subprocess, time
+
+        def mine(signum, frame):
+            pass
+
+        def test_a_library_sets_a_handler():
+            signal.signal(signal.SIGCHLD, mine)
+
+        def test_it_is_left_alone():
+            assert signal.getsignal(signal.SIGCHLD) is mine
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+        def test_so_is_ignore():
+            assert signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            assert subprocess.run(["true"]).returncode == 0
+
+        def test_an_orphan_that_ends_is_reaped_as_it_would_be_by_init():
+            worker = int(subprocess.run(
+                ["sh", "-c", "sleep 0.3 & echo $!"], capture_output=True, text=True
+            ).stdout)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(worker, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+            raise AssertionError("the orphan is still a zombie")
+        """,
 }
 
 
@@ -199,7 +251,7 @@ STATUSES = {
 def test_exit_statuses_reach_their_callers_under_the_subreaper(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(**STATUSES)
     result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-subreaper=on", timeout=60)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=9)
     result.stdout.fnmatch_lines(["*orphans reparent to pytest (subreaper)*"])
     # The orphaned forkserver child is no test's zombie (and nothing else was left).
     result.stdout.fnmatch_lines(["mpcheck: * 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"])

@@ -186,6 +186,8 @@ class MpCheckRun:
             self.recorder.rebase()
             self._log_generation = -1
         self.recorder.wrap_process_families()
+        # Before the look: orphans that ended while code replaced the handler are reaped.
+        self.watch.reaper.keep_installed()
         self._current = item
         item.stash[baseline_key] = self.watch.baseline()
         self.recorder.set_owner(item.nodeid)
@@ -209,6 +211,9 @@ class MpCheckRun:
         When the teardown itself failed, the findings are added as a report section instead, so
         that the user's own error stays what pytest shows first.
         """
+        # The test may have replaced the orphan reaper's handler: before the look, which reaps
+        # at each test's end while it is not installed.
+        self.watch.reaper.keep_installed()
         baseline = item.stash.get(baseline_key, None)
         if baseline is not None and self._left_nothing(baseline):
             self.recorder.set_owner(BETWEEN_TESTS)

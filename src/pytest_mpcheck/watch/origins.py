@@ -5,7 +5,8 @@ While the plugin is active, the calls that create processes in the test process
 ``os.posix_spawn`` and ``os.posix_spawnp``) are wrapped so that each new pid is noted with the
 ``file:line`` of the user's code that called them, the object that owns the process, and the test or
 fixture that was running. The wrappers prepare the record before the original call and only file it
-under the new pid afterwards; they change nothing else.
+under the new pid afterwards; they change nothing else. ``os.system``, which waits for its child
+itself, is wrapped only to be counted among the calls running (:attr:`OriginRecorder.starting`).
 """
 
 from __future__ import annotations
@@ -472,6 +473,26 @@ class OriginRecorder:
         finally:
             self._finish(previous)
 
+    def _waiting_for_own_child(
+        self, original: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Call a function that starts a process and waits for it itself (``os.system``).
+
+        Nothing is noted (it returns a wait status, not a pid, and its child is gone when it
+        returns), but while it runs :attr:`starting` is non-zero: the orphan reaper, in a
+        signal handler or in another thread, must not take the status that it waits for.
+        """
+        if os.getpid() != self._pid:
+            return original(*args, **kwargs)  # a forked child: the count is the parent's
+        with self._count_lock:
+            self.starting += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with self._count_lock:
+                self.starting -= 1
+            self._run_deferred()
+
     def _forking_with_threads(self, label: str) -> None:
         """``os.fork`` is called while another thread is alive: note which, and where from."""
         if os.getpid() != self._pid:
@@ -543,6 +564,17 @@ class OriginRecorder:
         wrap_pid_returning(os, "posix_spawnp", "os.posix_spawnp")
         # multiprocessing's spawn and forkserver methods, its resource tracker and forkserver.
         wrap_pid_returning(multiprocessing.util, "spawnv_passfds", "multiprocessing spawn")
+        # system(3) forks and waits in C, past every wrapper above. The other ways the standard
+        # library starts a process come through them: os.popen (subprocess), os.spawn* (os.fork,
+        # looked up in os's globals when called), pty.fork (os.forkpty or os.fork).
+        original_system = os.system
+
+        @functools.wraps(original_system)
+        def system(*args: Any, **kwargs: Any) -> Any:
+            return recorder._waiting_for_own_child(original_system, *args, **kwargs)
+
+        os.system = system
+        self._undo.append(functools.partial(setattr, os, "system", original_system))
 
         original_thread_start = threading.Thread.start
 

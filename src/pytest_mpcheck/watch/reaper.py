@@ -12,6 +12,9 @@ calls are not interrupted.
 
 from __future__ import annotations
 
+# signal's C half (no stub): ``signal.getsignal`` tries to turn each handler into a member of
+# an enum and catches the failure, an exception per call for a handler such as this one's.
+import _signal  # type: ignore[import-not-found,unused-ignore]
 import contextlib
 import os
 import signal
@@ -44,6 +47,10 @@ class OrphanReaper:
         self.enabled = False
         """Whether orphans can reparent to this process at all (it is a subreaper)."""
         self.installed = False
+        """Whether the handler is this process's ``SIGCHLD`` handler, as last seen (see
+        :meth:`keep_installed`); when not, orphans are reaped at the end of each test."""
+        self._wanted = False
+        """Between :meth:`install` (that succeeded) and :meth:`uninstall`."""
         self.faults: list[str] = []
         """Tracebacks of the handler's own failures, for the session to report (never raised)."""
         self._older: dict[int, float | None] = {}
@@ -62,25 +69,66 @@ class OrphanReaper:
             signal.siginterrupt(signal.SIGCHLD, False)
         except ValueError:  # not the main thread of the main interpreter
             return False
-        self.installed = True
+        self.installed = self._wanted = True
         self._restored = c_handler(self._previous)
         atfork.register(self._restore_in_child)  # until uninstall: os's would keep us alive
         return True
 
+    def keep_installed(self) -> None:
+        """Between tests: find out whether code under test replaced the handler.
+
+        A library that resets ``SIGCHLD`` to its default would otherwise leave every orphan
+        adopted from then on a zombie, for the rest of the session. The orphans that ended
+        meanwhile are reaped now; and when what replaced the handler is ``SIG_DFL`` (for
+        ``SIGCHLD``, the signal is ignored) it is put back, which changes nothing that a test
+        can see but the reaping. A handler of the user's, or ``SIG_IGN`` (under which the
+        kernel reaps every child itself), stays: orphans are then reaped at each test's end.
+
+        One ``getsignal`` when the handler is still there: this runs around every test.
+        """
+        if not self._wanted or os.getpid() != self._pid:
+            return  # never installed, or a fork of this process (pytest-forked's) runs tests
+        current = _signal.getsignal(_SIGCHLD)
+        if current is self._handler:
+            self.installed = True  # perhaps put back by the code that had replaced it
+            return
+        self.installed = False
+        self._reap_safely()
+        if isinstance(current, int) and current == _signal.SIG_DFL:
+            try:
+                self._put_back(current)
+            except Exception:  # kept for the session to report, as the handler's own faults
+                self.faults.append(traceback.format_exc())
+
+    def _put_back(self, default: int) -> None:
+        """Install the handler again over ``default`` (``SIG_DFL``), set by code under test."""
+        try:
+            signal.signal(signal.SIGCHLD, self._handler)
+        except ValueError:  # not the main thread
+            return
+        signal.siginterrupt(signal.SIGCHLD, False)
+        # What the code under test chose is what the session's end puts back, and what the
+        # handler no longer calls.
+        self._previous = default
+        self._restored = c_handler(default)
+        self.installed = True
+
     def uninstall(self) -> None:
         """Put back the handler that was there before."""
         atfork.unregister(self._restore_in_child)
-        if not self.installed or os.getpid() != self._pid:
+        # Whether the handler is in place now is asked of the signal module (code under test
+        # may have put it back since the last look), and only then is it replaced.
+        if not self._wanted or os.getpid() != self._pid:
             return
+        self._wanted = self.installed = False
         with contextlib.suppress(ValueError):  # not the main thread
             set_signal_handler(_SIGCHLD, self._restored, only_from=self._handler)
-        self.installed = False
 
     def _restore_in_child(self) -> None:
         # A forked child must not keep a handler meant for the pytest process. Every fork child
         # runs this before its own code: signal's C half, and one handler compared by identity.
-        if self.installed and os.getpid() != self._pid:
-            self.installed = False
+        if self._wanted and os.getpid() != self._pid:
+            self._wanted = self.installed = False
             try:  # noqa: SIM105 (not contextlib.suppress: see childsetup.prepare)
                 set_signal_handler(_SIGCHLD, self._restored, only_from=self._handler)
             except ValueError:
