@@ -179,6 +179,33 @@ def test_child_forgets_unlink(mp_spawn, mp_start_method):
 """
 
 
+#: Run after test_child.py, while the pytest process still has no resource tracker: its pool's
+#: forked worker starts one of its own.
+SEGMENTS_OF_A_POOL_WORKER = """
+import multiprocessing
+from multiprocessing import shared_memory
+
+def make_two():
+    names = []
+    for _ in range(2):
+        segment = shared_memory.SharedMemory(create=True, size=8)
+        segment.buf[:2] = b"ok"
+        segment.close()
+        names.append(segment.name)
+    return names
+
+def test_worker_makes_test_unlinks_one():
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        unlinked, kept = pool.apply(make_two)
+    pool.join()
+    segment = shared_memory.SharedMemory(name=unlinked)
+    assert bytes(segment.buf[:2]) == b"ok"
+    segment.close()
+    segment.unlink()
+    open("pool-names", "w").write(unlinked + " " + kept)
+"""
+
+
 @pytest.mark.parametrize(
     "methods", [("fork",), ("spawn", "forkserver")], ids=["fork", "spawn-forkserver"]
 )
@@ -186,12 +213,31 @@ def test_segment_made_in_a_fixture_child(
     pytester: pytest.Pytester, methods: tuple[str, ...]
 ) -> None:
     # Children that mp_spawn starts note their registrations under every start method. Under
-    # fork the run must have no tracker of its own yet: fork has an inner run to itself.
+    # fork the run must have no tracker of its own yet: fork has an inner run to itself, where
+    # a pool's worker also makes two segments, of which the test unlinks one by name: the
+    # worker's registration, which the pytest process reads from the log after the test, came
+    # before the test's unregistration, which it hears at once.
     pytester.makepyfile(test_child=SEGMENT_IN_A_CHILD)
+    pooled = methods == ("fork",)
+    if pooled:
+        pytester.makepyfile(test_pool=SEGMENTS_OF_A_POOL_WORKER)
     result = pytester.runpytest_subprocess(
         *FAST_ARGS, f"--mp-start-methods={','.join(methods)}", timeout=90
     )
-    result.assert_outcomes(passed=len(methods), errors=len(methods))
+    result.assert_outcomes(passed=len(methods) + pooled, errors=len(methods) + pooled)
+    if pooled:
+        unlinked, kept = (pytester.path / "pool-names").read_text().split()
+        section(result, "ERROR at teardown of test_worker_makes_test_unlinks_one").fnmatch_lines(
+            [
+                "mpcheck: test_pool.py::test_worker_makes_test_unlinks_one left 1 named "
+                "resource behind *",
+                "",
+                f"leaked shared memory segment '/{kept}': never unlinked",
+                "    made at:    test_pool.py:7 by process *",
+                "    freed by:   the resource tracker process * started for itself, as it ended *",
+            ]
+        )
+        assert unlinked not in _report(result)
     for method in methods:
         name = (pytester.path / f"name-{method}").read_text()
         pid = (pytester.path / f"pid-{method}").read_text()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -93,6 +94,9 @@ class ResourceWatch:
         self._send: Callable[..., Any] | None = None
         """The tracker's ``_send`` as it was before :meth:`start` wrapped it."""
         self._unwrap: Callable[[], None] | None = None
+        self._reading = threading.RLock()
+        self._in_read = False
+        """A read is under way in the thread that holds :attr:`_reading`."""
 
     def start(self) -> None:
         """Wrap the tracker and open the run's resource log."""
@@ -104,7 +108,12 @@ class ResourceWatch:
 
     def _note(self, tracker: Any, op: str, kind: str, name: str, frame: FrameType) -> None:
         if os.getpid() == self._pid:
-            self._event(op, kind, name, call_site(frame) if op == "R" else "")
+            # What the children logged came first: a segment a pool's worker made and returned
+            # by name, that the test then unlinked, must be seen made before it is unlinked.
+            site = call_site(frame) if op == "R" else ""
+            with self._reading:
+                self.read_log()
+                self._event(op, kind, name, site)
         elif self.log_path is not None:  # a forked child: the run reads its lines after the test
             write_log_line(self.log_path, tracker, op, kind, name, frame)
 
@@ -133,16 +142,27 @@ class ResourceWatch:
         """Take in the lines the children appended since the last read.
 
         Called as a test's teardown ends, while the records of its processes (who owns each) are
-        still at hand.
+        still at hand, and before each registration or unregistration of the pytest process
+        itself, so that the two are taken in the order they happened.
         """
         if self.log_path is None:
             return
-        lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
-        for line in lines:
-            parts = line.split("\t")
-            if len(parts) == 6 and parts[1].isdigit() and parts[5].isdigit():
-                op, pid, kind, name, site, tracker = parts
-                self._event(op, kind, name, site, int(pid), int(tracker))
+        # Each line is taken once, in order: another thread's registration waits for a read
+        # under way (a few lines of a file); a finalizer that unregisters in the middle of this
+        # thread's read (the garbage collector runs it anywhere) does not read again.
+        with self._reading:
+            if self._in_read:
+                return
+            self._in_read = True
+            try:
+                lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
+                for line in lines:
+                    parts = line.split("\t")
+                    if len(parts) == 6 and parts[1].isdigit() and parts[5].isdigit():
+                        op, pid, kind, name, site, tracker = parts
+                        self._event(op, kind, name, site, int(pid), int(tracker))
+            finally:
+                self._in_read = False
 
     def _leaked(self, registration: Registration) -> bool:
         if registration.own_tracker:
