@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -37,10 +38,29 @@ def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytest
         def test_freed_before_the_next_test():
             name = open("name").read()
             assert not os.path.exists("/dev/shm/" + name)
+
+        CACHE_NAME = f"mpcheck_cache_{os.getpid()}"
+        CACHE = []
+
+        def cached():
+            if not CACHE:
+                CACHE.append(shared_memory.SharedMemory(create=True, size=16, name=CACHE_NAME))
+            return CACHE[0]
+
+        def test_caches_a_segment():
+            cached().buf[:5] = b"hello"
+            open("cache-name", "w").write(CACHE_NAME)
+
+        def test_attaches_to_the_cached_segment():
+            other = shared_memory.SharedMemory(name=CACHE_NAME)  # as a worker would
+            try:
+                assert bytes(other.buf[:5]) == b"hello"
+            finally:
+                other.close()
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=4, errors=2)
     name = (pytester.path / "name").read_text()
     result.stdout.fnmatch_lines(
         [
@@ -54,12 +74,34 @@ def test_shared_memory_never_unlinked_fails_and_is_freed(pytester: pytest.Pytest
             "    freed by:   mpcheck (unlinked, and taken off the tracker's list)",
             "",
             "How to fix: Call unlink() on a SharedMemory once no process needs it any more*",
+        ]
+    )
+    # A segment that a live object still refers to is not unlinked under the later tests that
+    # attach to it by name: it is handed to the session, which frees it at its end.
+    cache = (pytester.path / "cache-name").read_text()
+    section(result, "ERROR at teardown of test_caches_a_segment").fnmatch_lines(
+        [
+            "mpcheck: test_shm.py::test_caches_a_segment left 1 named resource behind *",
+            "",
+            f"leaked shared memory segment '/{cache}': never unlinked",
+            "    made at:    test_shm.py:18 by the test process",
+            "    kept:       still held by a global of module test_shm, which later tests may "
+            "use; handed to the session, and freed when it ends",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
             # (not the resource tracker that the segment started: a session helper)
             "mpcheck: 0 processes started by tests, 0 leaked, 0 unreaped, 0 hung, "
             "0 ended by mpcheck",
-            "mpcheck: 1 named resource (shared memory, semaphores) left behind",
+            "mpcheck: 2 named resources (shared memory, semaphores) left behind",
+            "mpcheck: 1 named resource that tests left behind was still there at the end of the "
+            "session:",
+            f"    shared memory segment '/{cache}' of test_shm.py::test_caches_a_segment: "
+            "freed by mpcheck (unlinked, and taken off the tracker's list)",
         ]
     )
+    assert not os.path.exists(f"/dev/shm/{cache}")
     # Freed and taken off the tracker's list: the tracker has nothing to warn about at exit.
     assert TRACKER_WARNING not in result.stderr.str()
 
@@ -179,6 +221,33 @@ def test_child_forgets_unlink(mp_spawn, mp_start_method):
 """
 
 
+#: Run after test_child.py, while the pytest process still has no resource tracker: its pool's
+#: forked worker starts one of its own.
+SEGMENTS_OF_A_POOL_WORKER = """
+import multiprocessing
+from multiprocessing import shared_memory
+
+def make_two():
+    names = []
+    for _ in range(2):
+        segment = shared_memory.SharedMemory(create=True, size=8)
+        segment.buf[:2] = b"ok"
+        segment.close()
+        names.append(segment.name)
+    return names
+
+def test_worker_makes_test_unlinks_one():
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        unlinked, kept = pool.apply(make_two)
+    pool.join()
+    segment = shared_memory.SharedMemory(name=unlinked)
+    assert bytes(segment.buf[:2]) == b"ok"
+    segment.close()
+    segment.unlink()
+    open("pool-names", "w").write(unlinked + " " + kept)
+"""
+
+
 @pytest.mark.parametrize(
     "methods", [("fork",), ("spawn", "forkserver")], ids=["fork", "spawn-forkserver"]
 )
@@ -186,12 +255,31 @@ def test_segment_made_in_a_fixture_child(
     pytester: pytest.Pytester, methods: tuple[str, ...]
 ) -> None:
     # Children that mp_spawn starts note their registrations under every start method. Under
-    # fork the run must have no tracker of its own yet: fork has an inner run to itself.
+    # fork the run must have no tracker of its own yet: fork has an inner run to itself, where
+    # a pool's worker also makes two segments, of which the test unlinks one by name: the
+    # worker's registration, which the pytest process reads from the log after the test, came
+    # before the test's unregistration, which it hears at once.
     pytester.makepyfile(test_child=SEGMENT_IN_A_CHILD)
+    pooled = methods == ("fork",)
+    if pooled:
+        pytester.makepyfile(test_pool=SEGMENTS_OF_A_POOL_WORKER)
     result = pytester.runpytest_subprocess(
         *FAST_ARGS, f"--mp-start-methods={','.join(methods)}", timeout=90
     )
-    result.assert_outcomes(passed=len(methods), errors=len(methods))
+    result.assert_outcomes(passed=len(methods) + pooled, errors=len(methods) + pooled)
+    if pooled:
+        unlinked, kept = (pytester.path / "pool-names").read_text().split()
+        section(result, "ERROR at teardown of test_worker_makes_test_unlinks_one").fnmatch_lines(
+            [
+                "mpcheck: test_pool.py::test_worker_makes_test_unlinks_one left 1 named "
+                "resource behind *",
+                "",
+                f"leaked shared memory segment '/{kept}': never unlinked",
+                "    made at:    test_pool.py:7 by process *",
+                "    freed by:   the resource tracker process * started for itself, as it ended *",
+            ]
+        )
+        assert unlinked not in _report(result)
     for method in methods:
         name = (pytester.path / f"name-{method}").read_text()
         pid = (pytester.path / f"pid-{method}").read_text()
@@ -254,17 +342,38 @@ def test_module_fixture_owns_its_segment(pytester: pytest.Pytester) -> None:
 
 
 def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
+    # Warn mode frees nothing while the session runs: a later test may attach to a segment by
+    # its name, even one that no object holds. What is still there at the end is freed then.
     pytester.makepyfile(
         test_modes="""
+        import os
         import pytest
         from multiprocessing import shared_memory
 
+        NAME = f"mpcheck_modes_{os.getpid()}"
+
         def leave_one():
-            shared_memory.SharedMemory(create=True, size=16).close()
+            segment = shared_memory.SharedMemory(create=True, size=16)
+            segment.close()
+            return segment.name
 
         @pytest.mark.mp_check("warn")
         def test_warned():
-            leave_one()
+            open("warned", "w").write(leave_one())
+
+        @pytest.mark.mp_check("warn")
+        def test_warned_named():
+            segment = shared_memory.SharedMemory(create=True, size=16, name=NAME)
+            segment.buf[0] = 7
+            segment.close()
+
+        def test_attaches_by_name_and_unlinks():
+            segment = shared_memory.SharedMemory(name=NAME)
+            try:
+                assert segment.buf[0] == 7
+            finally:
+                segment.close()
+                segment.unlink()
 
         @pytest.mark.mp_check("off")
         def test_unchecked():
@@ -272,14 +381,33 @@ def test_warn_and_off_modes(pytester: pytest.Pytester) -> None:
         """
     )
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=60)
-    result.assert_outcomes(passed=2, warnings=1)
+    result.assert_outcomes(passed=4, warnings=2)
+    warned = (pytester.path / "warned").read_text()
+    kept = (
+        "      kept:       nothing is freed in warn mode while the session runs (a later test "
+        "may use it); handed to the session, and freed when it ends"
+    )
     result.stdout.fnmatch_lines(
         [
             "*MpCheckWarning: mpcheck: test_modes.py::test_warned left 1 named resource behind*",
+            f"  leaked shared memory segment '/{warned}': never unlinked",
+            "      made at:    test_modes.py:8 by the test process",
+            kept,
+            "*MpCheckWarning: mpcheck: test_modes.py::test_warned_named left 1 named resource *",
+            "  leaked shared memory segment '/mpcheck_modes_*': never unlinked",
+            "      made at:    test_modes.py:18 by the test process",
+            kept,
+            "mpcheck: 2 named resources (shared memory, semaphores) left behind",
+            # (the one a later test unlinked is not there any more)
+            "mpcheck: 1 named resource that tests left behind was still there at the end of the "
+            "session:",
+            f"    shared memory segment '/{warned}' of test_modes.py::test_warned: freed by "
+            "mpcheck (unlinked, and taken off the tracker's list)",
         ]
     )
-    assert len(_segments(_report(result))) == 1
-    assert "left at the end of the session" not in result.stdout.str()
+    assert len(_segments(_report(result))) == 2
+    assert "no test is blamed" not in result.stdout.str()
+    assert not os.path.exists(f"/dev/shm/{warned}")
 
 
 def test_under_xdist_each_worker_reports_its_own(pytester: pytest.Pytester) -> None:

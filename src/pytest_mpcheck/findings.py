@@ -130,6 +130,15 @@ class ResourceFinding:
     """Whether the plugin unlinked it and unregistered it from the tracker."""
     own_tracker: bool = False
     """Freed (with a warning) by the resource tracker of the child that registered it."""
+    handed_over: bool = False
+    """Not freed when its test reported it, since a later test may still use it (warn mode, or
+    still held): handed to the session, which frees it at its end."""
+    held_by: str | None = None
+    """The live object of the pytest process that still refers to it (a ``SharedMemory`` in a
+    module's global), as a report names it."""
+    reported_by: str | None = None
+    """At the end of the session: whose it was, as the report of its test named it (a test, or a
+    wider-scoped fixture); the end of the session only freed it."""
 
 
 @dataclass
@@ -205,7 +214,8 @@ class FindingLog:
             self.findings.append(finding)
             hook.pytest_mpcheck_finding(config=config, item=item, finding=finding)
         elif isinstance(finding, ResourceFinding):
-            self.tally.resources += 1
+            if finding.reported_by is None:  # one a test reported is not counted again
+                self.tally.resources += 1
             self.resource_findings.append(finding)
             hook.pytest_mpcheck_resource_finding(config=config, item=item, finding=finding)
         else:

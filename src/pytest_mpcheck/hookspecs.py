@@ -50,12 +50,17 @@ def pytest_mpcheck_finding(
 def pytest_mpcheck_resource_finding(
     config: pytest.Config, item: pytest.Item | None, finding: ResourceFinding
 ) -> None:
-    """See each named resource (semaphore, shared memory segment) left behind, once freed.
+    """See each named resource (semaphore, shared memory segment) left behind, once final.
+
+    Called when a test (or a wider-scoped fixture) left it: freed then, or, when a later test
+    may still use it (warn mode, or a live object still refers to it), kept and handed to the
+    session (``finding.handed_over``). The end of the session frees what is still left; a
+    resource handed over is seen again then, with ``finding.reported_by`` naming whose it was.
 
     :param config: The pytest config object.
     :param item: The test that the finding fails or warns; ``None`` at the end of the session,
         where no test is blamed.
-    :param finding: The resource's kind and name, where it was made, and whether it was freed.
+    :param finding: The resource's kind and name, where it was made, and what became of it.
     """
 
 

@@ -299,6 +299,13 @@ def format_resource(finding: ResourceFinding, nodeid: str | None = None) -> str:
         lines.append(f"    owned by:   {finding.owner}")
     if finding.freed:
         lines.append("    freed by:   mpcheck (unlinked, and taken off the tracker's list)")
+    elif finding.handed_over:
+        why = (
+            f"still held by {finding.held_by}, which later tests may use"
+            if finding.held_by
+            else "nothing is freed in warn mode while the session runs (a later test may use it)"
+        )
+        lines.append(f"    kept:       {why}; handed to the session, and freed when it ends")
     elif finding.own_tracker:
         lines.append(
             f"    freed by:   the resource tracker process {finding.pid} started for itself, "
@@ -323,13 +330,34 @@ def format_resource_findings(nodeid: str, findings: Sequence[ResourceFinding]) -
 
 
 def format_session_resources(findings: Sequence[ResourceFinding]) -> str:
-    """The named resources still left when the session ended (no test is blamed)."""
-    count = len(findings)
-    title = (
-        f"mpcheck: {count} named resource{'s' if count != 1 else ''} left at the end of the "
-        "session (no test is blamed):"
-    )
-    return title + "\n" + "\n".join(format_resource(finding) for finding in findings)
+    """The named resources still left when the session ended: those no test was blamed for,
+    then those that tests reported and left in place (handed to the session)."""
+    new = [finding for finding in findings if finding.reported_by is None]
+    known = [finding for finding in findings if finding.reported_by is not None]
+    parts = []
+    if new:
+        count = len(new)
+        parts.append(
+            f"mpcheck: {count} named resource{'s' if count != 1 else ''} left at the end of the "
+            "session (no test is blamed):\n" + "\n".join(format_resource(f) for f in new)
+        )
+    if known:
+        count = len(known)
+        parts.append(
+            f"mpcheck: {count} named resource{'s' if count != 1 else ''} that tests left behind "
+            f"{'were' if count != 1 else 'was'} still there at the end of the session:\n"
+            + "\n".join(
+                f"    {_RESOURCE_WORDS.get(f.kind, f.kind)} {f.name!r} of "
+                f"{printable(f.reported_by or '')}: "
+                + (
+                    "freed by mpcheck (unlinked, and taken off the tracker's list)"
+                    if f.freed
+                    else "mpcheck could not unlink it"
+                )
+                for f in known
+            )
+        )
+    return "\n".join(parts)
 
 
 def resource_summary_line(tally: SessionTally) -> str:

@@ -279,7 +279,8 @@ class MpCheckRun:
             if mode == "off":
                 self.resources.forget_test(item.nodeid)
             else:
-                resource_findings += self.resources.finish_test(item.nodeid)
+                # Only mode fail frees: a later test may attach to a segment by name (DESIGN s.0).
+                resource_findings += self.resources.finish_test(item.nodeid, end=mode == "fail")
         except Exception:
             internal_error("checking the named resources of " + item.nodeid)
         if mode == "off" or not (findings or resource_findings):
@@ -433,13 +434,13 @@ class MpCheckRun:
         item = self._current
         if item is None:
             return
+        end = self.test_mode(item) == "fail"
         try:
-            end = self.test_mode(item) == "fail"
             self.watch.finish_scope(scope, item.nodeid, self._veto(item), end=end)
         except Exception:
             internal_error("checking the processes of a fixture")
         try:
-            self._pending_resources.extend(self.resources.finish_scope(scope))
+            self._pending_resources.extend(self.resources.finish_scope(scope, end=end))
         except Exception:
             internal_error("checking the named resources of a fixture")
 

@@ -148,6 +148,47 @@ def live_holders(handles: list[Any], collect: bool = True) -> dict[int, Holder]:
     return found
 
 
+def segment_holders(names: Iterable[str], collect: bool = True) -> dict[str, Holder]:
+    """For each shared memory segment of ``names`` (as the resource tracker names it) that a
+    live ``SharedMemory`` object of this process still refers to, that object's holder.
+
+    Such a segment is still in use: a module keeps it in a global, and the later tests attach
+    to it by name. One pass over the heap finds the objects (each refers to its class), then
+    :func:`live_holders` tells who holds them; only for leaked segments, never per test.
+    """
+    module = sys.modules.get("multiprocessing.shared_memory")
+    base = getattr(module, "SharedMemory", None)
+    wanted = set(names)
+    if not isinstance(base, type) or not wanted:
+        return {}  # never imported: no object of it exists
+    if collect:
+        gc.collect()
+    classes: list[type] = [base]
+    for cls in classes:  # grows as it goes: the subclasses of subclasses
+        subclasses: list[type] = cls.__subclasses__()
+        for sub in subclasses:
+            if sub not in classes:
+                classes.append(sub)
+    exact = set(classes)  # compared by type: no user code (a proxy's __class__) runs
+    segments = [
+        obj
+        for obj in gc.get_referrers(*classes)
+        if type(obj) in exact and _segment_name(obj) in wanted
+    ]
+    name_of = {id(segment): _segment_name(segment) for segment in segments}
+    found = live_holders(segments, collect=False)
+    return {str(name_of[key]): holder for key, holder in found.items()}
+
+
+def _segment_name(segment: Any) -> str | None:
+    # The name with its leading slash, as it was registered (the ``name`` property drops it).
+    try:
+        name = object.__getattribute__(segment, "_name")
+    except Exception:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def _held_by_running_threads(by_id: dict[int, Any], found: dict[int, Holder]) -> None:
     """Add to ``found`` the handles that a local variable of another running thread holds.
 

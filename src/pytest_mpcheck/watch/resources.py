@@ -23,29 +23,38 @@ still exists:
 A semaphore of the pytest process itself is not counted: its lock object is still alive (a
 finalizer unregisters it as soon as it is collected), and it is freed when pytest exits.
 
-Each leak is freed (unlinked and unregistered from the tracker, so that the session ends quietly)
-and reported with where it was registered. A child of a child started by spawn or forkserver
-(a fresh interpreter that the plugin did not prepare) is not seen.
+Each leak is reported with where it was registered, and freed (unlinked and unregistered from
+the tracker, so that the session ends quietly) when nobody can use it any more. A later test may
+attach to a segment by its name: in warn mode nothing is freed while the session runs, and in
+fail mode a segment that a live ``SharedMemory`` object of the pytest process still refers to (a
+module's global) is kept. Both are handed to the session, which frees them at its end. A child of
+a child started by spawn or forkserver (a fresh interpreter that the plugin did not prepare) is
+not seen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mpcheck._os import procfs, scratch
 from pytest_mpcheck.findings import ResourceFinding
 from pytest_mpcheck.watch.resourcelog import (
     SEMAPHORE,
+    SHARED_MEMORY,
     call_site,
     wrap,
     write_log_line,
 )
+
+if TYPE_CHECKING:
+    from pytest_mpcheck.watch.ownership import Holder
 
 
 def _exists(kind: str, name: str) -> bool:
@@ -87,12 +96,18 @@ class ResourceWatch:
         """``pid -> (owner, scope)``: who a process (or, for the pytest process, its current
         work) belongs to."""
         self.live: dict[tuple[str, str], Registration] = {}
+        self.handed_over: dict[tuple[str, str], Registration] = {}
+        """Leaks that a test reported and left in place, for a later test may still use them:
+        freed when the session ends, unless someone frees them before."""
         self.log_path: str | None = None
         self._offset = 0
         self._pid = os.getpid()
         self._send: Callable[..., Any] | None = None
         """The tracker's ``_send`` as it was before :meth:`start` wrapped it."""
         self._unwrap: Callable[[], None] | None = None
+        self._reading = threading.RLock()
+        self._in_read = False
+        """A read is under way in the thread that holds :attr:`_reading`."""
 
     def start(self) -> None:
         """Wrap the tracker and open the run's resource log."""
@@ -104,7 +119,12 @@ class ResourceWatch:
 
     def _note(self, tracker: Any, op: str, kind: str, name: str, frame: FrameType) -> None:
         if os.getpid() == self._pid:
-            self._event(op, kind, name, call_site(frame) if op == "R" else "")
+            # What the children logged came first: a segment a pool's worker made and returned
+            # by name, that the test then unlinked, must be seen made before it is unlinked.
+            site = call_site(frame) if op == "R" else ""
+            with self._reading:
+                self.read_log()
+                self._event(op, kind, name, site)
         elif self.log_path is not None:  # a forked child: the run reads its lines after the test
             write_log_line(self.log_path, tracker, op, kind, name, frame)
 
@@ -123,7 +143,9 @@ class ResourceWatch:
         key = (kind, name)
         if op == "U":
             self.live.pop(key, None)
-        elif key not in self.live:  # attaching registers again (before 3.13): the first counts
+            self.handed_over.pop(key, None)
+        elif key not in self.live and key not in self.handed_over:
+            # Attaching registers again (before 3.13): the first counts.
             pid = os.getpid() if pid is None else pid
             owner, scope = self._owner_of(pid)
             own = tracker != 0 and tracker != _session_tracker()
@@ -133,16 +155,27 @@ class ResourceWatch:
         """Take in the lines the children appended since the last read.
 
         Called as a test's teardown ends, while the records of its processes (who owns each) are
-        still at hand.
+        still at hand, and before each registration or unregistration of the pytest process
+        itself, so that the two are taken in the order they happened.
         """
         if self.log_path is None:
             return
-        lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
-        for line in lines:
-            parts = line.split("\t")
-            if len(parts) == 6 and parts[1].isdigit() and parts[5].isdigit():
-                op, pid, kind, name, site, tracker = parts
-                self._event(op, kind, name, site, int(pid), int(tracker))
+        # Each line is taken once, in order: another thread's registration waits for a read
+        # under way (a few lines of a file); a finalizer that unregisters in the middle of this
+        # thread's read (the garbage collector runs it anywhere) does not read again.
+        with self._reading:
+            if self._in_read:
+                return
+            self._in_read = True
+            try:
+                lines, self._offset = scratch.read_new_lines(self.log_path, self._offset)
+                for line in lines:
+                    parts = line.split("\t")
+                    if len(parts) == 6 and parts[1].isdigit() and parts[5].isdigit():
+                        op, pid, kind, name, site, tracker = parts
+                        self._event(op, kind, name, site, int(pid), int(tracker))
+            finally:
+                self._in_read = False
 
     def _leaked(self, registration: Registration) -> bool:
         if registration.own_tracker:
@@ -156,13 +189,31 @@ class ResourceWatch:
             return registration.pid != self._pid and _ended(registration.pid)
         return True
 
-    def _conclude(self, chosen: Callable[[Registration], bool]) -> list[ResourceFinding]:
+    def _conclude(self, chosen: Callable[[Registration], bool], free: str) -> list[ResourceFinding]:
+        """Report the leaks among the ``chosen`` registrations; ``free`` says which to free:
+        :data:`FREE_ALL`, :data:`FREE_UNUSED` or :data:`FREE_NONE`. Those not freed (but by a
+        child's own tracker) are handed to the session."""
         self.read_log()
+        leaks = [
+            (key, registration)
+            for key, registration in list(self.live.items())
+            if chosen(registration) and self._leaked(registration)
+        ]
+        holders: dict[str, Holder] = {}
+        if free == FREE_UNUSED:
+            held = [r.name for _, r in leaks if r.kind == SHARED_MEMORY and not r.own_tracker]
+            if held:
+                from pytest_mpcheck.watch.ownership import segment_holders  # only for a leak
+
+                holders = segment_holders(held)
         findings = []
-        for key, registration in list(self.live.items()):
-            if not chosen(registration) or not self._leaked(registration):
-                continue
-            del self.live[key]
+        for key, registration in leaks:
+            # (a finalizer that segment_holders' collection ran may have unregistered it)
+            self.live.pop(key, None)
+            holder = holders.get(registration.name) if registration.kind == SHARED_MEMORY else None
+            keep = not registration.own_tracker and (free == FREE_NONE or holder is not None)
+            if keep:
+                self.handed_over[key] = registration
             findings.append(
                 ResourceFinding(
                     kind=registration.kind,
@@ -172,18 +223,27 @@ class ResourceWatch:
                     owner=registration.owner,
                     by_test_process=registration.pid == self._pid,
                     freed=not registration.own_tracker
+                    and not keep
                     and _free(registration.kind, registration.name, self._send),
                     own_tracker=registration.own_tracker,
+                    handed_over=keep,
+                    held_by=holder.describe() if holder is not None else None,
                 )
             )
         return findings
 
-    def finish_test(self, nodeid: str) -> list[ResourceFinding]:
+    def finish_test(self, nodeid: str, end: bool = True) -> list[ResourceFinding]:
         """What the test registered and left behind (call after the process watch ended its
-        leftovers: their registrations are final then)."""
+        leftovers: their registrations are final then).
+
+        With ``end`` (mode fail), what nobody in the pytest process holds any more is freed; a
+        segment that a live object still refers to is kept. Without (mode warn), nothing is
+        freed: a later test may still attach to it by name.
+        """
         if not self.live:
             return []  # the common case (the log was read as the teardown ended)
-        return self._conclude(lambda r: r.owner == nodeid and r.scope is None)
+        free = FREE_UNUSED if end else FREE_NONE
+        return self._conclude(lambda r: r.owner == nodeid and r.scope is None, free)
 
     def forget_test(self, nodeid: str) -> None:
         """Stop following what a test registered (its mode is ``off``): it is not checked."""
@@ -191,13 +251,39 @@ class ResourceWatch:
             if registration.owner == nodeid and registration.scope is None:
                 del self.live[key]
 
-    def finish_scope(self, scope: object) -> list[ResourceFinding]:
-        """What a wider-scoped fixture registered and left behind, once it is finalized."""
-        return self._conclude(lambda r: r.scope is scope)
+    def finish_scope(self, scope: object, end: bool = True) -> list[ResourceFinding]:
+        """What a wider-scoped fixture registered and left behind, once it is finalized
+        (``end`` as for :meth:`finish_test`)."""
+        return self._conclude(lambda r: r.scope is scope, FREE_UNUSED if end else FREE_NONE)
 
     def finish_session(self) -> list[ResourceFinding]:
-        """Everything still left at the end of the session."""
-        return self._conclude(lambda r: True)
+        """Everything still left at the end of the session, freed in every mode; the leaks that
+        tests reported and left in place come last, with ``reported_by`` set."""
+        findings = self._conclude(lambda r: True, FREE_ALL)
+        handed_over, self.handed_over = self.handed_over, {}
+        for registration in handed_over.values():
+            if not _exists(registration.kind, registration.name):
+                continue  # freed by a process the plugin does not see
+            findings.append(
+                ResourceFinding(
+                    kind=registration.kind,
+                    name=registration.name,
+                    pid=registration.pid,
+                    site=registration.site,
+                    owner=registration.owner,
+                    by_test_process=registration.pid == self._pid,
+                    freed=_free(registration.kind, registration.name, self._send),
+                    reported_by=registration.owner,
+                )
+            )
+        return findings
+
+
+#: What :meth:`ResourceWatch._conclude` frees: every leak (the end of the session), those that
+#: nobody in the pytest process still holds (mode fail), none (mode warn).
+FREE_ALL = "all"
+FREE_UNUSED = "unused"
+FREE_NONE = "none"
 
 
 def _session_tracker() -> int:
