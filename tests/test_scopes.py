@@ -36,7 +36,16 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(1, mp_context=context) as ex:
                 yield ex
-        """
+
+        # A server that daemonizes (as pg_ctl start does): its process reparents to pytest.
+        @pytest.fixture(scope="session")
+        def daemon(tmp_path_factory):
+            pidfile = tmp_path_factory.mktemp("daemon") / "pid"
+            subprocess.run(["sh", "-c", f"sleep 72 & echo $! > {pidfile}"], check=True)
+            pid = int(pidfile.read_text())
+            yield pid
+            os.kill(pid, signal.SIGTERM)
+        """.replace("import multiprocessing,", "import multiprocessing, os, signal,")
     )
     pytester.makepyfile(
         test_a="""
@@ -49,6 +58,19 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
         test_b="""
         def test_third(server):
             assert server.poll() is None
+        """,
+        test_a_daemon="""
+        import os, subprocess
+
+        def test_uses_the_daemon(daemon):
+            os.kill(daemon, 0)
+
+        def test_leaves_its_own_daemon(daemon):
+            os.kill(daemon, 0)
+            subprocess.run(["sh", "-c", "sleep 73 &"], check=True)
+
+        def test_the_daemon_is_still_there(daemon):
+            os.kill(daemon, 0)
         """,
         test_a_executors="""
         import time
@@ -71,7 +93,18 @@ def test_session_fixture_leak_is_blamed_on_the_fixture(pytester: pytest.Pytester
     # fixture's process is found when the session scope ends (in the last test's teardown).
     # The executors' workers are the fixtures' though a test's submit() started them: no test
     # is blamed, and pytest-timeout's end of a test leaves them to the tests after it.
-    result.assert_outcomes(passed=5, failed=1, errors=1)
+    # A session fixture's daemon is the fixture's, though its starter exited in a test's setup;
+    # a test's own daemon is that test's.
+    result.assert_outcomes(passed=8, failed=1, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaves_its_own_daemon*",
+            "mpcheck: test_a_daemon.py::test_leaves_its_own_daemon left 1 process behind*",
+            "leaked process * 'sleep': still running*",
+            "    command:    sleep 73",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*sleep 72*")
     result.stdout.fnmatch_lines(["FAILED test_a_executors.py::test_times_out - Failed: Timeout*"])
     result.stdout.no_fnmatch_line("*BrokenProcessPool*")
     result.stdout.fnmatch_lines(

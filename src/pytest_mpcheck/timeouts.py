@@ -60,6 +60,8 @@ def _test_children(run: MpCheckRun, item: pytest.Item) -> list[hangs.Suspect]:
         record = run.recorder.records.get(pid)
         if record is not None and record.scope is not None:
             continue  # a wider-scoped fixture's process, not this test's
+        if record is None and run.watch.orphaned_by_a_scope(pid, tree):
+            continue  # a wider-scoped fixture's daemon
         if run.watch.is_helper(pid, tree):
             continue
         suspects.append(hangs.Suspect(pid, hangs.handle_of(run, pid)))

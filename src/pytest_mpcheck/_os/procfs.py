@@ -221,7 +221,8 @@ def _boot_time() -> float | None:
 
 
 _BOOT_TIME = _boot_time()
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: Clock ticks per second, the unit of :func:`start_ticks`.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def start_ticks(pid: int) -> int | None:
@@ -234,7 +235,7 @@ def ticks_of(create_time: float | None) -> int | None:
     the ``create_time`` that :func:`create_time` gave for it; ``None`` without procfs."""
     if create_time is None or _BOOT_TIME is None:
         return None
-    return round((create_time - _BOOT_TIME) * _CLOCK_TICKS)
+    return round((create_time - _BOOT_TIME) * CLOCK_TICKS)
 
 
 def create_time(pid: int) -> float | None:
@@ -246,7 +247,7 @@ def create_time(pid: int) -> float | None:
     if _BOOT_TIME is not None:
         ticks = start_ticks(pid)
         if ticks is not None:
-            return _BOOT_TIME + ticks / _CLOCK_TICKS
+            return _BOOT_TIME + ticks / CLOCK_TICKS
         if os.path.exists("/proc/self/stat"):
             return None  # procfs works: the process is gone
     import psutil
@@ -274,7 +275,7 @@ def age(pid: int) -> float | None:
     if ticks is None:
         created = create_time(pid)
         return None if created is None else max(0.0, time.time() - created)
-    return max(0.0, now - ticks / _CLOCK_TICKS)
+    return max(0.0, now - ticks / CLOCK_TICKS)
 
 
 def describe(pid: int) -> tuple[str, str, str, float, float, int] | None:

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import suppress
@@ -38,6 +39,17 @@ HANDED_OVER = "<handed over to the session>"
 
 #: The attribute of a process object, while it starts, that prepares its child for stack requests.
 CHILD_SETUP_ATTRIBUTE = "_pytest_mpcheck_child_setup"
+
+#: The clock that a process's start in ``/proc/<pid>/stat`` is read on (Linux); ``None`` elsewhere.
+_BOOT_CLOCK: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def _boot_ticks() -> int | None:
+    """Now, in clock ticks since boot (rounded down), as a process's start is given."""
+    if _BOOT_CLOCK is None:
+        return None
+    return int(time.clock_gettime(_BOOT_CLOCK) * procfs.CLOCK_TICKS)
+
 
 #: From 3.12, ``os.fork`` and ``os.forkpty`` warn (``DeprecationWarning``) when the process has
 #: other threads, and the warning names the Python frame that called them.
@@ -112,6 +124,9 @@ class StartRecord:
     """Its process ended and the kernel gave its pid to another (see
     :attr:`OriginRecorder.displaced`): what the watch found or ended under that pid since was
     the other process, never this one."""
+    began: int | None = None
+    """When the call that started it began, in clock ticks since boot (rounded down): no later
+    than the process's own start (see :func:`pytest_mpcheck._os.procfs.start_ticks`)."""
     fed_queues: tuple[str, ...] = ()
     """The keys of the ``multiprocessing`` queues its process began to feed, as far as read
     (see :mod:`pytest_mpcheck.watch.queues`)."""
@@ -306,6 +321,7 @@ class OriginRecorder:
                 create_time=None,
                 test_site=test_site if test_site != site else None,
                 test_site_is_thread=from_thread,
+                began=_boot_ticks(),
             )
             local.noted = set()
         with self._count_lock:

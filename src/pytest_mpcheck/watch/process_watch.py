@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -216,8 +216,33 @@ class ProcessWatch:
                 continue  # checked when its fixture is finalized
             if self._belongs_elsewhere(parent, tree, baseline):
                 continue
+            if record is None and self.orphaned_by_a_scope(pid, tree):
+                continue  # a wider-scoped fixture's daemon: left to its scope, the session's
             owned[pid] = parent
         return owned
+
+    def orphaned_by_a_scope(self, pid: int, tree: Mapping[int, int]) -> bool:
+        """Whether ``pid``, a child of the pytest process that nothing noted the start of (an
+        orphan that reparented here), was left by a process that a wider-scoped fixture started.
+
+        A fixture's server that daemonizes (``sh -c "server &"``, a double fork) leaves its
+        process to the subreaper when its starter exits, while a test's setup runs. Its parent
+        is gone, and no look saw it: the process that left it is taken to be the last of those
+        started before it that ended since the last test (their records are kept until then).
+        """
+        if tree.get(pid) != self.session_pid or pid in self.recorder.records:
+            return False
+        start = procfs.start_ticks(pid)
+        if start is None:
+            return False
+        latest: StartRecord | None = None
+        for record in list(self.recorder.records.values()):  # other threads may add records
+            began = record.began
+            if record.pid in tree or began is None or began > start:
+                continue  # alive, or started after it
+            if latest is None or latest.began is None or began >= latest.began:
+                latest = record
+        return latest is not None and latest.scope is not None
 
     def _belongs_elsewhere(self, parent: int, tree: dict[int, int], baseline: Baseline) -> bool:
         """Whether an ancestor is an older process (or a fixture's) that is not a helper."""
