@@ -117,13 +117,22 @@ def test_killed_by_mpcheck_is_no_news(mp_spawn):
     # Hung: mpcheck ends it, with SIGKILL since it ignores SIGTERM; the hang report says so,
     # and no section blames its SIGKILL on kill() or the OOM killer.
     mp_spawn(stubborn).join()
+
+
+def exits(code):
+    os._exit(code)
+
+
+def test_a_worker_exits_with_an_error():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as executor:
+        executor.submit(exits, 3).result()
 """
 
 
 def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_deaths=DEATHS)
     result = pytester.runpytest_subprocess(*FAST_ARGS, timeout=120)
-    result.assert_outcomes(failed=10)
+    result.assert_outcomes(failed=11)
     result.stdout.fnmatch_lines(
         [
             "*_ test_spawned_child_crashes _*",
@@ -196,11 +205,31 @@ def test_deaths_by_signal_are_told(pytester: pytest.Pytester) -> None:
             "*_ test_terminated_is_no_news _*",
         ]
     )
+    # A worker that exited with an error broke its executor as a signal would have.
+    exits = DEATHS.lstrip("\n").splitlines().index("def exits(code):") + 1
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_a_worker_exits_with_an_error _*",
+            "E *.BrokenProcessPool: *",
+            "*- Captured mpcheck teardown -*",
+            "mpcheck: test_deaths.py::test_a_worker_exits_with_an_error: workers of pools or "
+            "executors that exited with an error",
+            "",
+            "'ForkProcess-*' (pid *): exited with status 3: a worker exits with 0 when its pool "
+            "or executor is done with it; this one left on its own *",
+            f"    started at: test_deaths.py:{exits + 6} by multiprocessing.Process.start",
+            f"    running:    exits(3), defined at test_deaths.py:{exits}",
+        ]
+    )
     # The captured crash reports are the children's: not one is left in the pytest process's
     # terminal output outside the tests' reports (pytest's faulthandler would write there).
     assert result.stderr.str().count("Fatal Python error") == 0
     text = result.stdout.str()
-    terminated = text[text.index("_ test_terminated_is_no_news _") :]
+    terminated = text[
+        text.index("_ test_terminated_is_no_news _") : text.index(
+            "_ test_a_worker_exits_with_an_error _"
+        )
+    ]
     assert "Captured mpcheck teardown" not in terminated
     assert "    ended by:   SIGKILL (it ignored SIGTERM; killed by mpcheck)" in terminated
 

@@ -35,18 +35,22 @@ ENDED = ("SIGTERM", "SIGKILL", "reaped", "Pool.terminate()")
 
 @dataclass
 class ChildDeath:
-    """A child that died of a signal: told in a section of its test's report, never counted and
-    never an outcome (the test's own checks decide whether that is a failure)."""
+    """A child that died of a signal, or a pool's or executor's worker that exited with an error:
+    told in a section of its test's report, never counted and never an outcome (the test's own
+    checks decide whether that is a failure)."""
 
     pid: int
     name: str | None
     started_at: str | None
     started_by: str
     owner: str
-    signal: int
-    """The signal that killed it, as its process object read its exit status."""
+    signal: int | None
+    """The signal that killed it, as its process object read its exit status; ``None`` when it
+    exited (see :attr:`exit_code`)."""
     task: str | None = None
     """The task it was running, when it was the worker of a pool or an executor."""
+    exit_code: int | None = None
+    """The exit code of a worker that exited with an error (its pool does not exit it so)."""
 
 
 @dataclass

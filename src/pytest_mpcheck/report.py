@@ -150,6 +150,12 @@ _DEATH_WORDS = {
 
 #: Signals whose Python traceback faulthandler writes, where it is on.
 _CRASHES = frozenset({"SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE", "SIGILL"})
+#: Why a pool's or executor's worker exits with an error: it exits with 0 when its pool is done.
+_EXITED = (
+    "a worker exits with 0 when its pool or executor is done with it; this one left on its own "
+    "(sys.exit() or os._exit() in a task, an initializer that raised, or an error outside a "
+    "task), and its pool or executor is broken or has replaced it"
+)
 _NO_CRASH_REPORT = (
     "none in the test's captured standard error (the child's standard error went elsewhere, "
     "or it died before Python ran)"
@@ -173,14 +179,28 @@ def format_deaths(
     children write to). A crash report is put under its child when there is one of each; else
     they are listed after the children, since a crash report does not say which process wrote it.
     """
-    crashed = [death for death in deaths if signal_name(death.signal) in _CRASHES]
+    crashed = [d for d in deaths if d.signal is not None and signal_name(d.signal) in _CRASHES]
     one_to_one = len(crashed) == 1 and len(crashes) == 1
-    lines = [f"mpcheck: {nodeid}: child processes that died of a signal"]
+    exited = sum(death.signal is None for death in deaths)
+    if not exited:
+        what = "child processes that died of a signal"
+    elif exited == len(deaths):
+        what = "workers of pools or executors that exited with an error"
+    else:
+        what = "child processes that died of a signal or exited with an error"
+    lines = [f"mpcheck: {nodeid}: {what}"]
     for death in deaths:
-        name = signal_name(death.signal)
         label = printable(death.name) if death.name else "a child"
         lines.append("")
-        lines.append(f"{label!r} (pid {death.pid}): died of {name}: {_DEATH_WORDS.get(name, name)}")
+        if death.signal is None:
+            name = ""
+            lines.append(
+                f"{label!r} (pid {death.pid}): exited with status {death.exit_code}: {_EXITED}"
+            )
+        else:
+            name = signal_name(death.signal)
+            words = _DEATH_WORDS.get(name, name)
+            lines.append(f"{label!r} (pid {death.pid}): died of {name}: {words}")
         where = printable(death.started_at or "unknown place")
         lines.append(f"    started at: {where} by {death.started_by}")
         if death.owner != nodeid:
@@ -253,9 +273,10 @@ def format_terminated_feeders(nodeid: str, feeders: Sequence[TerminatedFeeder]) 
         child = feeder.child
         label = repr(printable(child.name)) if child.name else "a child"
         lines.append("")
+        ended = "a signal" if child.signal is None else _signal_words(child.signal)
         lines.append(
             f"{queue} made at {where}: {label} (pid {child.pid}) put to it, then was ended by "
-            f"{_signal_words(child.signal)}"
+            f"{ended}"
         )
         started = printable(child.started_at or "an unknown place")
         lines.append(f"    started at: {started} by {child.started_by}")

@@ -344,7 +344,8 @@ class MpCheckRun:
         ended_by_mpcheck: set[int],
     ) -> None:
         """A section of the test's report on its children that died of a signal (a crash, or
-        SIGKILL): the outcome stays the test's.
+        SIGKILL), and on the workers of pools and executors that exited with an error (a worker
+        exits with 0 when its pool is done with it): the outcome stays the test's.
 
         A child ended by SIGTERM, or by the plugin itself, is no news; a test in mode off gets
         no section.
@@ -360,7 +361,12 @@ class MpCheckRun:
         preparation = self.child_preparation
         for record, status in gone:
             signum = -status if status is not None and status < 0 else None
-            if signum is None or signum in _ORDINARY_ENDS or record.is_among(ended_here):
+            exit_code = status if status and status > 0 and record.worker else None
+            if (
+                (signum is None and exit_code is None)
+                or signum in _ORDINARY_ENDS
+                or record.is_among(ended_here)
+            ):
                 preparation.forget(record.pid, record.create_time)
                 continue
             task = preparation.forget(record.pid, record.create_time, read=True)
@@ -373,6 +379,7 @@ class MpCheckRun:
                     owner=record.owner,
                     signal=signum,
                     task=task,
+                    exit_code=exit_code,
                 )
             )
         if deaths:

@@ -124,6 +124,9 @@ class StartRecord:
     """Its process ended and the kernel gave its pid to another (see
     :attr:`OriginRecorder.displaced`): what the watch found or ended under that pid since was
     the other process, never this one."""
+    worker: bool = False
+    """The worker of a ``Pool`` or a ``ProcessPoolExecutor``: it exits with 0 unless something
+    went wrong (see :mod:`pytest_mpcheck.watch.tasknotes`)."""
     began: int | None = None
     """When the call that started it began, in clock ticks since boot (rounded down): no later
     than the process's own start (see :func:`pytest_mpcheck._os.procfs.start_ticks`)."""
@@ -419,10 +422,12 @@ class OriginRecorder:
             name = getattr(handle, "name", None)
             if isinstance(name, str):
                 record.name = name
-            if worker and record.create_time is None:
-                # A pool's or executor's worker names its task note by its start (see
-                # tasknotes): the note of one that dies before the test ends is found by it.
-                record.create_time = procfs.create_time(pid)
+            if worker:
+                record.worker = True
+                if record.create_time is None:
+                    # A pool's or executor's worker names its task note by its start (see
+                    # tasknotes): the note of one that dies before the test ends is found by it.
+                    record.create_time = procfs.create_time(pid)
 
     def count_as_helper(self, pid: int) -> None:
         """``pid`` turned out to be a session helper: not a process the test started itself."""
