@@ -45,6 +45,11 @@ def remember(value):
 
 def remembered(n):
     return REMEMBERED
+
+
+def touch(path):
+    time.sleep(0.2)
+    open(path, "w").close()
 """
 
 POOLS = """
@@ -54,7 +59,7 @@ import time
 
 import pytest
 
-from tasks import boom, hang, remember, remembered, shout, square, whoami
+from tasks import boom, hang, remember, remembered, shout, square, touch, whoami
 
 
 def wait_for_hang():
@@ -124,6 +129,31 @@ def test_executor_error_lost(mp_executor):
     concurrent.futures.wait([future], timeout=30)
 
 
+@pytest.fixture
+def quick_teardown(tmp_path):
+    # Requested before mp_executor, so torn down after it.
+    ended = []
+    yield ended
+    took = time.monotonic() - ended[0]
+    ran = len(list(tmp_path.glob("not-waited-*")))
+    assert took < 5 and ran <= 3, f"teardown: {took:.1f}s; {ran} of 6 tasks ran"
+
+
+# Cancelled futures never finish: the teardown waits for the workers, not for the join timeout.
+@pytest.mark.mp_join_timeout(10)
+def test_executor_cancelled(quick_teardown, mp_executor, tmp_path):
+    not_waited = mp_executor(max_workers=1)  # made first: finished first, right after the test
+    waited = mp_executor(max_workers=1)
+    futures = [waited.submit(touch, str(tmp_path / f"waited-{n}")) for n in range(6)]
+    waited.shutdown(wait=True, cancel_futures=True)
+    assert any(future.cancelled() for future in futures)
+    # At most the running task and the two in the call queue run; the others are cancelled.
+    for n in range(6):
+        not_waited.submit(touch, str(tmp_path / f"not-waited-{n}"))
+    not_waited.shutdown(wait=False, cancel_futures=True)
+    quick_teardown.append(time.monotonic())
+
+
 @pytest.mark.mp_join_timeout(1)  # waits for the join timeout
 def test_executor_hangs(mp_executor):
     executor = mp_executor(max_workers=2)
@@ -140,7 +170,7 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
     # Those that lose an error or hang pass their call, then fail at teardown.
-    result.assert_outcomes(passed=11 * 3, errors=4 * 3)
+    result.assert_outcomes(passed=12 * 3, errors=4 * 3)
     for method in METHODS:
         m = f"[[]{method}[]]"
         section(result, f"ERROR at teardown of test_pool_error_lost[{method}]").fnmatch_lines(
