@@ -47,6 +47,18 @@ def remembered(n):
     return REMEMBERED
 
 
+def fail_init():
+    raise RuntimeError("no database")
+
+
+def fail_first_init(path):
+    try:  # the first worker only: the next one finds the file
+        open(path, "x").close()
+    except FileExistsError:
+        return
+    raise RuntimeError("no database yet")
+
+
 def touch(path):
     time.sleep(0.2)
     open(path, "w").close()
@@ -59,7 +71,18 @@ import time
 
 import pytest
 
-from tasks import boom, hang, remember, remembered, shout, square, touch, whoami
+from tasks import (
+    boom,
+    fail_first_init,
+    fail_init,
+    hang,
+    remember,
+    remembered,
+    shout,
+    square,
+    touch,
+    whoami,
+)
 
 
 def wait_for_hang():
@@ -111,6 +134,16 @@ def test_pool_hangs(mp_pool):
     pool.apply_async(hang, (1,))
     assert pool.apply(square, (3,)) == 9
     wait_for_hang()
+
+
+@pytest.mark.mp_join_timeout(10)  # not waited for: ended as soon as its workers keep dying
+def test_pool_initializer_raises(mp_pool):
+    mp_pool(processes=2, initializer=fail_init).apply_async(square, (2,))
+
+
+def test_pool_initializer_raised_once(mp_pool, tmp_path):
+    pool = mp_pool(processes=1, initializer=fail_first_init, initargs=(str(tmp_path / "x"),))
+    assert pool.apply(square, (3,)) == 9
 
 
 def test_executor(mp_executor):
@@ -170,7 +203,7 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
     # Those that lose an error or hang pass their call, then fail at teardown.
-    result.assert_outcomes(passed=12 * 3, errors=4 * 3)
+    result.assert_outcomes(passed=14 * 3, errors=6 * 3)
     for method in METHODS:
         m = f"[[]{method}[]]"
         section(result, f"ERROR at teardown of test_pool_error_lost[{method}]").fnmatch_lines(
@@ -203,6 +236,44 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
                 "*",
                 '        File "*/tasks.py", line *, in hang',
                 "          time.sleep(60)",
+            ]
+        )
+        # Its workers die in the initializer and the pool replaces them for ever: it is ended
+        # at once, and the report says why (no busy worker, no stack).
+        dying = section(result, f"ERROR at teardown of test_pool_initializer_raises[{method}]")
+        dying.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_initializer_raises{m}*",
+                f"mpcheck: test_pools.py::test_pool_initializer_raises{m}: a pool's workers kept "
+                "dying: its initializer raised in * workers (exit code 1); the pool started * "
+                "workers in all, replacing each one that died; unfinished tasks:",
+                "    square(2)",
+                "",
+                "the initializer's error, in the first of them (worker * '*PoolWorker-*'):",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in fail_init',
+                '    raise RuntimeError("no database")',
+                "RuntimeError: no database",
+                "",
+                "A pool replaces a worker that dies without a word: the task that it ran is lost, "
+                "and a pool whose workers die as they start never runs one. mpcheck terminated it.",
+            ]
+        )
+        dying.no_fnmatch_line("*busy worker*")
+        section(
+            result, f"ERROR at teardown of test_pool_initializer_raised_once[{method}]"
+        ).fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_initializer_raised_once{m}*",
+                f"mpcheck: test_pools.py::test_pool_initializer_raised_once{m}: an error of a "
+                "pool's initializer was lost",
+                "",
+                "the pool's initializer raised in a worker, which the pool replaced "
+                "(worker * '*PoolWorker-*'):",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in fail_first_init',
+                '    raise RuntimeError("no database yet")',
+                "RuntimeError: no database yet",
             ]
         )
         section(result, f"ERROR at teardown of test_executor_error_lost[{method}]").fnmatch_lines(
