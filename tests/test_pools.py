@@ -45,6 +45,23 @@ def remember(value):
 
 def remembered(n):
     return REMEMBERED
+
+
+def fail_init():
+    raise RuntimeError("no database")
+
+
+def fail_first_init(path):
+    try:  # the first worker only: the next one finds the file
+        open(path, "x").close()
+    except FileExistsError:
+        return
+    raise RuntimeError("no database yet")
+
+
+def touch(path):
+    time.sleep(0.2)
+    open(path, "w").close()
 """
 
 POOLS = """
@@ -54,7 +71,18 @@ import time
 
 import pytest
 
-from tasks import boom, hang, remember, remembered, shout, square, whoami
+from tasks import (
+    boom,
+    fail_first_init,
+    fail_init,
+    hang,
+    remember,
+    remembered,
+    shout,
+    square,
+    touch,
+    whoami,
+)
 
 
 def wait_for_hang():
@@ -108,6 +136,16 @@ def test_pool_hangs(mp_pool):
     wait_for_hang()
 
 
+@pytest.mark.mp_join_timeout(10)  # not waited for: ended as soon as its workers keep dying
+def test_pool_initializer_raises(mp_pool):
+    mp_pool(processes=2, initializer=fail_init).apply_async(square, (2,))
+
+
+def test_pool_initializer_raised_once(mp_pool, tmp_path):
+    pool = mp_pool(processes=1, initializer=fail_first_init, initargs=(str(tmp_path / "x"),))
+    assert pool.apply(square, (3,)) == 9
+
+
 def test_executor(mp_executor):
     executor = mp_executor(max_workers=2)
     assert list(executor.map(square, [1, 2, 3])) == [1, 4, 9]
@@ -122,6 +160,31 @@ def test_executor_error_fetched(mp_executor):
 def test_executor_error_lost(mp_executor):
     future = mp_executor(max_workers=1).submit(boom, 5)
     concurrent.futures.wait([future], timeout=30)
+
+
+@pytest.fixture
+def quick_teardown(tmp_path):
+    # Requested before mp_executor, so torn down after it.
+    ended = []
+    yield ended
+    took = time.monotonic() - ended[0]
+    ran = len(list(tmp_path.glob("not-waited-*")))
+    assert took < 5 and ran <= 3, f"teardown: {took:.1f}s; {ran} of 6 tasks ran"
+
+
+# Cancelled futures never finish: the teardown waits for the workers, not for the join timeout.
+@pytest.mark.mp_join_timeout(10)
+def test_executor_cancelled(quick_teardown, mp_executor, tmp_path):
+    not_waited = mp_executor(max_workers=1)  # made first: finished first, right after the test
+    waited = mp_executor(max_workers=1)
+    futures = [waited.submit(touch, str(tmp_path / f"waited-{n}")) for n in range(6)]
+    waited.shutdown(wait=True, cancel_futures=True)
+    assert any(future.cancelled() for future in futures)
+    # At most the running task and the two in the call queue run; the others are cancelled.
+    for n in range(6):
+        not_waited.submit(touch, str(tmp_path / f"not-waited-{n}"))
+    not_waited.shutdown(wait=False, cancel_futures=True)
+    quick_teardown.append(time.monotonic())
 
 
 @pytest.mark.mp_join_timeout(1)  # waits for the join timeout
@@ -140,7 +203,7 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
     # Those that lose an error or hang pass their call, then fail at teardown.
-    result.assert_outcomes(passed=11 * 3, errors=4 * 3)
+    result.assert_outcomes(passed=14 * 3, errors=6 * 3)
     for method in METHODS:
         m = f"[[]{method}[]]"
         section(result, f"ERROR at teardown of test_pool_error_lost[{method}]").fnmatch_lines(
@@ -173,6 +236,44 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
                 "*",
                 '        File "*/tasks.py", line *, in hang',
                 "          time.sleep(60)",
+            ]
+        )
+        # Its workers die in the initializer and the pool replaces them for ever: it is ended
+        # at once, and the report says why (no busy worker, no stack).
+        dying = section(result, f"ERROR at teardown of test_pool_initializer_raises[{method}]")
+        dying.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_initializer_raises{m}*",
+                f"mpcheck: test_pools.py::test_pool_initializer_raises{m}: a pool's workers kept "
+                "dying: its initializer raised in * workers (exit code 1); the pool started * "
+                "workers in all, replacing each one that died; unfinished tasks:",
+                "    square(2)",
+                "",
+                "the initializer's error, in the first of them (worker * '*PoolWorker-*'):",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in fail_init',
+                '    raise RuntimeError("no database")',
+                "RuntimeError: no database",
+                "",
+                "A pool replaces a worker that dies without a word: the task that it ran is lost, "
+                "and a pool whose workers die as they start never runs one. mpcheck terminated it.",
+            ]
+        )
+        dying.no_fnmatch_line("*busy worker*")
+        section(
+            result, f"ERROR at teardown of test_pool_initializer_raised_once[{method}]"
+        ).fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_initializer_raised_once{m}*",
+                f"mpcheck: test_pools.py::test_pool_initializer_raised_once{m}: an error of a "
+                "pool's initializer was lost",
+                "",
+                "the pool's initializer raised in a worker, which the pool replaced "
+                "(worker * '*PoolWorker-*'):",
+                "Traceback (most recent call last):",
+                '  File "*/tasks.py", line *, in fail_first_init',
+                '    raise RuntimeError("no database yet")',
+                "RuntimeError: no database yet",
             ]
         )
         section(result, f"ERROR at teardown of test_executor_error_lost[{method}]").fnmatch_lines(
