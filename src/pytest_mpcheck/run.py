@@ -257,9 +257,13 @@ class MpCheckRun:
             return
         try:
             # Only mode fail ends anything: warn observes, off ignores (DESIGN s.0).
-            findings = self.watch.finish_test(
-                baseline, item.nodeid, self._veto(item), end=mode == "fail"
-            )
+            self.recorder.finishing = item.nodeid
+            try:
+                findings = self.watch.finish_test(
+                    baseline, item.nodeid, self._veto(item), end=mode == "fail"
+                )
+            finally:
+                self.recorder.finishing = None
         except Exception:
             internal_error("checking the processes of " + item.nodeid)
             return

@@ -215,6 +215,12 @@ class OriginRecorder:
         """Who was running when each process pool executor was made (see :meth:`_prepare`)."""
         self._unwrapped_executors = list(self.EXECUTOR_CLASSES)
         """The classes of :attr:`EXECUTOR_CLASSES` whose ``__init__`` is not wrapped yet."""
+        self.finishing: str | None = None
+        """The test whose leftovers the watch is looking for now (after its teardown): what its
+        own threads start meanwhile is still its own, not handed to the session."""
+        self._starting_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        """Threads started under the plugin that started processes for their own owner (a
+        pool's worker handler, which replaces each worker that ends)."""
         self._thread_sites: weakref.WeakKeyDictionary[threading.Thread, str | None] = (
             weakref.WeakKeyDictionary()
         )
@@ -265,6 +271,15 @@ class OriginRecorder:
             return record.owner, record.scope
         return self.current_owner(sys._getframe(1))
 
+    def starts_for(self, owner: str) -> bool:
+        """Whether a thread that ``owner`` (a test) started, and that has started processes for
+        it, still runs: an open pool's worker handler starts a worker again whenever one ends."""
+        for thread in list(self._starting_threads):  # other threads may add to it
+            thread_owner = self._thread_owners.get(thread)
+            if thread_owner is not None and thread_owner[0] == owner and thread.is_alive():
+                return True
+        return False
+
     def set_owner(self, owner: str) -> None:
         """Attribute processes started from now on to ``owner`` (a test's node id), but those
         that a wider-scoped fixture's setup starts (see :meth:`current_owner`)."""
@@ -305,8 +320,12 @@ class OriginRecorder:
             started_by = self._executor_starting(frame) if self._executor_owners else None
             if started_by is None:
                 started_by = self._thread_owners.get(thread)
+                if started_by is not None:
+                    self._starting_threads.add(thread)
             if started_by is not None and started_by[0] != owner:
-                owner, scope = started_by[0], started_by[1] or HANDED_OVER
+                owner, scope = started_by
+                if scope is None and owner != self.finishing:
+                    scope = HANDED_OVER
             site = callsite.user_site(frame, self._root_prefix)
             test_site = callsite.test_site(frame, self._root_prefix)
             from_thread = False

@@ -284,6 +284,24 @@ class ProcessWatch:
             poll_until(lambda: not self.recorder.starting, _START_WAIT)
         return found
 
+    def _await_start(
+        self, find: Callable[[], dict[int, int]], meanwhile: Callable[[dict[int, int]], object]
+    ) -> dict[int, int]:
+        """Give a thread of the test that starts processes (see :meth:`finish_test`) up to
+        ``settle`` seconds to start its next one: what ``find`` then finds, if anything."""
+        found: dict[int, int] = {}
+
+        def started() -> bool:
+            nonlocal found
+            found = find()
+            return bool(found)
+
+        if poll_until(started, self.settings.settle):
+            meanwhile(found)
+            if self.recorder.starting:  # its start record may not be filed yet
+                poll_until(lambda: not self.recorder.starting, _START_WAIT)
+        return found
+
     # -- findings -------------------------------------------------------------------------------
 
     def _describe(self, pid: int, parent: int, owner: str) -> ProcessInfo | None:
@@ -433,7 +451,11 @@ class ProcessWatch:
         """Findings for one test after its teardown, plus those of scopes that ended in it."""
         if not self.reaper.installed and self.reaper.enabled:
             self.reaper.reap_orphans()
-        if self._nothing_to_look_at(baseline):
+        # A thread of the test that starts processes still runs (an open pool's worker handler):
+        # none of its processes may be alive at this moment, between one that ended and the one
+        # it starts next.
+        starter = self.recorder.starts_for(nodeid)
+        if not starter and self._nothing_to_look_at(baseline):
             self._forget_gone()  # the test's children ended (joined): read how
             return []
         asked: set[int] = set()
@@ -450,6 +472,8 @@ class ProcessWatch:
             early.update(self._holders(live, collect=end))
 
         leftovers = self._settle(lambda: self._new_processes(baseline), find_holders)
+        if not leftovers and starter:
+            leftovers = self._await_start(lambda: self._new_processes(baseline), find_holders)
         holders: dict[int, Holder] = {}
         if leftovers:
             leftovers, holders = self._leave_to_older_owners(
