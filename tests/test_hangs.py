@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from pytest_mpcheck._os import procfs
-from tests.conftest import STRICT_ARGS, WITH_PYSPY, WITHOUT_PYSPY, InnerRun, wait_until
+from tests.conftest import (
+    STRICT_ARGS,
+    WITH_PYSPY,
+    WITHOUT_PYSPY,
+    InnerRun,
+    process_gone,
+    wait_until,
+)
 from tests.sections import section
 
 # The children's target lives in a module that does not import pytest: a spawned child (and a
@@ -22,6 +30,14 @@ def hang(pids):
     with open(pids, "a") as out:
         out.write(f"{os.getpid()}\\n")
     time.sleep(60)
+
+
+def note_pid(pids, pid=None):
+    import psutil  # the create time: a survivor is killed only if it is still that process
+
+    pid = pid or os.getpid()
+    with open(pids, "a") as out:
+        out.write(f"{pid} {psutil.Process(pid).create_time()!r}\\n")
 """
 
 HUNG = """
@@ -82,8 +98,71 @@ def stuck_child(mp_spawn):
     wait_for_children(before + 1)
 
 
-def test_the_test_itself_is_stuck(stuck_child):
+def test_the_test_itself_is_stuck(stuck_child, server, pool, executor, session_pids):
+    # The first test's timeout ended that test's children only: the session's still serve.
+    assert server.poll() is None
+    assert pool.apply(os.getpid) in session_pids()
+    assert executor.submit(os.getpid).result() in session_pids()
     time.sleep(60)
+"""
+
+# The processes of wider-scoped fixtures, which pytest-timeout's os._exit would orphan: a server
+# (a program of its own), a Pool's workers (forked) and an executor's (spawned), each noting its
+# pid and create time. Autouse: they run through the first test's timeout too.
+SHARED_FIXTURES = """
+import multiprocessing
+import os
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from hung import note_pid
+
+SESSION_PIDS = {session_pids!r}
+
+
+def noted():
+    if not os.path.exists(SESSION_PIDS):
+        return []
+    with open(SESSION_PIDS) as pids:
+        return [int(line.split()[0]) for line in pids.read().splitlines()]
+
+
+@pytest.fixture
+def session_pids():
+    return noted
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server():
+    server = subprocess.Popen(["sleep", "60"])
+    note_pid(SESSION_PIDS, server.pid)
+    yield server
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pool(server):
+    # Forked before the executor's threads run: no fork with threads (which warns).
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2, initializer=note_pid, initargs=(SESSION_PIDS,)) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module", autouse=True)
+def executor(pool):
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, context, note_pid, (SESSION_PIDS,)) as executor:
+        # It starts its workers on demand: two tasks at once start both.
+        executor.submit(time.sleep, 0.2)
+        executor.submit(time.sleep, 0.2)
+        deadline = time.monotonic() + 30
+        while len(noted()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield executor
 """
 
 #: pytest-timeout times the test function only: the fixtures start the children.
@@ -92,6 +171,22 @@ FUNC_ONLY = ("-o", "timeout_func_only=true")
 
 def _pids(path: Path) -> list[int]:
     return [int(word) for word in path.read_text().split()] if path.exists() else []
+
+
+def _created(path: Path) -> list[tuple[int, float]]:
+    """``(pid, create time)`` of each process that noted itself in ``path``."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(int(pid), float(created)) for pid, created in (line.split() for line in lines)]
+
+
+def _kill_survivors(processes: list[tuple[int, float]]) -> None:
+    """End what a failed run left: only the very processes that noted themselves."""
+    import psutil
+
+    for pid, created in processes:
+        if not process_gone(pid, created):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
 
 
 def _assert_all_gone(pids: list[int]) -> None:
@@ -171,19 +266,38 @@ def test_timeout_signal_method(
 def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
     # One start method: what is the thread method's own (mpcheck acts before pytest-timeout's
     # os._exit) does not depend on it; how each method's children give their stacks is what
-    # test_timeout_signal_method checks under every method.
-    method = "fork"
+    # test_timeout_signal_method checks under every method. Spawn: under fork, the tests' forks
+    # would run beside the threads of the session's pool (a warning).
+    method = "spawn"
     pids = pytester.path / "pids"
-    pytester.makepyfile(test_hung=HUNG.format(pids=str(pids)) + STUCK_TEST, hung=TARGETS)
-    # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
-    result = pytester.runpytest_subprocess(
-        f"--mp-start-methods={method}",
-        "--timeout=3",
-        "--timeout-method=thread",
-        *FUNC_ONLY,
-        *STRICT_ARGS,
-        timeout=60,
+    session_pids = pytester.path / "session-pids"
+    pytester.makepyfile(
+        test_hung=HUNG.format(pids=str(pids)) + STUCK_TEST,
+        hung=TARGETS,
+        conftest=SHARED_FIXTURES.format(session_pids=str(session_pids)),
     )
+    # 3s: mpcheck acts 0.75s before pytest-timeout's os._exit, time enough on a loaded machine.
+    try:
+        result = pytester.runpytest_subprocess(
+            f"--mp-start-methods={method}",
+            "--timeout=3",
+            "--timeout-method=thread",
+            *FUNC_ONLY,
+            *STRICT_ARGS,
+            timeout=60,
+        )
+        shared = _created(session_pids)
+
+        def survivors() -> list[int]:
+            return [pid for pid, created in shared if not process_gone(pid, created)]
+
+        # Before pytest-timeout's os._exit, every process of the session was ended: none
+        # outlives pytest (as orphans, a pool's workers wait for tasks for ever).
+        assert len(shared) == 5
+        wait_until(lambda: not survivors(), timeout=10)
+        assert not survivors(), f"still running after the run: {survivors()}"
+    finally:
+        _kill_survivors(_created(session_pids))
     # The first test goes on once its children are ended, and fails at teardown; in the last
     # one the test itself is stuck: pytest-timeout ends pytest with os._exit, so the failures are
     # never reported, but the children's stacks were, and the children were ended.
@@ -213,6 +327,19 @@ def test_timeout_thread_method(pytester: pytest.Pytester) -> None:
             f"mpcheck: test_hung.py::test_the_test_itself_is_stuck[[]{method}[]]: *",
             "*",
             '        File "*/hung.py", line *, in hang',
+            # Then, as os._exit is certain, the processes of the wider-scoped fixtures, which
+            # the first test's timeout left alone (the test went on, and so did the session).
+            "*+ mpcheck: before pytest-timeout ends pytest +*",
+            "mpcheck: pytest-timeout (3s, thread method) ends pytest with os._exit: 5 processes "
+            "of the session still running, ended so that none outlives pytest:",
+            "    process * 'sleep' of session-scoped fixture 'server', started at conftest.py:* "
+            "by subprocess.Popen: SIGTERM (ended by mpcheck)",
+            "    process * 'ForkPoolWorker-?' of session-scoped fixture 'pool', started at "
+            "conftest.py:* by multiprocessing.Process.start: SIGTERM (ended by mpcheck)",
+            "    process * 'ForkPoolWorker-?' of session-scoped fixture 'pool', *",
+            "    process * 'SpawnProcess-*' of module-scoped fixture 'executor', started at "
+            "conftest.py:* by multiprocessing.Process.start: SIGTERM (ended by mpcheck)",
+            "    process * 'SpawnProcess-*' of module-scoped fixture 'executor', *",
             "*+ Timeout +*",
         ]
     )

@@ -16,6 +16,7 @@ from pytest_mpcheck.findings import (
     ChildDeath,
     Finding,
     FindingLog,
+    ProcessInfo,
     ResourceFinding,
     SessionTally,
     TerminatedFeeder,
@@ -415,6 +416,43 @@ def format_session_leftovers(findings: Sequence[Finding]) -> str:
             )
         )
     return "\n".join(parts)
+
+
+def format_ended_before_exit(
+    timeout: float, method: str, ended: Sequence[tuple[ProcessInfo, str]]
+) -> str:
+    """The report of the processes ended because pytest-timeout ends pytest with ``os._exit``:
+    one line each (there is no time for stacks), and no pointer to the JSON report, which is
+    not written."""
+    count = len(ended)
+    lines = [
+        f"mpcheck: pytest-timeout ({timeout:g}s, {method} method) ends pytest with os._exit: "
+        f"{count} process{'es' if count != 1 else ''} of the session still running, ended so "
+        "that none outlives pytest:"
+    ]
+    for process, how in ended:
+        if process.owner:
+            whose = f" of {printable(_fixture_name(process.owner))}"
+        else:
+            # Not started by the pytest process: the command says what it is.
+            command = process.cmdline[:_SHORT_COMMAND] + (
+                "..." if len(process.cmdline) > _SHORT_COMMAND else ""
+            )
+            whose = f" ({printable(command)}; parent pid {process.ppid})"
+        where = ""
+        if process.started_at:
+            where = f", started at {printable(process.started_at)}"
+            if process.started_by:
+                where += f" by {process.started_by}"
+        lines.append(
+            f"    process {process.pid} {printable(process.name)!r}{whose}{where}: "
+            + _ENDED_WORDS.get(how, how)
+        )
+    return "\n".join(lines)
+
+
+#: How much of a command line :func:`format_ended_before_exit` shows: one line per process.
+_SHORT_COMMAND = 200
 
 
 def summary_line(tally: SessionTally) -> str:

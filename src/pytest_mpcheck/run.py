@@ -464,6 +464,11 @@ class MpCheckRun:
 
         return veto
 
+    @property
+    def session_baseline(self) -> Baseline | None:
+        """The descendants that were alive when the run began: not the session's to end."""
+        return self._session_baseline
+
     def baseline_of(self, item: pytest.Item) -> Baseline | None:
         """The descendants that were alive before ``item`` began."""
         return item.stash.get(baseline_key, None)
@@ -572,8 +577,10 @@ class MpCheckRun:
     def pytest_timeout_set_timer(
         self, item: pytest.Item, settings: Any
     ) -> Generator[None, Any, Any]:
-        """pytest-timeout: end the test's children, with their stacks, before it ends the test."""
-        result = yield
+        """pytest-timeout: end the test's children, with their stacks, before it ends the test;
+        and, before its ``os._exit``, every process of the session."""
+        with timeouts.ending_the_session_first(self):
+            result = yield
         timeouts.after_set_timer(self, item, settings)
         return result
 

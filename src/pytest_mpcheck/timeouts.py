@@ -13,18 +13,31 @@ that hook (:func:`after_set_timer`) and its ``pytest_timeout_cancel_timer`` coun
     after it. A ``SIGALRM`` of our own, set to go off shortly before (:func:`lead_time`), does
     the same work first, in the main thread, without a thread of our own; it writes the report to
     the terminal at once (``os._exit`` may follow), and keeps the findings, so that a test that
-    goes on once its children are ended fails at teardown. pytest-timeout then does what it
-    always does. Should the main thread be unable to run signal handlers at all, the children of
-    the fixtures still die with pytest (``PR_SET_PDEATHSIG``).
+    goes on once its children are ended fails at teardown. The test may still finish in that
+    window and pytest-timeout cancel its timer: the session then goes on, so the processes of
+    wider-scoped fixtures are not touched here. Should the main thread be unable to run signal
+    handlers at all, the children of the fixtures still die with pytest
+    (``PR_SET_PDEATHSIG``).
 
-Nothing is set up when another handler of ``SIGALRM`` is in place (the test's own).
+    Once the timer's function runs, ``os._exit`` is certain (a cancel then waits for it): the
+    function it runs is wrapped (:func:`ending_the_session_first`), and before pytest-timeout
+    dumps its stacks and exits, every process of the session still running (a module or session
+    fixture's pool, executor or server, a child the alarm could not end) is ended as the
+    session's end would end it, and named on the terminal. Bounded, and never raises into
+    pytest-timeout's thread.
+
+Nothing is set up when another handler of ``SIGALRM`` is in place (the test's own), but for that
+last step, which needs no signal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -148,19 +161,22 @@ def after_set_timer(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
             return
         lead = lead_time(timeout)
 
+        # Set while the alarm's work runs: the timer's wrapper waits for it (bounded) rather
+        # than end the same children at the same time and interleave the two reports.
+        quiet = threading.Event()
+        quiet.set()
+        item.stash[_quiet_key] = (quiet, lead)
+
         def before_exit(signum: int, frame: FrameType | None) -> None:
-            text = _end_children(run, item, timeout, "thread", lead, _test_children(run, item))
-            if text is None:
-                return
-            # To the terminal itself, not the test's captured output: os._exit may follow.
-            capman = item.config.pluginmanager.getplugin("capturemanager")
-            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-                writer = item.config.get_terminal_writer()
-                writer.line()
-                writer.sep("+", "mpcheck: before pytest-timeout ends pytest")
-                writer.line(text)
-                writer.flush()
-            item.stash[_report_key] = text
+            quiet.clear()
+            try:
+                text = _end_children(run, item, timeout, "thread", lead, _test_children(run, item))
+                if text is None:
+                    return
+                _to_terminal(item, text)
+                item.stash[_report_key] = text
+            finally:
+                quiet.set()
 
         previous = signal.signal(signal.SIGALRM, before_exit)
         signal.setitimer(signal.ITIMER_REAL, max(0.05, timeout - lead))
@@ -174,6 +190,93 @@ def after_set_timer(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
 
 
 _report_key = pytest.StashKey[str]()
+
+#: The alarm's work in progress (thread method), and the most it takes: ``(quiet, lead)``.
+_quiet_key: pytest.StashKey[tuple[threading.Event, float]] = pytest.StashKey()
+
+#: How long the processes of the session are given after SIGTERM before pytest-timeout's
+#: ``os._exit`` (at most: ``--mp-kill-grace`` when shorter).
+EXIT_GRACE = 1.0
+
+
+def _to_terminal(item: pytest.Item, text: str) -> None:
+    """Write ``text`` to the terminal itself, not to the test's captured output: ``os._exit``
+    may follow."""
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        writer = item.config.get_terminal_writer()
+        writer.line()
+        writer.sep("+", "mpcheck: before pytest-timeout ends pytest")
+        writer.line(text)
+        writer.flush()
+
+
+@contextlib.contextmanager
+def ending_the_session_first(run: MpCheckRun) -> Iterator[None]:
+    """While pytest-timeout sets its timer: the function that its timer thread runs, which ends
+    pytest with ``os._exit``, is wrapped so that the session's processes are ended first.
+
+    pytest-timeout's ``pytest_timeout_set_timer`` hands its module's ``timeout_timer`` to the
+    ``threading.Timer`` it makes: for that call only, the module's name is bound to the wrapper,
+    and the timer keeps it. Only its ``thread`` method uses that function (and its ``signal``
+    method off the main thread, where it falls back to a thread): the ``signal`` method, and a
+    plugin that sets the timer its own way, are left as they are.
+    """
+    module = sys.modules.get("pytest_timeout")
+    original = getattr(module, "timeout_timer", None)
+    if module is None or not callable(original):
+        yield
+        return
+    wrapper = _session_ended_first(run, original)
+    module.timeout_timer = wrapper  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if getattr(module, "timeout_timer", None) is wrapper:
+            module.timeout_timer = original  # type: ignore[attr-defined]
+
+
+def _session_ended_first(
+    run: MpCheckRun, original: Callable[[pytest.Item, Any], object]
+) -> Callable[[pytest.Item, Any], object]:
+    def timeout_timer(item: pytest.Item, settings: Any) -> object:
+        """pytest-timeout's function, once the session's processes were ended."""
+        try:
+            if _exit_is_certain(settings):
+                _end_the_session(run, item, settings)
+        except Exception:
+            pass  # never stand in the way of pytest-timeout's stacks and exit
+        return original(item, settings)
+
+    timeout_timer.__wrapped__ = original  # type: ignore[attr-defined]
+    return timeout_timer
+
+
+def _exit_is_certain(settings: Any) -> bool:
+    """Whether pytest-timeout's timer function will call ``os._exit``: it returns instead when
+    it finds a debugger (its own test, with its own function)."""
+    if getattr(settings, "disable_debugger_detection", False):
+        return True
+    is_debugging = getattr(sys.modules.get("pytest_timeout"), "is_debugging", None)
+    return not callable(is_debugging) or not is_debugging()
+
+
+def _end_the_session(run: MpCheckRun, item: pytest.Item, settings: Any) -> None:
+    """End every process of the session still running, and say so on the terminal."""
+    baseline = run.session_baseline
+    if baseline is None or os.getpid() != run.watch.session_pid:
+        return
+    alarm = item.stash.get(_quiet_key, None)
+    if alarm is not None:
+        quiet, lead = alarm
+        quiet.wait(lead)  # the test's children, with their stacks, are the alarm's to report
+    ended = run.watch.end_before_exit(baseline, min(run.settings.kill_grace, EXIT_GRACE))
+    if not ended:
+        return
+    from pytest_mpcheck import report
+
+    timeout = float(getattr(settings, "timeout", 0) or 0)
+    _to_terminal(item, report.format_ended_before_exit(timeout, "thread", ended))
 
 
 def after_cancel_timer(item: pytest.Item) -> None:

@@ -55,6 +55,10 @@ def _boot_ticks() -> int | None:
 #: other threads, and the warning names the Python frame that called them.
 _FORK_WARNS = sys.version_info >= (3, 12)
 
+#: The longest a process-creating call waits once the recorder is closed
+#: (:meth:`OriginRecorder.close`): ``os._exit`` comes within seconds.
+CLOSED_WAIT = 60.0
+
 _CALLER_CODE: dict[tuple[str, int], CodeType] = {}
 """The code that :func:`_call_from` runs, per ``(file, line)``: compiled once per call site."""
 
@@ -247,6 +251,8 @@ class OriginRecorder:
         """Per thread: ``prepared``, the record of the process-creating call this thread is
         making (see :meth:`_prepare`), and ``noted``, the pids noted since its outermost call
         began. Per thread, so that two threads starting processes at once keep their sites."""
+        self._closed_by: int | None = None
+        """The thread that closed the recorder (see :meth:`close`), once one did."""
 
     # -- who is running -------------------------------------------------------------------------
 
@@ -298,6 +304,24 @@ class OriginRecorder:
 
     # -- recording ------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Let no new process be started: the pytest process ends with ``os._exit`` in a moment
+        (pytest-timeout's ``thread`` method), and its processes are being ended first.
+
+        From now on a process-creating call that begins, in any other thread, waits for that
+        exit instead of starting a process that nothing would end: a ``Pool``'s worker handler
+        replaces each worker as it is ended. A call under way finishes (its process is then
+        found and ended). The wait is bounded all the same (:data:`CLOSED_WAIT`).
+        """
+        self._closed_by = threading.get_ident()
+
+    def _wait_if_closed(self) -> None:
+        closer = self._closed_by
+        if closer is not None and closer != threading.get_ident():
+            # os._exit ends this wait; the bound only keeps it from lasting for ever should that
+            # exit not come.
+            threading.Event().wait(CLOSED_WAIT)
+
     def _prepare(self, label: str) -> StartRecord | None:
         """Before a process-creating call: what is known already (where, who, by which call).
 
@@ -311,6 +335,7 @@ class OriginRecorder:
         local = self._thread
         previous: StartRecord | None = getattr(local, "prepared", None)
         if previous is None:
+            self._wait_if_closed()  # an outermost call only: one under way must finish
             thread = threading.current_thread()
             frame = sys._getframe(1)
             owner, scope = self.current_owner(frame)
@@ -524,6 +549,7 @@ class OriginRecorder:
         """
         if os.getpid() != self._pid:
             return original(*args, **kwargs)  # a forked child: the count is the parent's
+        self._wait_if_closed()
         with self._count_lock:
             self.starting += 1
         try:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ VetoFn = Callable[[ProcessInfo], bool]
 _STACK_TIMEOUT = 3.0
 #: How long to wait for process starts under way in other threads to file their records.
 _START_WAIT = 1.0
+#: The same, before pytest-timeout's ``os._exit``: for the processes to exist, not their records.
+_EXIT_START_WAIT = 0.5
 
 
 def _runs_python(cmdline: str) -> bool:
@@ -176,14 +178,21 @@ class ProcessWatch:
             # tracker started a moment ago would be taken for the test's.
             poll_until(lambda: bool(procfs.cmdline(pid)) or procfs.state(pid) in (None, "Z"), 0.5)
             command = procfs.cmdline(pid)
-        if command == procfs.own_cmdline():
-            return False  # a fork of this process (or of this xdist worker): never a helper
         from pytest_mpcheck.watch import helpers
 
         if self._helper_pids is None:
             self._helper_pids = helpers.running_helper_pids()
+        return self._helper_command(pid, command, self._helper_pids)
+
+    def _helper_command(self, pid: int, command: str, helper_pids: Container[int]) -> bool:
+        """Whether ``pid``, running ``command``, is a helper (``helper_pids``: those the
+        families' modules name)."""
+        if command == procfs.own_cmdline():
+            return False  # a fork of this process (or of this xdist worker): never a helper
+        from pytest_mpcheck.watch import helpers
+
         return (
-            pid in self._helper_pids
+            pid in helper_pids
             or helpers.is_helper_command(command)
             or self.settings.is_ignored(command)
         )
@@ -569,6 +578,69 @@ class ProcessWatch:
             if who and abs(created - finding.process.create_time) < 0.01:
                 finding.reported_by = who
         return findings
+
+    def end_before_exit(self, baseline: Baseline, grace: float) -> list[tuple[ProcessInfo, str]]:
+        """End every process of the session still running, as the pytest process is about to
+        end with ``os._exit`` (pytest-timeout's ``thread`` method); each with how it ended.
+
+        What :meth:`finish_session` would end, whoever owns it (a wider-scoped fixture, the
+        session, a test): after ``os._exit`` nothing would end them, and an orphan that holds
+        pytest's output pipe holds the CI job that reads it. The helpers are left alone: a
+        tracker or a forkserver ends by itself once pytest's end of its pipe closes (a tracker
+        then frees what was left registered). Zombies go with their parent. No new process is
+        started meanwhile (:meth:`OriginRecorder.close`): a pool would replace its workers.
+
+        Runs in pytest-timeout's timer thread while the main thread may be anywhere, in the
+        plugin's own code too: it reads the process table and the start records, and changes
+        nothing of the watch's or the process objects' state. Bounded: a short wait for the
+        starts under way, one ``grace`` after SIGTERM, and short waits after SIGKILL.
+        """
+        from pytest_mpcheck.watch import helpers
+
+        self.recorder.close()
+        # A start under way in another thread makes its process, which the look must see.
+        poll_until(lambda: not self.recorder.starting, _EXIT_START_WAIT)
+        known = helpers.running_helper_pids()
+        commands: dict[int, str] = {}
+
+        def helper(pid: int) -> bool:
+            if pid not in commands:
+                commands[pid] = procfs.cmdline(pid)
+            return self._helper_command(pid, commands[pid], known)
+
+        def running(seen: Container[int]) -> list[ProcessInfo]:
+            found = []
+            for pid, parent in procfs.descendants(self.session_pid).items():
+                if pid in seen or pid in baseline.pids or procfs.state(pid) in (None, "Z"):
+                    continue
+                # As :meth:`is_helper`: a forkserver's children carry its command line.
+                if helper(pid) and (parent == self.session_pid or not helper(parent)):
+                    continue
+                record = self.recorder.records.get(pid)
+                info = describe(pid, record.owner if record is not None else "", record, parent)
+                if info is not None:
+                    found.append(info)
+            # In the order they were started: a pid comes round again on a busy machine.
+            return sorted(found, key=lambda info: info.create_time)
+
+        ended: list[tuple[ProcessInfo, str]] = []
+        seen: set[int] = set()
+        # Twice: what a process forked while the first round ended it (C code, which no wrapper
+        # sees, or a start that was under way) is ended at once, with no grace.
+        for wait in (grace, 0.0):
+            found = running(seen)
+            if not found:
+                break
+            # No handle: the process objects are the main thread's, which may be using them.
+            outcome = end_processes(
+                [Leftover(info.pid, info.create_time) for info in found],
+                self.session_pid,
+                wait,
+                exiting=True,
+            )
+            ended += [(info, outcome.get(info.pid, "exited by itself")) for info in found]
+            seen.update(info.pid for info in found)
+        return ended
 
     def note_ended(self, outcome: dict[int, str]) -> None:
         """Remember the processes that :func:`end_processes` ended itself (``outcome``)."""

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 #: How long to wait for processes to die after SIGKILL (they cannot refuse; this bounds a D state).
 KILL_WAIT = 5.0
+#: The same, when pytest exits right after (:func:`end_processes`'s ``exiting``): SIGKILL is
+#: certain, and a process in D state dies when it leaves it, with or without pytest.
+EXIT_KILL_WAIT = 0.5
 
 
 #: How a pool worker ended when its ``Pool`` was terminated for it.
@@ -164,8 +167,8 @@ def _in_popen_wait(frame: FrameType | None) -> bool:
     return False
 
 
-def _has_ended(leftover: Leftover, session_pid: int) -> bool:
-    """Whether the process is gone, reaping it when it is our own zombie."""
+def _has_ended(leftover: Leftover, session_pid: int, reap: bool = True) -> bool:
+    """Whether the process is gone, reaping it when it is our own zombie (with ``reap``)."""
     import psutil  # imported on first use: it takes 10 ms, and most runs never need it
 
     if leftover.handle is not None and _reap_through_handle(leftover.handle):
@@ -175,6 +178,8 @@ def _has_ended(leftover: Leftover, session_pid: int) -> bool:
         return True
     if not procfs.is_zombie(leftover.pid):
         return False
+    if not reap:
+        return True
     try:
         parent = psutil.Process(leftover.pid).ppid()
     except psutil.Error:
@@ -213,23 +218,36 @@ def _signal(leftover: Leftover, signum: int, ours: Container[int]) -> str | None
     return None
 
 
-def _wait(pending: list[Leftover], session_pid: int, timeout: float) -> list[Leftover]:
+def _wait(
+    pending: list[Leftover], session_pid: int, timeout: float, reap: bool = True
+) -> list[Leftover]:
     """Wait until the processes end or ``timeout`` passes; those still running."""
 
     def ended() -> bool:
         nonlocal pending
-        pending = [item for item in pending if not _has_ended(item, session_pid)]
+        pending = [item for item in pending if not _has_ended(item, session_pid, reap)]
         return not pending
 
     poll_until(ended, timeout)
     return pending
 
 
-def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float) -> dict[int, str]:
-    """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled."""
+def end_processes(
+    leftovers: Iterable[Leftover], session_pid: int, grace: float, *, exiting: bool = False
+) -> dict[int, str]:
+    """End the leftovers; how each ended: SIGTERM, SIGKILL, reaped, or why it was not signalled.
+
+    ``exiting``: the pytest process ends right after (pytest-timeout's ``os._exit``), and this
+    runs in another thread than the one running the test. Nothing then needs the pools' or
+    the process objects' bookkeeping, which that other thread may be using: no pool is asked
+    to ``terminate()`` (it joins the pool's threads, and may wait for a lock a killed worker
+    held), nothing is reaped (a zombie goes with its parent), and the wait after SIGKILL,
+    which cannot be refused, is short.
+    """
     leftovers = list(leftovers)
     # A pool ends its workers in well under a second; four kill graces, at least 2 s, are ample.
-    by_pool = _terminate_pools(leftovers, max(2.0, 4 * grace))
+    by_pool = set() if exiting else _terminate_pools(leftovers, max(2.0, 4 * grace))
+    reap = not exiting
     outcome: dict[int, str] = {}
     to_term: list[Leftover] = []
     # One walk of the process tree per round, not one per process: hundreds of leftovers made
@@ -240,8 +258,8 @@ def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float)
             outcome[leftover.pid] = POOL_TERMINATED
             continue
         if procfs.is_zombie(leftover.pid):
-            _has_ended(leftover, session_pid)
-            outcome[leftover.pid] = "reaped"
+            _has_ended(leftover, session_pid, reap)
+            outcome[leftover.pid] = "reaped" if reap else "exited by itself"
             continue
         reason = _signal(leftover, signal.SIGTERM, ours)
         if reason is None:
@@ -249,11 +267,12 @@ def end_processes(leftovers: Iterable[Leftover], session_pid: int, grace: float)
             to_term.append(leftover)
         else:
             outcome[leftover.pid] = reason
-    still_running = _wait(to_term, session_pid, grace)
+    still_running = _wait(to_term, session_pid, grace, reap)
     ours = procfs.descendants(session_pid) if still_running else {}
     for leftover in still_running:
         reason = _signal(leftover, signal.SIGKILL, ours)
         outcome[leftover.pid] = "SIGKILL" if reason is None else reason
-    for leftover in _wait(still_running, session_pid, KILL_WAIT):
+    kill_wait = EXIT_KILL_WAIT if exiting else KILL_WAIT
+    for leftover in _wait(still_running, session_pid, kill_wait, reap):
         outcome[leftover.pid] = "still running after SIGKILL (uninterruptible?)"
     return outcome
