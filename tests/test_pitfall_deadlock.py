@@ -35,6 +35,7 @@ def test_deadlock(mp_locks, mp_spawn, mp_context):
     a_held, b_held = mp_context.Event(), mp_context.Event()
     first = mp_spawn(hold_then_take, args=(a, b, a_held, b_held), name="holds-a")
     mp_spawn(hold_then_take, args=(b, a, b_held, a_held), name="holds-b")
+    assert a_held.wait(60) and b_held.wait(60)  # started, however loaded the machine
     first.join()
 
 
