@@ -141,6 +141,11 @@ def test_pool_initializer_raises(mp_pool):
     mp_pool(processes=2, initializer=fail_init).apply_async(square, (2,))
 
 
+@pytest.mark.mp_join_timeout(20)  # not waited for: its task is lost with the worker
+def test_pool_worker_exits(mp_pool):
+    mp_pool(processes=2).apply_async(os._exit, (3,))
+
+
 def test_pool_initializer_raised_once(mp_pool, tmp_path):
     pool = mp_pool(processes=1, initializer=fail_first_init, initargs=(str(tmp_path / "x"),))
     assert pool.apply(square, (3,)) == 9
@@ -203,7 +208,7 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
     # Those that lose an error or hang pass their call, then fail at teardown.
-    result.assert_outcomes(passed=14 * 3, errors=6 * 3)
+    result.assert_outcomes(passed=15 * 3, errors=7 * 3)
     for method in METHODS:
         m = f"[[]{method}[]]"
         section(result, f"ERROR at teardown of test_pool_error_lost[{method}]").fnmatch_lines(
@@ -260,6 +265,21 @@ def test_pools_and_executors(pytester: pytest.Pytester) -> None:
             ]
         )
         dying.no_fnmatch_line("*busy worker*")
+        # A worker that exited in a task took the task with it: ended at once, not waited for.
+        lost = section(result, f"ERROR at teardown of test_pool_worker_exits[{method}]")
+        lost.fnmatch_lines(
+            [
+                f"*ERROR at teardown of test_pool_worker_exits{m}*",
+                f"mpcheck: test_pools.py::test_pool_worker_exits{m}: a pool lost its tasks: 1 "
+                "worker exited with code 3, and none of those still running runs a task; "
+                "unfinished tasks:",
+                "    _exit(3)",
+                "",
+                "A pool replaces a worker that dies without a word: the task that it ran is lost, "
+                "and the pool would wait for it for ever. mpcheck terminated it. *",
+            ]
+        )
+        lost.no_fnmatch_line("*busy worker*")
         section(
             result, f"ERROR at teardown of test_pool_initializer_raised_once[{method}]"
         ).fnmatch_lines(
