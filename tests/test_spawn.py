@@ -41,6 +41,16 @@ def boom(x):
     raise ValueError(f"bad {x}")
 
 
+class TwoPartError(Exception):
+    # Pickles, but does not unpickle: pickle calls __init__ with its args, one string.
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_parts():
+    raise TwoPartError(1, 2)
+
+
 def leave(code):
     sys.exit(code)
 
@@ -57,8 +67,8 @@ import time
 
 import pytest
 
-from children import boom, hang, leave, shout, square, whoami
-from pytest_mpcheck import RemoteTraceback
+from children import boom, hang, leave, raise_two_parts, shout, square, whoami
+from pytest_mpcheck import ChildError, RemoteTraceback
 
 
 def wait_for_file(path):
@@ -119,6 +129,15 @@ def test_result_raises_the_error(mp_spawn):
     assert "in boom" in info.value.__cause__.text
 
 
+def test_error_that_does_not_unpickle(mp_spawn):
+    # Its type name, message and traceback still come back, though the object cannot.
+    p = mp_spawn(raise_two_parts)
+    assert type(p.error) is ChildError
+    assert str(p.error) == "TwoPartError: 1-2"
+    assert "    raise TwoPartError(1, 2)" in p.traceback
+    assert isinstance(p.error.__cause__, RemoteTraceback)
+
+
 def test_check_false(mp_spawn):
     mp_spawn(leave, (3,), check=False).join()
 
@@ -139,6 +158,10 @@ def test_ended_on_purpose(mp_spawn):
 
 def test_fails_on_error(mp_spawn):
     mp_spawn(boom, (3,), name="thrower").join()
+
+
+def test_fails_on_error_that_does_not_unpickle(mp_spawn):
+    mp_spawn(raise_two_parts, name="two parts").join()
 
 
 def test_fails_on_exit_code(mp_spawn):
@@ -186,6 +209,7 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     # One inner run for the three methods: one pytest start instead of three.
     boom = line_of(TARGETS, 'raise ValueError(f"bad {x}")')
     sleep = line_of(TARGETS, "time.sleep(60)")
+    two_parts = line_of(TARGETS, "raise TwoPartError(1, 2)")
     hung_start = line_of(CHILDREN, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
     forgotten_start = line_of(CHILDREN, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
     pytester.makepyfile(
@@ -197,8 +221,8 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
-    # 14 tests per method; the last 5 fail (in the call or at teardown).
-    result.assert_outcomes(passed=13 * 3, failed=1 * 3, errors=4 * 3)
+    # 16 tests per method; the last 6 fail (in the call or at teardown: those pass, then err).
+    result.assert_outcomes(passed=(10 + 5) * 3, failed=1 * 3, errors=5 * 3)
     for method in METHODS:
         m = f"[{method}]"
         section(result, f"ERROR at teardown of test_fails_on_error{m}").fnmatch_lines(
@@ -215,6 +239,22 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
                 "",
                 "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
                 "to check it yourself.)",
+            ]
+        )
+        section(
+            result, f"ERROR at teardown of test_fails_on_error_that_does_not_unpickle{m}"
+        ).fnmatch_lines(
+            [
+                "*ERROR at teardown of test_fails_on_error_that_does_not_unpickle*",
+                "mpcheck: test_children.py::test_fails_on_error_that_does_not_unpickle"
+                f"[[]{method}[]]: child process failed",
+                "",
+                "'two parts' (pid *) raised TwoPartError: 1-2",
+                "Traceback (most recent call last):",
+                f'  File "*/children.py", line {two_parts}, in raise_two_parts',
+                "    raise TwoPartError(1, 2)",
+                "children.TwoPartError: 1-2",
+                "",
             ]
         )
         section(result, f"ERROR at teardown of test_fails_on_exit_code{m}").fnmatch_lines(
