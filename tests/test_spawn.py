@@ -94,8 +94,14 @@ def test_result_joins(mp_spawn):
 def test_names(mp_spawn):
     first, second = mp_spawn(whoami), mp_spawn(whoami)
     named = mp_spawn(whoami, name="Funct 1")
+    empty = mp_spawn(whoami, name="")  # no name, as for multiprocessing.Process
     assert [first.result, second.result, named.result] == ["Process-1", "Process-2", "Funct 1"]
-    assert [first.name, named.name] == ["Process-1", "Funct 1"]
+    assert [first.name, named.name, empty.name, empty.result] == [
+        "Process-1",
+        "Funct 1",
+        "Process-4",
+        "Process-4",
+    ]
 
 
 def test_streams(mp_spawn, mp_output):
@@ -150,6 +156,30 @@ def test_start_false_and_daemon(mp_spawn):
     assert p.result == 4
 
 
+def test_misuse_gets_the_errors_of_multiprocessing(mp_spawn):
+    p = mp_spawn(square, (5,))
+    with pytest.raises(AssertionError) as twice:
+        p.start()
+    assert str(twice.value) == (
+        "cannot start a process twice: 'Process-1' was started already "
+        "(mp_spawn starts the process it makes, unless given start=False)"
+    )
+    with pytest.raises(AssertionError) as unstarted:
+        mp_spawn(square, (1,), start=False).join()
+    assert str(unstarted.value) == (
+        "can only join a started process: 'Process-2' was made with start=False; "
+        "call its start() first"
+    )
+    p.join()
+    p.close()
+    # What the child left outlives its process object; multiprocessing's attributes do not.
+    assert (p.result, p.output) == (25, "squaring 5\\n")
+    with pytest.raises(ValueError, match="process object is closed"):
+        p.exitcode
+    with pytest.raises(ValueError, match="process object is closed"):
+        p.join()
+
+
 def test_ended_on_purpose(mp_spawn):
     p = mp_spawn(hang)
     p.terminate()
@@ -165,7 +195,9 @@ def test_fails_on_error_that_does_not_unpickle(mp_spawn):
 
 
 def test_fails_on_exit_code(mp_spawn):
-    mp_spawn(leave, (4,), name="leaver").join()
+    p = mp_spawn(leave, (4,), name="leaver")
+    p.join()
+    p.close()  # closing the process object does not hide its exit code
 
 
 def test_child_check(mp_spawn):
@@ -221,8 +253,8 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
-    # 16 tests per method; the last 6 fail (in the call or at teardown: those pass, then err).
-    result.assert_outcomes(passed=(10 + 5) * 3, failed=1 * 3, errors=5 * 3)
+    # 17 tests per method; the last 6 fail (in the call or at teardown: those pass, then err).
+    result.assert_outcomes(passed=(11 + 5) * 3, failed=1 * 3, errors=5 * 3)
     for method in METHODS:
         m = f"[{method}]"
         section(result, f"ERROR at teardown of test_fails_on_error{m}").fnmatch_lines(
