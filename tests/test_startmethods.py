@@ -179,7 +179,7 @@ def test_bad_markers_fail_only_their_test(pytester: pytest.Pytester) -> None:
             "test_markers.py::test_empty: @pytest.mark.mp_start_methods takes the "
             f"names of start methods, *. Available: {AVAILABLE}",
             "test_markers.py::test_bad_join_timeout: @pytest.mark.mp_join_timeout: "
-            "-1 is not valid. Give a number of seconds greater than 0",
+            "-1 is negative. Give a finite number of seconds greater than 0, such as 0.5",
         ]
     )
     result.stdout.no_fnmatch_line("*pytest_mpcheck/*")  # no traceback through the plugin
