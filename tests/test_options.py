@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+#: What each duration accepts: the message says it, whatever was wrong.
+AT_LEAST_0 = "Give a finite number of seconds greater than or equal to 0, such as 0.5"
+MORE_THAN_0 = "Give a finite number of seconds greater than 0, such as 0.5"
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -19,17 +23,19 @@ import pytest
         ),
         (
             ["--mp-settle=-1"],
-            "ERROR: --mp-settle: '-1' is not valid. Give a number of seconds greater than or "
-            "equal to 0",
+            f"ERROR: --mp-settle: '-1' is negative. {AT_LEAST_0}",
         ),
         (
             ["--mp-kill-grace=abc"],
-            "ERROR: --mp-kill-grace: 'abc' is not a number of seconds. Give a number greater "
-            "than or equal to 0, such as 0.5",
+            f"ERROR: --mp-kill-grace: 'abc' is not a number of seconds. {AT_LEAST_0}",
         ),
         (
             ["--mp-join-timeout=0"],
-            "ERROR: --mp-join-timeout: 0 is not valid. Give a number of seconds greater than 0",
+            f"ERROR: --mp-join-timeout: '0' is not greater than 0. {MORE_THAN_0}",
+        ),
+        (
+            ["--mp-join-timeout=inf"],
+            f"ERROR: --mp-join-timeout: 'inf' is infinite. {MORE_THAN_0}",
         ),
         (
             ["--mp-start-methods=fork,threads"],
@@ -105,12 +111,16 @@ def test_bad_marker_arguments_fail_that_test_only(pytester: pytest.Pytester) -> 
         def test_bad_timeout():
             pass
 
+        @pytest.mark.mp_check(mode="warn")
+        def test_mode_by_name():
+            pass
+
         def test_fine():
             pass
         """
     )
     result = pytester.runpytest_inprocess()
-    result.assert_outcomes(passed=1, errors=3)
+    result.assert_outcomes(passed=2, errors=3)
     result.stdout.fnmatch_lines(
         [
             "*test_bad_marker_arguments_fail_that_test_only.py::test_bad_mode: "
@@ -118,8 +128,7 @@ def test_bad_marker_arguments_fail_that_test_only(pytester: pytest.Pytester) -> 
             "warn, off",
             "*test_no_mode: @pytest.mark.mp_check takes one mode, "
             '"fail", "warn" or "off"; got args=() kwargs={}',
-            "*test_bad_timeout: @pytest.mark.mp_join_timeout: -2 is not valid. "
-            "Give a number of seconds greater than 0",
+            f"*test_bad_timeout: @pytest.mark.mp_join_timeout: -2 is negative. {MORE_THAN_0}",
         ]
     )
     result.stdout.no_fnmatch_line("*Traceback*")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import pytest
 
-from pytest_mpcheck.fixtures.output import LOG_NAME, OutputLine, OutputLog, format_interleaving
+from pytest_mpcheck.fixtures import output
+from pytest_mpcheck.fixtures.output import (
+    LOG_NAME,
+    LineWriter,
+    OutputLine,
+    OutputLog,
+    format_interleaving,
+)
 
 OUTPUT = """
 import os
@@ -40,6 +49,19 @@ def quiet():
     pass
 
 
+def as_files():
+    # What code does with sys.stdout as a file: its binary layer, its descriptor.
+    sys.stdout.write("text, ")
+    sys.stdout.buffer.write(b"then bytes\\n")
+    encoded = "caf\\u00e9\\n".encode()
+    sys.stdout.buffer.write(encoded[:4])  # the two bytes of the last letter in two writes
+    sys.stdout.buffer.write(encoded[4:])
+    sys.stderr.buffer.write(b"to err\\n")
+    os.fstat(sys.stdout.fileno())
+    os.fstat(sys.stderr.buffer.fileno())
+    return sys.stdout.isatty()
+
+
 def test_one_after_the_other(mp_spawn, mp_output):
     p1 = mp_spawn(even, (15,))
     p1.join()
@@ -66,6 +88,15 @@ def test_interleaved(mp_spawn, mp_context, mp_output):
     b.join()
     assert [line.text for line in mp_output.lines] == ["a1", "b1", "a2"]
     mp_output.assert_grouped()
+
+
+def test_streams_as_files(mp_spawn, mp_output):
+    assert mp_spawn(as_files).result is False
+    assert [(line.stream, line.text) for line in mp_output.lines] == [
+        ("stdout", "text, then bytes"),
+        ("stdout", "caf\\u00e9"),
+        ("stderr", "to err"),
+    ]
 """
 
 
@@ -74,7 +105,7 @@ def test_output_under_every_start_method(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--mp-start-methods=fork,spawn,forkserver", "-p", "no:cacheprovider", timeout=60
     )
-    result.assert_outcomes(passed=3, failed=3)
+    result.assert_outcomes(passed=6, failed=3)
     for method in ("fork", "spawn", "forkserver"):
         result.stdout.fnmatch_lines(
             [
@@ -140,3 +171,39 @@ def test_interleaving_marks_each_broken_block() -> None:
         "      2  b (2)  err| b1",
         ">>    3  a (1)  out| a2   <-- block broken: this process wrote before",
     ]
+
+
+def test_line_writer_answers_as_the_stream_it_replaced(tmp_path: Path) -> None:
+    # Code in a child uses sys.stdout as a file: its binary layer, descriptor, encoding, name.
+    fd = output._open_log(str(tmp_path / LOG_NAME))
+    with open(tmp_path / "original", "w", encoding="latin-1") as original:
+        writer = LineWriter(fd, "stdout", original)
+        assert (writer.encoding, writer.errors, writer.name) == ("latin-1", "strict", original.name)
+        assert writer.fileno() == writer.buffer.fileno() == original.fileno()
+        assert not writer.isatty()
+        assert writer.buffer is writer.buffer
+        writer.write("text, ")
+        assert writer.buffer.write(b"bytes \xe9\npartial") == 15
+        with pytest.raises(TypeError):
+            writer.buffer.write("text")
+        writer.end()
+    os.close(fd)
+    assert (tmp_path / "original").read_bytes() == b"text, bytes \xe9\npartial"
+    log = OutputLog(tmp_path / LOG_NAME)
+    assert [(line.text, line.newline) for line in log.lines] == [
+        ("text, bytes \u00e9", True),
+        ("partial", False),
+    ]
+
+
+def test_line_writer_without_a_stream_to_replace(tmp_path: Path) -> None:
+    # A child without stdout (sys.stdout None): its output is logged; there is no descriptor.
+    fd = output._open_log(str(tmp_path / LOG_NAME))
+    writer = LineWriter(fd, "stderr", None)
+    writer.buffer.write(b"logged\n")
+    with pytest.raises(io.UnsupportedOperation):
+        writer.fileno()
+    with pytest.raises(AttributeError):
+        writer.name  # noqa: B018
+    os.close(fd)
+    assert OutputLog(tmp_path / LOG_NAME).text == "logged\n"

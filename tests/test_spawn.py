@@ -41,6 +41,16 @@ def boom(x):
     raise ValueError(f"bad {x}")
 
 
+class TwoPartError(Exception):
+    # Pickles, but does not unpickle: pickle calls __init__ with its args, one string.
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_parts():
+    raise TwoPartError(1, 2)
+
+
 def leave(code):
     sys.exit(code)
 
@@ -57,8 +67,8 @@ import time
 
 import pytest
 
-from children import boom, hang, leave, shout, square, whoami
-from pytest_mpcheck import RemoteTraceback
+from children import boom, hang, leave, raise_two_parts, shout, square, whoami
+from pytest_mpcheck import ChildError, RemoteTraceback
 
 
 def wait_for_file(path):
@@ -84,8 +94,14 @@ def test_result_joins(mp_spawn):
 def test_names(mp_spawn):
     first, second = mp_spawn(whoami), mp_spawn(whoami)
     named = mp_spawn(whoami, name="Funct 1")
+    empty = mp_spawn(whoami, name="")  # no name, as for multiprocessing.Process
     assert [first.result, second.result, named.result] == ["Process-1", "Process-2", "Funct 1"]
-    assert [first.name, named.name] == ["Process-1", "Funct 1"]
+    assert [first.name, named.name, empty.name, empty.result] == [
+        "Process-1",
+        "Funct 1",
+        "Process-4",
+        "Process-4",
+    ]
 
 
 def test_streams(mp_spawn, mp_output):
@@ -119,6 +135,15 @@ def test_result_raises_the_error(mp_spawn):
     assert "in boom" in info.value.__cause__.text
 
 
+def test_error_that_does_not_unpickle(mp_spawn):
+    # Its type name, message and traceback still come back, though the object cannot.
+    p = mp_spawn(raise_two_parts)
+    assert type(p.error) is ChildError
+    assert str(p.error) == "TwoPartError: 1-2"
+    assert "    raise TwoPartError(1, 2)" in p.traceback
+    assert isinstance(p.error.__cause__, RemoteTraceback)
+
+
 def test_check_false(mp_spawn):
     mp_spawn(leave, (3,), check=False).join()
 
@@ -131,6 +156,30 @@ def test_start_false_and_daemon(mp_spawn):
     assert p.result == 4
 
 
+def test_misuse_gets_the_errors_of_multiprocessing(mp_spawn):
+    p = mp_spawn(square, (5,))
+    with pytest.raises(AssertionError) as twice:
+        p.start()
+    assert str(twice.value) == (
+        "cannot start a process twice: 'Process-1' was started already "
+        "(mp_spawn starts the process it makes, unless given start=False)"
+    )
+    with pytest.raises(AssertionError) as unstarted:
+        mp_spawn(square, (1,), start=False).join()
+    assert str(unstarted.value) == (
+        "can only join a started process: 'Process-2' was made with start=False; "
+        "call its start() first"
+    )
+    p.join()
+    p.close()
+    # What the child left outlives its process object; multiprocessing's attributes do not.
+    assert (p.result, p.output) == (25, "squaring 5\\n")
+    with pytest.raises(ValueError, match="process object is closed"):
+        p.exitcode
+    with pytest.raises(ValueError, match="process object is closed"):
+        p.join()
+
+
 def test_ended_on_purpose(mp_spawn):
     p = mp_spawn(hang)
     p.terminate()
@@ -141,8 +190,14 @@ def test_fails_on_error(mp_spawn):
     mp_spawn(boom, (3,), name="thrower").join()
 
 
+def test_fails_on_error_that_does_not_unpickle(mp_spawn):
+    mp_spawn(raise_two_parts, name="two parts").join()
+
+
 def test_fails_on_exit_code(mp_spawn):
-    mp_spawn(leave, (4,), name="leaver").join()
+    p = mp_spawn(leave, (4,), name="leaver")
+    p.join()
+    p.close()  # closing the process object does not hide its exit code
 
 
 def test_child_check(mp_spawn):
@@ -186,6 +241,7 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     # One inner run for the three methods: one pytest start instead of three.
     boom = line_of(TARGETS, 'raise ValueError(f"bad {x}")')
     sleep = line_of(TARGETS, "time.sleep(60)")
+    two_parts = line_of(TARGETS, "raise TwoPartError(1, 2)")
     hung_start = line_of(CHILDREN, 'mp_spawn(hang, ("sleeper.ready",), name="sleeper")')
     forgotten_start = line_of(CHILDREN, 'mp_spawn(hang, ("forgotten.ready",), name="forgotten")')
     pytester.makepyfile(
@@ -197,8 +253,8 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         f"--mp-start-methods={','.join(METHODS)}", *STRICT_ARGS, timeout=180
     )
-    # 14 tests per method; the last 5 fail (in the call or at teardown).
-    result.assert_outcomes(passed=13 * 3, failed=1 * 3, errors=4 * 3)
+    # 17 tests per method; the last 6 fail (in the call or at teardown: those pass, then err).
+    result.assert_outcomes(passed=(11 + 5) * 3, failed=1 * 3, errors=5 * 3)
     for method in METHODS:
         m = f"[{method}]"
         section(result, f"ERROR at teardown of test_fails_on_error{m}").fnmatch_lines(
@@ -215,6 +271,22 @@ def test_mp_spawn_under_every_start_method(pytester: pytest.Pytester) -> None:
                 "",
                 "(Read p.error or p.exitcode in the test, or pass check=False to mp_spawn, "
                 "to check it yourself.)",
+            ]
+        )
+        section(
+            result, f"ERROR at teardown of test_fails_on_error_that_does_not_unpickle{m}"
+        ).fnmatch_lines(
+            [
+                "*ERROR at teardown of test_fails_on_error_that_does_not_unpickle*",
+                "mpcheck: test_children.py::test_fails_on_error_that_does_not_unpickle"
+                f"[[]{method}[]]: child process failed",
+                "",
+                "'two parts' (pid *) raised TwoPartError: 1-2",
+                "Traceback (most recent call last):",
+                f'  File "*/children.py", line {two_parts}, in raise_two_parts',
+                "    raise TwoPartError(1, 2)",
+                "children.TwoPartError: 1-2",
+                "",
             ]
         )
         section(result, f"ERROR at teardown of test_fails_on_exit_code{m}").fnmatch_lines(

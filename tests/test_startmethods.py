@@ -155,14 +155,22 @@ def test_bad_markers_fail_only_their_test(pytester: pytest.Pytester) -> None:
         def test_bad_join_timeout(mp_spawn):
             pass
 
+        @pytest.mark.parametrize("mp_start_method", ["bogus", 3], indirect=True)
+        def test_bad_parameter(mp_context):
+            pass
+
         def test_fine(mp_context):
             pass
         """
     )
     result = pytester.runpytest_inprocess(*IN_PROCESS)
-    result.assert_outcomes(passed=1, errors=4)
+    result.assert_outcomes(passed=1, errors=6)
     result.stdout.fnmatch_lines_random(
         [
+            "test_markers.py::test_bad_parameter[[]bogus[]]: parametrized mp_start_method: "
+            f"'bogus' is not a start method of this platform. Available: {AVAILABLE}",
+            "test_markers.py::test_bad_parameter[[]3[]]: parametrized mp_start_method: 3 is not "
+            f"the name of a start method. Available: {AVAILABLE}",
             "test_markers.py::test_unknown: @pytest.mark.mp_start_methods: 'threads' "
             f"is not a start method of this platform. Available: {AVAILABLE}",
             "test_markers.py::test_not_a_name: @pytest.mark.mp_start_methods takes the "
@@ -171,9 +179,10 @@ def test_bad_markers_fail_only_their_test(pytester: pytest.Pytester) -> None:
             "test_markers.py::test_empty: @pytest.mark.mp_start_methods takes the "
             f"names of start methods, *. Available: {AVAILABLE}",
             "test_markers.py::test_bad_join_timeout: @pytest.mark.mp_join_timeout: "
-            "-1 is not valid. Give a number of seconds greater than 0",
+            "-1 is negative. Give a finite number of seconds greater than 0, such as 0.5",
         ]
     )
+    result.stdout.no_fnmatch_line("*pytest_mpcheck/*")  # no traceback through the plugin
 
 
 def test_join_timeout_from_ini_and_marker(pytester: pytest.Pytester) -> None:

@@ -33,35 +33,42 @@ def test_seconds() -> None:
     assert settings.parse_join_timeout("1e1") == 10.0
 
 
+#: What each duration accepts: the message says it, whatever was wrong.
+AT_LEAST_0 = "Give a finite number of seconds greater than or equal to 0, such as 0.5"
+MORE_THAN_0 = "Give a finite number of seconds greater than 0, such as 0.5"
+
+
 @pytest.mark.parametrize(
     ("parse", "value", "message"),
     [
         (
             settings.parse_kill_grace,
             "abc",
-            "--mp-kill-grace: 'abc' is not a number of seconds. Give a number greater than or "
-            "equal to 0, such as 0.5",
+            f"--mp-kill-grace: 'abc' is not a number of seconds. {AT_LEAST_0}",
         ),
-        (
-            settings.parse_settle,
-            "-1",
-            "--mp-settle: '-1' is not valid. Give a number of seconds greater than or equal to 0",
-        ),
-        (
-            settings.parse_settle,
-            "nan",
-            "--mp-settle: 'nan' is not valid. Give a number of seconds greater than or equal to 0",
-        ),
-        (
-            settings.parse_kill_grace,
-            "inf",
-            "--mp-kill-grace: 'inf' is not valid. Give a number of seconds greater than or equal "
-            "to 0",
-        ),
+        (settings.parse_settle, "-1", f"--mp-settle: '-1' is negative. {AT_LEAST_0}"),
+        (settings.parse_settle, "nan", f"--mp-settle: 'nan' is not a number. {AT_LEAST_0}"),
+        (settings.parse_kill_grace, "inf", f"--mp-kill-grace: 'inf' is infinite. {AT_LEAST_0}"),
         (
             settings.parse_join_timeout,
             "0",
-            "--mp-join-timeout: 0 is not valid. Give a number of seconds greater than 0",
+            f"--mp-join-timeout: '0' is not greater than 0. {MORE_THAN_0}",
+        ),
+        (settings.parse_join_timeout, "-1", f"--mp-join-timeout: '-1' is negative. {MORE_THAN_0}"),
+        (
+            settings.parse_join_timeout,
+            "nan",
+            f"--mp-join-timeout: 'nan' is not a number. {MORE_THAN_0}",
+        ),
+        (
+            settings.parse_join_timeout,
+            "inf",
+            f"--mp-join-timeout: 'inf' is infinite. {MORE_THAN_0}",
+        ),
+        (
+            settings.parse_join_timeout,
+            "soon",
+            f"--mp-join-timeout: 'soon' is not a number of seconds. {MORE_THAN_0}",
         ),
     ],
 )
@@ -169,8 +176,7 @@ def test_command_line_wins_over_the_ini_file(pytester: pytest.Pytester) -> None:
     [
         (
             "mp_settle = soon",
-            "ini value mp_settle: --mp-settle: 'soon' is not a number of seconds. Give a number "
-            "greater than or equal to 0, such as 0.5",
+            f"ini value mp_settle: --mp-settle: 'soon' is not a number of seconds. {AT_LEAST_0}",
         ),
         ("mp_check = loud", "ini value mp_check: 'loud' is not a valid mp-check mode.*"),
         (
@@ -188,3 +194,16 @@ def test_bad_ini_values_name_the_ini_value(
     with pytest.raises(pytest.UsageError) as raised:
         settings.resolve_settings(config)
     assert fnmatch.fnmatchcase(str(raised.value), message), str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("marker", "mode"),
+    [("", "fail"), ('mp_check("off")', "off"), ('mp_check(mode=" WARN ")', "warn")],
+)
+def test_mode_marker_takes_its_mode_by_position_or_name(
+    pytester: pytest.Pytester, marker: str, mode: str
+) -> None:
+    # Registered as mp_check(mode), as mp_join_timeout(seconds) takes seconds= too.
+    decorator = f"@pytest.mark.{marker}\n" if marker else ""
+    item = pytester.getitem(f"import pytest\n\n{decorator}def test_func():\n    pass\n")
+    assert settings.marker_mode(item, "fail") == mode

@@ -49,39 +49,51 @@ def parse_subreaper(value: str) -> str:
     return choice
 
 
-def _parse_seconds(name: str, value: str | float) -> float:
+def _accepted_seconds(zero: bool) -> str:
+    """What a duration accepts, in the words of every message about one."""
+    bound = "greater than or equal to 0" if zero else "greater than 0"
+    return f"Give a finite number of seconds {bound}, such as 0.5"
+
+
+def _seconds_problem(seconds: float, zero: bool) -> str | None:
+    """What is wrong with a duration (``zero``: whether 0 is accepted), or ``None``."""
+    if math.isnan(seconds):
+        return "is not a number"
+    if math.isinf(seconds):
+        return "is infinite"
+    if seconds < 0:
+        return "is negative"
+    if seconds == 0 and not zero:
+        return "is not greater than 0"
+    return None
+
+
+def _parse_seconds(name: str, value: str | float, *, zero: bool = True) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         raise pytest.UsageError(
-            f"{name}: {value!r} is not a number of seconds. "
-            "Give a number greater than or equal to 0, such as 0.5"
+            f"{name}: {value!r} is not a number of seconds. {_accepted_seconds(zero)}"
         ) from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise pytest.UsageError(
-            f"{name}: {value!r} is not valid. Give a number of seconds greater than or equal to 0"
-        )
+    problem = _seconds_problem(seconds, zero)
+    if problem is not None:
+        raise pytest.UsageError(f"{name}: {value!r} {problem}. {_accepted_seconds(zero)}")
     return seconds
 
 
 def parse_settle(value: str) -> float:
-    """Check ``--mp-settle``."""
+    """Check ``--mp-settle``: 0 or more seconds."""
     return _parse_seconds("--mp-settle", value)
 
 
 def parse_kill_grace(value: str) -> float:
-    """Check ``--mp-kill-grace``."""
+    """Check ``--mp-kill-grace``: 0 or more seconds."""
     return _parse_seconds("--mp-kill-grace", value)
 
 
 def parse_join_timeout(value: str) -> float:
-    """Check ``--mp-join-timeout``: a positive number of seconds."""
-    seconds = _parse_seconds("--mp-join-timeout", value)
-    if seconds == 0:
-        raise pytest.UsageError(
-            "--mp-join-timeout: 0 is not valid. Give a number of seconds greater than 0"
-        )
-    return seconds
+    """Check ``--mp-join-timeout``: more than 0 seconds (a join must be given some time)."""
+    return _parse_seconds("--mp-join-timeout", value, zero=False)
 
 
 def available_start_methods() -> list[str]:
@@ -312,16 +324,19 @@ def marker_mode(item: pytest.Item, default: str) -> str:
     marker = item.get_closest_marker("mp_check")
     if marker is None:
         return default
-    if len(marker.args) != 1 or marker.kwargs or not isinstance(marker.args[0], str):
+    # As registered, mp_check(mode): the mode may be given by name, as mp_join_timeout(seconds=).
+    args = list(marker.args) + ([marker.kwargs["mode"]] if "mode" in marker.kwargs else [])
+    extra = set(marker.kwargs) - {"mode"}
+    if len(args) != 1 or extra or not isinstance(args[0], str):
         pytest.fail(
             f"{item.nodeid}: @pytest.mark.mp_check takes one mode, "
             f'"fail", "warn" or "off"; got args={marker.args!r} kwargs={marker.kwargs!r}',
             pytrace=False,
         )
-    mode = marker.args[0].strip().lower()
+    mode = args[0].strip().lower()
     if mode not in MODES:
         pytest.fail(
-            f"{item.nodeid}: @pytest.mark.mp_check: {marker.args[0]!r} is not a valid "
+            f"{item.nodeid}: @pytest.mark.mp_check: {args[0]!r} is not a valid "
             f"mp-check mode. Valid modes: {', '.join(MODES)}",
             pytrace=False,
         )
@@ -337,15 +352,16 @@ def marker_join_timeout(item: pytest.Item, default: float) -> float:
     extra = set(marker.kwargs) - {"seconds"}
     if len(args) != 1 or extra or isinstance(args[0], bool) or not isinstance(args[0], int | float):
         pytest.fail(
-            f"{item.nodeid}: @pytest.mark.mp_join_timeout takes one number of seconds "
+            f"{item.nodeid}: @pytest.mark.mp_join_timeout takes one finite number of seconds "
             f"greater than 0; got args={marker.args!r} kwargs={marker.kwargs!r}",
             pytrace=False,
         )
     seconds = float(args[0])
-    if not math.isfinite(seconds) or seconds <= 0:
+    problem = _seconds_problem(seconds, zero=False)
+    if problem is not None:
         pytest.fail(
-            f"{item.nodeid}: @pytest.mark.mp_join_timeout: {args[0]!r} is not valid. "
-            "Give a number of seconds greater than 0",
+            f"{item.nodeid}: @pytest.mark.mp_join_timeout: {args[0]!r} {problem}. "
+            f"{_accepted_seconds(zero=False)}",
             pytrace=False,
         )
     return seconds
