@@ -431,6 +431,31 @@ def many_threads(lock, threads, pairs):
 THREADS, PAIRS = 4, 2500
 
 
+def test_threads_of_one_process(mp_locks):
+    import threading
+
+    rlock, lock = mp_locks.RLock("owned"), mp_locks.Lock("handed-over")
+    refused = []
+
+    def not_the_owner():
+        try:
+            rlock.release()  # an RLock is its owner thread's: multiprocessing refuses, nothing done
+        except AssertionError as error:
+            refused.append(error)
+        lock.release()  # a Lock is any thread's to release
+
+    with rlock:
+        lock.acquire()
+        thread = threading.Thread(target=not_the_owner)
+        thread.start()
+        thread.join()
+        assert refused
+        assert [p.name for p in mp_locks.holders("owned")] == ["MainProcess"]
+        assert mp_locks.holders("handed-over") == []
+    assert mp_locks.holders("owned") == []
+    mp_locks.check()
+
+
 def test_threads_of_children_and_a_growing_record(mp_locks, mp_spawn):
     # 4 threads x 2500 pairs: 20000 records (two a pair), over four times what the first mapping
     # of the record file holds (4096), so that it grows three times, written by threads that
@@ -490,6 +515,7 @@ CLEAN_TESTS = (
     "test_trylock_in_reverse_and_a_condition[fork]",
     "test_contention[fork]",
     "test_threads_of_children_and_a_growing_record[fork]",
+    "test_threads_of_one_process[fork]",
     "test_uncontended_and_bad_input[spawn]",
 )
 
@@ -521,13 +547,13 @@ def test_problems_found_and_clean_uses_pass(pytester: pytest.Pytester, implement
         f"--mp-start-methods={','.join(methods)}", "-rA", timeout=120
     )
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    # test_problems (fork): 6 passed, 2 failed, 5 errors. test_clean: 7 passed. test_implementation
+    # test_problems (fork): 6 passed, 2 failed, 5 errors. test_clean: 8 passed. test_implementation
     # (the run's methods): 1 passed each. test_reimport (C only, the run's three methods): 4 passed
     # each, and under spawn and forkserver 3 errors each: the lock a child made, and the lock and
     # the Value made again by a re-import.
     reimporting = ("spawn", "forkserver") if accelerated else ()
     result.assert_outcomes(
-        passed=6 + 7 + len(methods) + (4 * len(methods) if accelerated else 0),
+        passed=6 + 8 + len(methods) + (4 * len(methods) if accelerated else 0),
         failed=2,
         errors=5 + 3 * len(reimporting),
     )
