@@ -45,6 +45,7 @@ from pytest_mpcheck.locks.records import (
     RELEASE_FAILED,
     RELEASED,
     REQUESTED,
+    SELF_WAIT,
     TEXT_LOCK,
     TRY,
     RecordWriter,
@@ -298,12 +299,16 @@ class CheckedLock(_LockCore):
     # -- the slow paths of the lock, for the hot path in C or in Python --------------------------
 
     def _wait(self, w: RecordWriter, site: int, timeout: float | None) -> bool:
-        self._record(w, site, REQUESTED, 0)
+        # A thread that waits for the Lock it holds waits for itself (an RLock's holder never
+        # gets here: it takes it again at once). Only this thread knows; a hang report needs it.
+        me = _get_ident()
+        itself = bool(self._held) and self._owner == me
+        self._record(w, site, REQUESTED, SELF_WAIT if itself else 0)
         acquired = bool(self._lock.acquire(True, timeout))
         self._record(w, site, ACQUIRED if acquired else GAVE_UP, 0)
         if acquired:
             if not self._held:
-                self._owner = _get_ident()
+                self._owner = me
             self._held += 1
         return acquired
 
