@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import CheckedLock, LockChecker
+from tests.sections import section
 
 PURE_PYTHON = "PYTEST_MPCHECK_PURE_PYTHON"
 
@@ -735,7 +736,8 @@ def test_accelerator_is_active() -> None:
 
 def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Pytester) -> None:
     # The test's mode (marker or --mp-check) applies to what the lock checker finds as it does to
-    # leaked processes; other plugins see every lock finding through their own hook.
+    # leaked processes, and to a module-level lock that an mp_spawn child made again, whatever
+    # its check=; other plugins see every lock finding through their own hook.
     pytester.makeconftest(
         """
         def pytest_mpcheck_lock_finding(config, item, finding):
@@ -745,10 +747,18 @@ def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Py
     )
     pytester.makepyfile(
         test_modes="""
+        import multiprocessing
+
         import pytest
+
+        lck = multiprocessing.Lock()  # made again in each spawn child: shared with nobody
 
         def release(lock):
             lock.release()
+
+        def print_locked(item):
+            with lck:
+                print(item)
 
         def release_anothers(mp_locks, mp_spawn):
             lock = mp_locks.Lock("r")
@@ -765,20 +775,74 @@ def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Py
         @pytest.mark.mp_check("off")
         def test_quiet(mp_locks, mp_spawn):
             release_anothers(mp_locks, mp_spawn)
+
+        @pytest.mark.mp_start_methods("spawn")
+        def test_module_lock_fails(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",), check=False).join()
+
+        @pytest.mark.mp_start_methods("spawn")
+        @pytest.mark.mp_check("warn")
+        def test_module_lock_warns(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",)).join()
+
+        @pytest.mark.mp_start_methods("spawn")
+        @pytest.mark.mp_check("off")
+        def test_module_lock_quiet(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",), check=False).join()
         """
     )
     result = pytester.runpytest_subprocess("--mp-start-methods=fork", timeout=120)
-    result.assert_outcomes(passed=3, errors=1, warnings=1)
+    result.assert_outcomes(passed=6, errors=2, warnings=2)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_fails[[]fork[]]*",
-            "release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
-            "*test_modes.py:14: MpCheckWarning: mpcheck: test_modes.py::test_warns[[]fork[]]: "
+            "release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:8*",
+            "*test_modes.py:22: MpCheckWarning: mpcheck: test_modes.py::test_warns[[]fork[]]: "
             "1 lock problem",
-            "  release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
+            "  release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:8*",
         ]
     )
     assert "test_quiet" not in result.stdout.str()
+    # The child exited 0: no "child process failed", and no check=False advice, which would not
+    # help; warned once (not also as a plain child), and nothing in mode off.
+    not_shared = (
+        "lock not shared: the module-level Lock 'lck' of test_modes.py is not the test's lock in "
+        "this child: under the 'spawn' start method the child imported 'test_modes' again, "
+        "which made a new Lock; it excludes neither the test process nor the other children, so "
+        "their critical sections can run at the same time."
+    )
+    fix = (
+        "How to fix: create the lock in the test and pass it to each child as an argument, e.g. "
+        "mp_spawn(target, args=(lck, ...)) (or mp_locks.Lock('lck') to have it checked); for a "
+        "Pool, pass it with initializer=..., initargs=(lck,)."
+    )
+    failed = section(result, "ERROR at teardown of test_module_lock_fails[spawn]")
+    failed.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_module_lock_fails[[]spawn[]] _*",
+            "mpcheck: test_modes.py::test_module_lock_fails[[]spawn[]]: found in a child before "
+            "its target ran",
+            "",
+            "'Process-1' (pid *):",
+            f"    {not_shared}",
+            f"    {fix}",
+        ],
+        consecutive=True,
+    )
+    failed.no_fnmatch_line("*child process failed*")
+    failed.no_fnmatch_line("*check=False*")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_modes.py:*: MpCheckWarning: mpcheck: test_modes.py::test_module_lock_warns"
+            "[[]spawn[]]: found in a child before its target ran",
+            "  ",
+            "  'Process-1' (pid *):",
+            f"      {not_shared}",
+            f"      {fix}",
+        ],
+        consecutive=True,
+    )
+    assert "test_module_lock_quiet" not in result.stdout.str()
     seen = (pytester.path / "seen").read_text().splitlines()
     assert sorted(seen) == [
         f"{name}[fork] release of a lock not held r"
