@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_mpcheck import CheckedLock, LockChecker
+from tests.sections import section
 
 PURE_PYTHON = "PYTEST_MPCHECK_PURE_PYTHON"
 
@@ -431,6 +432,31 @@ def many_threads(lock, threads, pairs):
 THREADS, PAIRS = 4, 2500
 
 
+def test_threads_of_one_process(mp_locks):
+    import threading
+
+    rlock, lock = mp_locks.RLock("owned"), mp_locks.Lock("handed-over")
+    refused = []
+
+    def not_the_owner():
+        try:
+            rlock.release()  # an RLock is its owner thread's: multiprocessing refuses, nothing done
+        except AssertionError as error:
+            refused.append(error)
+        lock.release()  # a Lock is any thread's to release
+
+    with rlock:
+        lock.acquire()
+        thread = threading.Thread(target=not_the_owner)
+        thread.start()
+        thread.join()
+        assert refused
+        assert [p.name for p in mp_locks.holders("owned")] == ["MainProcess"]
+        assert mp_locks.holders("handed-over") == []
+    assert mp_locks.holders("owned") == []
+    mp_locks.check()
+
+
 def test_threads_of_children_and_a_growing_record(mp_locks, mp_spawn):
     # 4 threads x 2500 pairs: 20000 records (two a pair), over four times what the first mapping
     # of the record file holds (4096), so that it grows three times, written by threads that
@@ -490,6 +516,7 @@ CLEAN_TESTS = (
     "test_trylock_in_reverse_and_a_condition[fork]",
     "test_contention[fork]",
     "test_threads_of_children_and_a_growing_record[fork]",
+    "test_threads_of_one_process[fork]",
     "test_uncontended_and_bad_input[spawn]",
 )
 
@@ -521,13 +548,13 @@ def test_problems_found_and_clean_uses_pass(pytester: pytest.Pytester, implement
         f"--mp-start-methods={','.join(methods)}", "-rA", timeout=120
     )
     # Calls pass and the checker fails the teardown; the two assert_atomic tests fail in the call.
-    # test_problems (fork): 6 passed, 2 failed, 5 errors. test_clean: 7 passed. test_implementation
+    # test_problems (fork): 6 passed, 2 failed, 5 errors. test_clean: 8 passed. test_implementation
     # (the run's methods): 1 passed each. test_reimport (C only, the run's three methods): 4 passed
     # each, and under spawn and forkserver 3 errors each: the lock a child made, and the lock and
     # the Value made again by a re-import.
     reimporting = ("spawn", "forkserver") if accelerated else ()
     result.assert_outcomes(
-        passed=6 + 7 + len(methods) + (4 * len(methods) if accelerated else 0),
+        passed=6 + 8 + len(methods) + (4 * len(methods) if accelerated else 0),
         failed=2,
         errors=5 + 3 * len(reimporting),
     )
@@ -709,7 +736,8 @@ def test_accelerator_is_active() -> None:
 
 def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Pytester) -> None:
     # The test's mode (marker or --mp-check) applies to what the lock checker finds as it does to
-    # leaked processes; other plugins see every lock finding through their own hook.
+    # leaked processes, and to a module-level lock that an mp_spawn child made again, whatever
+    # its check=; other plugins see every lock finding through their own hook.
     pytester.makeconftest(
         """
         def pytest_mpcheck_lock_finding(config, item, finding):
@@ -719,10 +747,18 @@ def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Py
     )
     pytester.makepyfile(
         test_modes="""
+        import multiprocessing
+
         import pytest
+
+        lck = multiprocessing.Lock()  # made again in each spawn child: shared with nobody
 
         def release(lock):
             lock.release()
+
+        def print_locked(item):
+            with lck:
+                print(item)
 
         def release_anothers(mp_locks, mp_spawn):
             lock = mp_locks.Lock("r")
@@ -739,20 +775,74 @@ def test_marker_relaxes_lock_findings_and_the_hook_sees_them(pytester: pytest.Py
         @pytest.mark.mp_check("off")
         def test_quiet(mp_locks, mp_spawn):
             release_anothers(mp_locks, mp_spawn)
+
+        @pytest.mark.mp_start_methods("spawn")
+        def test_module_lock_fails(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",), check=False).join()
+
+        @pytest.mark.mp_start_methods("spawn")
+        @pytest.mark.mp_check("warn")
+        def test_module_lock_warns(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",)).join()
+
+        @pytest.mark.mp_start_methods("spawn")
+        @pytest.mark.mp_check("off")
+        def test_module_lock_quiet(mp_spawn):
+            mp_spawn(print_locked, args=("Hi",), check=False).join()
         """
     )
     result = pytester.runpytest_subprocess("--mp-start-methods=fork", timeout=120)
-    result.assert_outcomes(passed=3, errors=1, warnings=1)
+    result.assert_outcomes(passed=6, errors=2, warnings=2)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_fails[[]fork[]]*",
-            "release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
-            "*test_modes.py:14: MpCheckWarning: mpcheck: test_modes.py::test_warns[[]fork[]]: "
+            "release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:8*",
+            "*test_modes.py:22: MpCheckWarning: mpcheck: test_modes.py::test_warns[[]fork[]]: "
             "1 lock problem",
-            "  release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:4*",
+            "  release of a lock not held: releaser (pid *) released lock 'r' at test_modes.py:8*",
         ]
     )
     assert "test_quiet" not in result.stdout.str()
+    # The child exited 0: no "child process failed", and no check=False advice, which would not
+    # help; warned once (not also as a plain child), and nothing in mode off.
+    not_shared = (
+        "lock not shared: the module-level Lock 'lck' of test_modes.py is not the test's lock in "
+        "this child: under the 'spawn' start method the child imported 'test_modes' again, "
+        "which made a new Lock; it excludes neither the test process nor the other children, so "
+        "their critical sections can run at the same time."
+    )
+    fix = (
+        "How to fix: create the lock in the test and pass it to each child as an argument, e.g. "
+        "mp_spawn(target, args=(lck, ...)) (or mp_locks.Lock('lck') to have it checked); for a "
+        "Pool, pass it with initializer=..., initargs=(lck,)."
+    )
+    failed = section(result, "ERROR at teardown of test_module_lock_fails[spawn]")
+    failed.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_module_lock_fails[[]spawn[]] _*",
+            "mpcheck: test_modes.py::test_module_lock_fails[[]spawn[]]: found in a child before "
+            "its target ran",
+            "",
+            "'Process-1' (pid *):",
+            f"    {not_shared}",
+            f"    {fix}",
+        ],
+        consecutive=True,
+    )
+    failed.no_fnmatch_line("*child process failed*")
+    failed.no_fnmatch_line("*check=False*")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_modes.py:*: MpCheckWarning: mpcheck: test_modes.py::test_module_lock_warns"
+            "[[]spawn[]]: found in a child before its target ran",
+            "  ",
+            "  'Process-1' (pid *):",
+            f"      {not_shared}",
+            f"      {fix}",
+        ],
+        consecutive=True,
+    )
+    assert "test_module_lock_quiet" not in result.stdout.str()
     seen = (pytester.path / "seen").read_text().splitlines()
     assert sorted(seen) == [
         f"{name}[fork] release of a lock not held r"

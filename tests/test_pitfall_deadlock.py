@@ -5,7 +5,8 @@ every process of the cycle, each with its ``deadlock:`` line and its stack: the 
 joined, the other one it waits for (ended with it: it can never finish either), and the pytest
 process itself when a thread of the test is in the cycle (shown, not ended). Real processes that
 really deadlock, under every start method (how a checked lock reaches the child differs); the
-pytest process's part is read in that process, the same under every method: fork only.
+pytest process's part is read in that process, the same under every method: fork only. So is a
+cycle of one, a process that takes again the Lock it holds (only the record of its wait differs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def test_with_the_test_process(mp_locks, mp_spawn, mp_context):
     a_held, b_held = mp_context.Event(), mp_context.Event()
     mp_spawn(hold_then_take, args=(b, a, b_held, a_held), name="holds-b")
     hold_then_take(a, b, a_held, b_held)
+
+
+def take_twice(lock):
+    with lock:  # takes it
+        with lock:  # again
+            pass
+
+
+@pytest.mark.mp_start_methods("fork")
+@pytest.mark.mp_join_timeout(1)
+def test_self_deadlock(mp_locks, mp_spawn):
+    import time
+
+    lock = mp_locks.Lock("again")
+    child = mp_spawn(take_twice, args=(lock,), name="takes-twice")
+    deadline = time.monotonic() + 60
+    while not mp_locks.waiting("again") and time.monotonic() < deadline:
+        time.sleep(0.005)  # it waits for itself, however loaded the machine, before the join
+    child.join()
 """
 
 
@@ -63,6 +83,12 @@ ADVICE = (
     "The processes marked 'deadlock' wait for each other's checked locks in a cycle: none can go "
     "on. How to fix: take these locks in one global order everywhere (mp_locks.assert_ordered() "
     "checks the order of a run, deadlocked or not)."
+)
+SELF_ADVICE = (
+    "The process marked 'deadlock' waits for a checked lock that it holds itself: the thread that "
+    "holds a Lock cannot take it again, and waits forever. How to fix: do not take the lock again "
+    "while holding it (code called under the lock must not take it), or make it an RLock "
+    "(mp_locks.RLock(name), multiprocessing.RLock) where the same thread must take it again."
 )
 
 #: The innermost frame of a process that waits for a checked lock.
@@ -127,8 +153,9 @@ def test_a_deadlock_on_checked_locks_is_explained(pytester: pytest.Pytester) -> 
     result = pytester.runpytest_subprocess(
         *FAST_ARGS, "--mp-start-methods=fork,spawn,forkserver", timeout=120
     )
-    # Each test fails (the hang) and errors at teardown (the lock-order inversion).
-    result.assert_outcomes(failed=4, errors=4)
+    # Each test fails (the hang) and errors at teardown (the lock-order inversion), but the
+    # self-deadlock, whose one lock has no order to invert, only fails.
+    result.assert_outcomes(failed=5, errors=4)
     for method in ("fork", "spawn", "forkserver"):
         failure = section(result, f"test_deadlock[{method}]")
         # Both processes of the cycle, each with its deadlock line and its stack, in the report
@@ -234,3 +261,34 @@ def test_a_deadlock_on_checked_locks_is_explained(pytester: pytest.Pytester) -> 
         consecutive=True,
     )
     assert len(_report_of(teardown)) == 7, teardown.lines
+
+    # A cycle of one: the child waits for the Lock it holds itself. Its hold is the deadlock's,
+    # not a lock it forgot: no "held at exit" at teardown.
+    takes, again = _line("# takes it"), _line("# again")
+    started = _line('name="takes-twice"')
+    section(result, "test_self_deadlock[fork]").fnmatch_lines(
+        [
+            "*_ test_self_deadlock[[]fork[]] _*",
+            "mpcheck: 'takes-twice' (pid *) did not finish: join() waited 1s (the join timeout)",
+            "",
+            "hung process * 'takes-twice': hung, state *, age *s",
+            "    command:    *",
+            f"    started at: test_deadlock.py:{started} by multiprocessing.Process.start",
+            "    ended by:   SIGTERM (ended by mpcheck)",
+            "    join() timed out: the child hung or is too slow",
+            f"    deadlock:   holds 'again' (taken at test_deadlock.py:{takes}) and waits for "
+            f"'again' (at test_deadlock.py:{again}), which it holds itself: a Lock is not "
+            "re-entrant",
+            "    waiting in: *",
+            "    stack (most recent call last):",
+            "      Thread 0x* (main thread), most recent call last:",
+            f'        File "*/test_deadlock.py", line {again}, in take_twice',
+            "          with lock:  # again",
+            *WAIT_FRAME,
+            "",
+            SELF_ADVICE,
+            "The join timeout is 1s (--mp-join-timeout, *",
+        ],
+        consecutive=True,
+    )
+    assert "ERROR at teardown of test_self_deadlock" not in result.stdout.str()

@@ -28,6 +28,7 @@ from pytest_mpcheck.locks.records import (
     RELEASE_FAILED,
     RELEASED,
     REQUESTED,
+    SELF_WAIT,
     TEXT_HEADER,
     TEXT_LOCK,
     TEXT_PROCESS,
@@ -429,3 +430,16 @@ def test_no_wait_cycle_when_a_wait_ends_or_nobody_holds() -> None:
         ]
     )
     assert chain.wait_cycle() == []
+
+
+def test_a_thread_that_waits_for_the_lock_it_holds_is_a_cycle_of_one() -> None:
+    itself = Replay(
+        [_record(FIRST, [(1, ACQUIRED, "a", "x.py:1"), (2, REQUESTED, "a", "x.py:2", SELF_WAIT)])]
+    )
+    assert [
+        (e.process, e.held.lock, e.held.site, e.wanted, e.wait_site, e.holder)
+        for e in itself.wait_cycle()
+    ] == [(FIRST, "a", "x.py:1", "a", "x.py:2", FIRST)]
+    # Another thread of the process holds it: that one may release it, no deadlock to tell.
+    other_thread = Replay([_record(FIRST, [(1, ACQUIRED, "a"), (2, REQUESTED, "a")])])
+    assert other_thread.wait_cycle() == []

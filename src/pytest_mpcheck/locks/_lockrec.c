@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#include <pythread.h>
 #include <structmember.h>
 
 #include <stdint.h>
@@ -35,6 +36,9 @@
 #define RELEASED 3
 #define RELEASE_FAILED 4
 #define TRY 2
+/* The version of what LockCore shares with checked.py (its attributes and their meaning), the
+ * last item of FORMAT: 2 added _owner and _per_thread. */
+#define CORE_VERSION 2
 
 /* Sites cached per lock: a lock is taken at a few places; a miss only costs a dict look-up in
  * RecordWriter.locate, so the cache can be small. */
@@ -191,6 +195,8 @@ typedef struct {
     Records *rec;      /* writer.rec */
     uint16_t idx;      /* _idx: the lock's number in the writer's records (16 bits of a record) */
     Py_ssize_t held;   /* _held: acquisitions by this process not yet released */
+    unsigned long owner; /* _owner: the thread that took the first of them (threading.get_ident) */
+    char per_thread;     /* _per_thread: an RLock, whose holder is a thread, not a process */
     int cache_next;
     SiteEntry cache[SITE_CACHE]; /* site numbers of the writer: emptied when the writer changes */
 } LockCore;
@@ -427,6 +433,9 @@ core_acquire_impl(LockCore *self, int block, PyObject *timeout)
             core_release_raw(self);
             goto done;
         }
+        if (self->held == 0) {
+            self->owner = PyThread_get_thread_ident();
+        }
         self->held += 1;
         result = Py_NewRef(Py_True);
     }
@@ -508,7 +517,9 @@ core_release_impl(LockCore *self)
     if (core_ensure_writer(self) < 0) {
         return NULL;
     }
-    if (self->held <= 0) {
+    /* A Lock is any thread's to release, an RLock only its owner thread's: another thread's
+     * release raises in multiprocessing and releases nothing (see checked._PyLockCore). */
+    if (self->held <= 0 || (self->per_thread && self->owner != PyThread_get_thread_ident())) {
         /* Depth 1: this C method has no frame, so the caller of release() is one up from
          * _release_not_held (in Python it is three). */
         return PyObject_CallMethod((PyObject *)self, "_release_not_held", "Oi", self->writer, 1);
@@ -671,6 +682,9 @@ static PyMethodDef core_methods[] = {
 static PyMemberDef core_members[] = {
     {"_try", T_OBJECT_EX, offsetof(LockCore, try_), 0, "The wrapped lock's bound acquire."},
     {"_held", T_PYSSIZET, offsetof(LockCore, held), 0, "Holds by this process not released."},
+    {"_owner", T_ULONG, offsetof(LockCore, owner), 0, "The thread that took the first hold."},
+    {"_per_thread", T_BOOL, offsetof(LockCore, per_thread), 0,
+     "Whether the holder is a thread (an RLock), not the process."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -722,8 +736,8 @@ lockrec_exec(PyObject *module)
         PyModule_AddType(module, &LockCoreType) < 0) {
         return -1;
     }
-    PyObject *format = Py_BuildValue("(iiiii)", RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED,
-                                     TRY);
+    PyObject *format = Py_BuildValue("(iiiiii)", RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED,
+                                     TRY, CORE_VERSION);
     if (format == NULL) {
         return -1;
     }

@@ -4,8 +4,8 @@ from typing import Any
 
 from _typeshed import WriteableBuffer
 
-FORMAT: tuple[int, int, int, int, int]
-"""``(RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY)`` as compiled in."""
+FORMAT: tuple[int, int, int, int, int, int]
+"""``(RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY, CORE_VERSION)`` as compiled in."""
 
 class Records:
     """A writer's record buffer (its mmap) and the offset of its next free slot."""
@@ -29,6 +29,8 @@ class LockCore:
     _held: int
     _idx: int
     _lock: Any
+    _owner: int
+    _per_thread: bool
     _try: Any
     _w: Any
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:

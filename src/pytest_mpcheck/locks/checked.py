@@ -28,6 +28,7 @@ import secrets
 import struct
 import sys
 import sysconfig
+import threading
 import time
 import weakref
 from types import ModuleType
@@ -44,6 +45,7 @@ from pytest_mpcheck.locks.records import (
     RELEASE_FAILED,
     RELEASED,
     REQUESTED,
+    SELF_WAIT,
     TEXT_LOCK,
     TRY,
     RecordWriter,
@@ -52,6 +54,11 @@ from pytest_mpcheck.locks.records import (
 _pack = RECORD.pack_into
 _mono = time.monotonic_ns
 _getframe = sys._getframe
+_get_ident = threading.get_ident
+
+#: The version of what ``_lockrec.LockCore`` shares with this module (its attributes and their
+#: meaning), the last item of ``_lockrec.FORMAT``: 2 added ``_owner`` and ``_per_thread``.
+_CORE_VERSION = 2
 
 
 def _free_threaded() -> bool:
@@ -68,7 +75,7 @@ def _accelerator() -> ModuleType | None:
         from pytest_mpcheck.locks import _lockrec
     except ImportError:  # installed where no C compiler was found: the extension is optional
         return None
-    if _lockrec.FORMAT != (RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY):
+    if _lockrec.FORMAT != (RECORD_SIZE, ACQUIRED, RELEASED, RELEASE_FAILED, TRY, _CORE_VERSION):
         return None  # built from an older source: its records would not read back
     return _lockrec
 
@@ -126,13 +133,21 @@ class _PyLockCore:
     ``PYTEST_MPCHECK_PURE_PYTHON`` is set, and on a free-threaded build. The rare paths
     (attaching to the record file, a contended wait, a release by a process that does not hold
     the lock, a record that does not fit) are ``CheckedLock``'s, for both bases.
+
+    ``_held`` counts this process's acquisitions not released yet, and ``_owner`` is the thread
+    that took the first of them. A ``multiprocessing.Lock`` is any thread's to release (so its
+    hold is the process's), but an ``RLock`` belongs to the thread that took it
+    (``_per_thread``): another thread's ``release()`` raises and releases nothing, so it is the
+    release of a thread that does not hold the lock, not the holder's.
     """
 
-    __slots__ = ("_held", "_idx", "_lock", "_try", "_w")
+    __slots__ = ("_held", "_idx", "_lock", "_owner", "_per_thread", "_try", "_w")
 
     _held: int
     _idx: int
     _lock: Any
+    _owner: int
+    _per_thread: bool
     _try: Any
     _w: RecordWriter | None
 
@@ -162,6 +177,8 @@ class _PyLockCore:
                 _pack(w.buf, off, _mono(), site, self._idx, ACQUIRED, 0 if block else TRY)
             except BaseException as error:  # the file is full (struct.error), or worse
                 self._write_failed(error, w, off, site, ACQUIRED, 0 if block else TRY)
+            if not self._held:
+                self._owner = _get_ident()
             self._held += 1
             return True
         if not block:
@@ -181,7 +198,7 @@ class _PyLockCore:
         w = self._w
         if w is None:
             w = self._attach()
-        if not self._held:
+        if not self._held or (self._per_thread and self._owner != _get_ident()):
             return self._release_not_held(w, 3)  # the caller of release() or __exit__()
         self._held -= 1
         off = next(w.offsets)
@@ -240,6 +257,8 @@ class CheckedLock(_LockCore):
         self._w = None
         self._idx = 0
         self._held = 0
+        self._owner = 0
+        self._per_thread = kind == "RLock"
         _all_locks.add(self)
 
     # -- pickling: to a child under spawn or forkserver -----------------------------------------
@@ -280,10 +299,16 @@ class CheckedLock(_LockCore):
     # -- the slow paths of the lock, for the hot path in C or in Python --------------------------
 
     def _wait(self, w: RecordWriter, site: int, timeout: float | None) -> bool:
-        self._record(w, site, REQUESTED, 0)
+        # A thread that waits for the Lock it holds waits for itself (an RLock's holder never
+        # gets here: it takes it again at once). Only this thread knows; a hang report needs it.
+        me = _get_ident()
+        itself = bool(self._held) and self._owner == me
+        self._record(w, site, REQUESTED, SELF_WAIT if itself else 0)
         acquired = bool(self._lock.acquire(True, timeout))
         self._record(w, site, ACQUIRED if acquired else GAVE_UP, 0)
         if acquired:
+            if not self._held:
+                self._owner = me
             self._held += 1
         return acquired
 

@@ -300,9 +300,10 @@ def deadlock_details(item: pytest.Item) -> dict[int, str]:
     for edge in cycle:
         held_at = f" (taken at {edge.held.site})" if edge.held.site else ""
         wait_at = f" (at {edge.wait_site})" if edge.wait_site else ""
+        holder = _ITSELF if edge.holder == edge.process else f"which {edge.holder} holds"
         lines[edge.process.pid] = (
             f"deadlock:   holds {edge.held.lock!r}{held_at} and waits for {edge.wanted!r}"
-            f"{wait_at}, which {edge.holder} holds"
+            f"{wait_at}, {holder}"
         )
     return lines
 
@@ -322,12 +323,31 @@ def waits_for_a_lock_of(item: pytest.Item) -> Callable[[FrameType], bool]:
     return waits
 
 
+#: How a ``deadlock:`` line ends for a cycle of one: a thread that waits for the Lock it holds.
+_ITSELF = "which it holds itself: a Lock is not re-entrant"
+
 #: Said once below the report when a deadlock was found.
 DEADLOCK_ADVICE = (
     "The processes marked 'deadlock' wait for each other's checked locks in a cycle: none can go "
     "on. How to fix: take these locks in one global order everywhere (mp_locks.assert_ordered() "
     "checks the order of a run, deadlocked or not)."
 )
+
+#: Said instead when the cycle is one process that waits for a lock it holds itself.
+SELF_DEADLOCK_ADVICE = (
+    "The process marked 'deadlock' waits for a checked lock that it holds itself: the thread that "
+    "holds a Lock cannot take it again, and waits forever. How to fix: do not take the lock again "
+    "while holding it (code called under the lock must not take it), or make it an RLock "
+    "(mp_locks.RLock(name), multiprocessing.RLock) where the same thread must take it again."
+)
+
+
+def deadlock_advice(lines: Sequence[str]) -> str:
+    """What to do about the deadlock of these ``deadlock:`` lines (see
+    :func:`deadlock_details`)."""
+    if lines and all(line.endswith(_ITSELF) for line in lines):
+        return SELF_DEADLOCK_ADVICE
+    return DEADLOCK_ADVICE
 
 
 def finish_test(

@@ -56,6 +56,9 @@ FOREIGN = 1
 """On ``RELEASED``: this process did not hold the lock."""
 TRY = 2
 """On ``ACQUIRED``: a non-blocking acquisition, which cannot deadlock (no lock-order edge)."""
+SELF_WAIT = 4
+"""On ``REQUESTED``: the thread that waits holds the lock itself (a ``Lock`` taken again by its
+holder), so it waits for itself."""
 
 RECORD = struct.Struct("<QIHBB")
 RECORD_SIZE = RECORD.size

@@ -26,6 +26,7 @@ from pytest_mpcheck.locks.records import (
     RELEASE_FAILED,
     RELEASED,
     REQUESTED,
+    SELF_WAIT,
     TEXT_HEADER,
     TEXT_LOCK,
     TEXT_PROCESS,
@@ -190,7 +191,8 @@ class ForeignRelease:
 @dataclass
 class WaitEdge:
     """One process of a deadlock: it holds ``held`` and waits for ``wanted``, which ``holder``
-    holds (the next process of the cycle)."""
+    holds (the next process of the cycle; the process itself in a cycle of one, a thread that
+    waits for the ``Lock`` it holds)."""
 
     process: ProcessName
     held: Hold
@@ -304,7 +306,11 @@ class Replay:
 
     def wait_cycle(self) -> list[WaitEdge]:
         """Processes that wait for each other's locks in a cycle now (a deadlock), each with what
-        it holds and what it waits for, in the order of the cycle; empty when there is none."""
+        it holds and what it waits for, in the order of the cycle; empty when there is none.
+
+        A cycle of one is a thread that waits for the lock it holds itself (its request says so:
+        another thread of its process may hold the lock, and then it only waits for that one).
+        """
         holding: dict[str, list[Hold]] = {}
         for hold in self.open.values():
             holding.setdefault(hold.lock, []).append(hold)
@@ -312,7 +318,10 @@ class Replay:
         for process, request in self._requests.items():
             holders = [h for h in holding.get(request.lock, []) if h.process != process]
             mine = [h for h in self.open.values() if h.process == process]
-            if holders and mine:
+            own = [h for h in mine if h.lock == request.lock]
+            if request.flags & SELF_WAIT and own and not holders:
+                edges[process] = WaitEdge(process, own[0], request.lock, request.site, process)
+            elif holders and mine:
                 edges[process] = WaitEdge(
                     process, mine[-1], request.lock, request.site, holders[0].process
                 )
