@@ -215,13 +215,8 @@ class ResourceWatch:
             if keep:
                 self.handed_over[key] = registration
             findings.append(
-                ResourceFinding(
-                    kind=registration.kind,
-                    name=registration.name,
-                    pid=registration.pid,
-                    site=registration.site,
-                    owner=registration.owner,
-                    by_test_process=registration.pid == self._pid,
+                self._finding(
+                    registration,
                     freed=not registration.own_tracker
                     and not keep
                     and _free(registration.kind, registration.name, self._send),
@@ -231,6 +226,18 @@ class ResourceWatch:
                 )
             )
         return findings
+
+    def _finding(self, registration: Registration, **details: Any) -> ResourceFinding:
+        """The finding for a leaked ``registration``; ``details``: how it ended, who holds it."""
+        return ResourceFinding(
+            kind=registration.kind,
+            name=registration.name,
+            pid=registration.pid,
+            site=registration.site,
+            owner=registration.owner,
+            by_test_process=registration.pid == self._pid,
+            **details,
+        )
 
     def finish_test(self, nodeid: str, end: bool = True) -> list[ResourceFinding]:
         """What the test registered and left behind (call after the process watch ended its
@@ -265,13 +272,8 @@ class ResourceWatch:
             if not _exists(registration.kind, registration.name):
                 continue  # freed by a process the plugin does not see
             findings.append(
-                ResourceFinding(
-                    kind=registration.kind,
-                    name=registration.name,
-                    pid=registration.pid,
-                    site=registration.site,
-                    owner=registration.owner,
-                    by_test_process=registration.pid == self._pid,
+                self._finding(
+                    registration,
                     freed=_free(registration.kind, registration.name, self._send),
                     reported_by=registration.owner,
                 )
