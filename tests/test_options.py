@@ -64,6 +64,34 @@ def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.skipif(
+    int(pytest.__version__.split(".")[0]) < 9, reason="pytest 9 reads TOML values by their type"
+)
+@pytest.mark.parametrize("table", ["tool.pytest", "tool.pytest.ini_options"])
+def test_toml_numbers_and_lists_are_accepted(pytester: pytest.Pytester, table: str) -> None:
+    # Under pytest 9 an untyped ini value is text: a TOML number or list was a usage error in
+    # its own table, and a deprecation warning (an error under -W error) in ini_options.
+    pytester.makepyprojecttoml(
+        f"""
+        [{table}]
+        mp_settle = 0.5
+        mp_kill_grace = 2
+        mp_join_timeout = 7
+        mp_start_methods = ["fork", "spawn"]
+        """
+    )
+    pytester.makepyfile("def test_method(mp_start_method):\n    pass\n")
+    result = pytester.runpytest_inprocess("-W", "error", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: process watch fail, settle 0.5s, kill grace 2s;*",
+            "*::test_method[[]fork[]] PASSED*",
+            "*::test_method[[]spawn[]] PASSED*",
+        ]
+    )
+
+
 def test_command_line_wins_over_ini(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmp_check = off\nmp_settle = 0.1\nmp_kill_grace = 0.4\n")
     pytester.makepyfile("def test_nothing(): pass")

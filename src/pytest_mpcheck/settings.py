@@ -244,10 +244,10 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("mp_check", "Default for --mp-check (fail, warn or off)", default=None)
     parser.addini("mp_subreaper", "Default for --mp-subreaper (auto, on or off)", default=None)
-    parser.addini("mp_start_methods", "Default for --mp-start-methods", default=None)
-    parser.addini("mp_join_timeout", "Default for --mp-join-timeout", default=None)
-    parser.addini("mp_settle", "Default for --mp-settle", default=None)
-    parser.addini("mp_kill_grace", "Default for --mp-kill-grace", default=None)
+    # A list in TOML (["fork", "spawn"]), or text split as a command line is ("fork,spawn").
+    parser.addini("mp_start_methods", "Default for --mp-start-methods", type="args", default=None)
+    for name in ("mp_join_timeout", "mp_settle", "mp_kill_grace"):
+        _add_seconds_ini(parser, name, f"Default for --{name.replace('_', '-')}")
     parser.addini("mp_report", "Default for --mp-report", default=None)
     parser.addini(
         "mp_ignore",
@@ -257,10 +257,22 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def _add_seconds_ini(parser: pytest.Parser, name: str, help: str) -> None:
+    """An ini value of seconds: a number in TOML (``mp_settle = 0.5``), or text. pytest 9
+    refuses a number where an ini value is untyped text (and warns of it under
+    ``[tool.pytest.ini_options]``); pytest 8 knows no such type, and gives every value as text."""
+    try:
+        parser.addini(name, help, type=float | str, default=None)
+    except (ValueError, TypeError):  # pytest before typed ini values
+        parser.addini(name, help, default=None)
+
+
 def _ini_text(config: pytest.Config, name: str) -> str | None:
     value = config.getini(name)
     if value is None:
         return None
+    if isinstance(value, (list, tuple)):  # mp_start_methods: "fork, spawn" splits into two
+        value = ",".join(part for item in value if (part := str(item).strip(", ")))
     text = str(value).strip()
     return text or None
 
