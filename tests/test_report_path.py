@@ -3,6 +3,7 @@ is one line, and pytest's own summary and exit status are kept."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,20 @@ def test_report_parent_is_a_file(pytester: pytest.Pytester) -> None:
             "ERROR: ini value mp_report: 'afile.txt/sub/report.json' cannot be created: "
             "'*/afile.txt' is not a directory. Give the path of a JSON file in a directory "
             "that pytest can write to",
+        ]
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs procfs")
+def test_report_where_no_file_can_be_made(pytester: pytest.Pytester) -> None:
+    # /proc lets root pass every permission check, and makes no file: the check makes one.
+    pytester.makepyfile(PASSES)
+    result = pytester.runpytest_inprocess("--mp-report=/proc/mpcheck-report.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --mp-report: '/proc/mpcheck-report.json' cannot be created: *. Give the path "
+            "of a JSON file in a directory that pytest can write to",
         ]
     )
 

@@ -154,6 +154,19 @@ def check_report_path(value: str, where: str = "--mp-report") -> str:
             f"{where}: {value!r} cannot be created: the directory {existing!r} is not "
             f"writable{missing}. {accepted}"
         )
+    if existing == parent:
+        # Permissions do not tell everything (root may write anywhere, but not make a file in
+        # /proc or /sys): the file is made, and removed again.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            pass  # made meanwhile (another xdist worker's check): it can be made
+        except OSError as error:
+            raise pytest.UsageError(
+                f"{where}: {value!r} cannot be created: {error.strerror}. {accepted}"
+            ) from None
+        else:
+            os.unlink(path)
     return value
 
 
