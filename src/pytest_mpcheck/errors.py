@@ -33,7 +33,29 @@ def warn_at_test(
     with warnings.catch_warnings():
         if _blanket_error(category, message, filename, line):
             warnings.simplefilter("always", category)
-        warnings.warn_explicit(category(message), category=category, filename=filename, lineno=line)
+        try:
+            warnings.warn_explicit(
+                category(message), category=category, filename=filename, lineno=line
+            )
+        except category as escalated:
+            # A filter that names the plugin's category made it an error: the test fails for it
+            # once the plugin's own work after it is done (see take_escalated), not here, in the
+            # middle of that work, with a traceback through the plugin.
+            item.stash.setdefault(_escalated_key, []).append(f"{category.__name__}: {escalated}")
+
+
+#: The warnings of a test that a filter made errors, not raised yet (see :func:`warn_at_test`).
+_escalated_key = pytest.StashKey[list[str]]()
+
+
+def take_escalated(item: pytest.Item) -> list[str]:
+    """The warnings of ``item`` that a filter naming the plugin's category made errors, since
+    the last call: the test fails for them, at the end of its teardown."""
+    escalated = item.stash.get(_escalated_key, None)
+    if not escalated:
+        return []
+    del item.stash[_escalated_key]
+    return escalated
 
 
 def _blanket_error(category: type[Warning], message: str, filename: str, lineno: int) -> bool:

@@ -26,7 +26,7 @@ import pytest
 from pytest_mpcheck import report, timeouts, xdist
 from pytest_mpcheck._os import scratch
 from pytest_mpcheck._os.prctl import get_subreaper, set_subreaper
-from pytest_mpcheck.errors import internal_error, warn_at_test
+from pytest_mpcheck.errors import internal_error, take_escalated, warn_at_test
 from pytest_mpcheck.findings import (
     ENDED,
     HUNG,
@@ -563,11 +563,17 @@ class MpCheckRun:
             timeouts.check_teardown(item)
         except BaseException as error:
             self.end_test(item, teardown_failed=True)
+            escalated = take_escalated(item)
+            if escalated:  # the teardown's own error stays what pytest shows first
+                item.add_report_section("teardown", "mpcheck", "\n\n".join(escalated))
             merged = _one_teardown_failure(error)
             if merged is None:
                 raise
             raise merged from None
         self.end_test(item, teardown_failed=False)
+        escalated = take_escalated(item)
+        if escalated:
+            pytest.fail("\n\n".join(escalated), pytrace=False)
         return result
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
