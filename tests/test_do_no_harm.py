@@ -699,3 +699,65 @@ def test_pool_workers_without_start_records_are_ended_through_their_pool(
             "    ended by:   terminate() of its multiprocessing Pool (called by mpcheck)",
         ]
     )
+
+
+ASKED_AS_THEY_EXIT = """
+import multiprocessing
+import os
+import time
+
+from pytest_mpcheck._os.stackfile import STACK_SIGNAL
+from pytest_mpcheck._os.stacks import is_prepared
+
+
+def fail():
+    raise RuntimeError("no database")
+
+
+def succeed():
+    return 7
+
+
+def ask_until_it_ends(process):
+    # The plugin asks a child for its stacks whenever it looks at it (a pool's worker at the
+    # pool's end, a process that outlived its test), and only once the child catches the
+    # signal. Here every millisecond, until the child is gone: some request lands while it
+    # exits. (Much more often, and the child would do little but write its stacks.)
+    deadline = time.monotonic() + 60
+    while process.exitcode is None and time.monotonic() < deadline:
+        if is_prepared(process.pid):
+            try:
+                os.kill(process.pid, STACK_SIGNAL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
+        process.join(0)
+
+
+def test_plain_spawn_children():
+    context = multiprocessing.get_context("spawn")
+    for _ in range(4):
+        process = context.Process(target=fail)
+        process.start()
+        ask_until_it_ends(process)
+        assert process.exitcode == 1
+
+
+def test_mp_spawn_children(mp_spawn):
+    for _ in range(4):
+        process = mp_spawn(succeed)
+        ask_until_it_ends(process)
+        assert process.result == 7
+        assert process.exitcode == 0
+"""
+
+
+def test_children_asked_for_stacks_as_they_exit_exit_as_they_would(
+    pytester: pytest.Pytester,
+) -> None:
+    # A spawned child tears its interpreter down as it exits: the stack signal then used to kill
+    # it (the signal's default action, once Python reset its handlers) or crash it (faulthandler
+    # walking freed thread states): an exit code of -37 or -11 for a child that ended well.
+    pytester.makepyfile(test_exiting=ASKED_AS_THEY_EXIT)
+    result = pytester.runpytest_subprocess(*FAST_ARGS, "--mp-start-methods=spawn", timeout=120)
+    result.assert_outcomes(passed=2)

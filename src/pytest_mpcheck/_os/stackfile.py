@@ -18,6 +18,7 @@ from __future__ import annotations
 # member of an enum, or try to and catch the failure; in a forked child, which runs this before
 # its own code, every object that touches lies on a page the kernel copies for it.
 import _signal  # type: ignore[import-not-found,unused-ignore]
+import atexit
 import contextlib
 import faulthandler
 import os
@@ -54,6 +55,7 @@ def answer_stack_signal(path: str) -> None:
     except BaseException:
         os.close(fd)
         raise
+    _stop_answering_at_exit()
 
 
 def answer_quietly(path: str) -> None:
@@ -81,6 +83,40 @@ def answer_without_descriptor(path: str) -> None:
     global _answer_path
     _answer_path = path
     _signal.signal(STACK_SIGNAL, _dump_stacks)
+    _stop_answering_at_exit()
+
+
+#: The pid of the process that registered :func:`_stop_answering` with ``atexit`` (a fork child
+#: inherits the registration, and the value, from a parent that answered too).
+_stops_at_exit: int | None = None
+
+
+def _stop_answering_at_exit() -> None:
+    """Have this process ignore the stack signal once it starts to exit.
+
+    A process that leaves through ``sys.exit`` or the end of its main module (a spawned child
+    does) tears its interpreter down after its ``atexit`` functions: it resets the Python signal
+    handlers to the default action, which for a real-time signal ends the process, and it frees
+    the thread states that ``faulthandler`` walks. The stack signal arriving then (the parent
+    asks whether a pool's worker is busy, just as the worker leaves) killed the child by that
+    signal, or by a segmentation fault. Registered first, this runs last of the ``atexit``
+    functions: stacks are still given while the user's own run.
+    """
+    global _stops_at_exit
+    pid = os.getpid()
+    if _stops_at_exit == pid:
+        return
+    _stops_at_exit = pid
+    atexit.register(_stop_answering)
+
+
+def _stop_answering() -> None:
+    # faulthandler's first: unregistered later (its own shutdown, after the signal module's) it
+    # would put back the handler it replaced, over the one set here.
+    with contextlib.suppress(Exception):
+        faulthandler.unregister(STACK_SIGNAL)
+    with contextlib.suppress(Exception):
+        _signal.signal(STACK_SIGNAL, _signal.SIG_IGN)
 
 
 def c_handler(handler: Any) -> Any:
