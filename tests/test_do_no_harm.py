@@ -710,20 +710,23 @@ from pytest_mpcheck._os.stackfile import STACK_SIGNAL
 from pytest_mpcheck._os.stacks import is_prepared
 
 
-def fail():
+def fail(leaving):
+    leaving.set()
     raise RuntimeError("no database")
 
 
-def succeed():
+def succeed(leaving):
+    leaving.set()
     return 7
 
 
-def ask_until_it_ends(process):
+def ask_as_it_leaves(process, leaving):
     # The plugin asks a child for its stacks whenever it looks at it (a pool's worker at the
-    # pool's end, a process that outlived its test), and only once the child catches the
-    # signal. Here every millisecond, until the child is gone: some request lands while it
-    # exits. (Much more often, and the child would do little but write its stacks.)
-    deadline = time.monotonic() + 60
+    # pool's end, a process that outlived its test), once the child catches the signal. Here
+    # every millisecond from the end of its target until it is gone: some request lands while it
+    # exits. (Not before: a child asked that often from its start would do little else.)
+    assert leaving.wait(60)
+    deadline = time.monotonic() + 30
     while process.exitcode is None and time.monotonic() < deadline:
         if is_prepared(process.pid):
             try:
@@ -737,16 +740,18 @@ def ask_until_it_ends(process):
 def test_plain_spawn_children():
     context = multiprocessing.get_context("spawn")
     for _ in range(4):
-        process = context.Process(target=fail)
+        leaving = context.Event()
+        process = context.Process(target=fail, args=(leaving,))
         process.start()
-        ask_until_it_ends(process)
+        ask_as_it_leaves(process, leaving)
         assert process.exitcode == 1
 
 
 def test_mp_spawn_children(mp_spawn):
     for _ in range(4):
-        process = mp_spawn(succeed)
-        ask_until_it_ends(process)
+        leaving = multiprocessing.get_context("spawn").Event()
+        process = mp_spawn(succeed, (leaving,))
+        ask_as_it_leaves(process, leaving)
         assert process.result == 7
         assert process.exitcode == 0
 """
