@@ -204,7 +204,9 @@ class FindingLog:
         self.lock_findings: list[dict[str, Any]] = []
         """As the JSON report lists them (a lock finding does not know its test)."""
         self.worker_findings: list[dict[str, Any]] = []
+        """On the pytest-xdist controller: the findings its workers handed over, as JSON."""
         self.worker_resource_findings: list[dict[str, Any]] = []
+        """As :attr:`worker_findings`, for the named resources."""
 
     def record(self, item: pytest.Item | None, finding: AnyFinding) -> None:
         """Count ``finding``, keep it for the JSON report, and call the hook of its kind.

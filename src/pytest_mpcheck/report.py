@@ -475,12 +475,12 @@ def write_json(path: str, log: FindingLog, contention: list[dict[str, Any]] | No
     checked when the run started; should writing fail all the same (the directory went away or
     filled up), :class:`ReportNotWritten` says so in one line.
     """
+    # Under pytest-xdist, the workers' findings (handed over as JSON) join the controller's: one
+    # list whether the run was split or not.
     document: dict[str, Any] = {
         "summary": as_json(log.tally),
-        "findings": [as_json(finding) for finding in log.findings],
+        "findings": [as_json(finding) for finding in log.findings] + log.worker_findings,
     }
-    if log.worker_findings:
-        document["worker_findings"] = log.worker_findings
     resource_findings = [as_json(finding) for finding in log.resource_findings]
     resource_findings += log.worker_resource_findings
     if resource_findings:
