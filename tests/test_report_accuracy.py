@@ -270,7 +270,7 @@ def test_a_child_ended_for_pytest_timeout_is_reaped_by_mpcheck(
         [
             "*- Captured stdout teardown -*",
             "returncode -9",
-            "mpcheck: * started by tests, 0 leaked, 0 unreaped, 1 hung, 1 ended by mpcheck",
+            "mpcheck: 1 process started by tests, 0 leaked, 0 unreaped, 1 hung, 1 ended by mpcheck",
         ]
     )
     assert "unreaped process" not in result.stdout.str()

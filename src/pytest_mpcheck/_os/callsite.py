@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from types import FrameType
 
 #: The plugin's own files (this module is one package below the top): never the user's line.
 PLUGIN_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+#: Per thread: ``running`` is true while the plugin runs a program of its own (py-spy, to read a
+#: stack). The process that starts then is the plugin's, whoever's code is running: no test's.
+PLUGIN_PROGRAM = threading.local()
 
 
 #: How :func:`user_site` takes a frame's file: the plugin's own or Python's (passed over), an

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 
-from pytest_mpcheck._os import procfs, scratch
+from pytest_mpcheck._os import callsite, procfs, scratch
 from pytest_mpcheck._os.stackfile import STACK_SIGNAL, STACKS_NAME
 
 
@@ -393,6 +393,7 @@ def pyspy_stack(pid: int, timeout: float) -> str | None:
     pyspy = pyspy_path()
     if pyspy is None or timeout <= 0:
         return None
+    callsite.PLUGIN_PROGRAM.running = True  # not a process of the test (see origins)
     try:
         done = subprocess.run(
             [pyspy, "dump", "--pid", str(pid)],
@@ -403,6 +404,8 @@ def pyspy_stack(pid: int, timeout: float) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
+    finally:
+        callsite.PLUGIN_PROGRAM.running = False
     if done.returncode != 0 or "Thread" not in done.stdout:
         return None
     return _from_pyspy(done.stdout)

@@ -36,6 +36,8 @@ from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 #: The scope of processes handed to the session: still held by a live object (a pool, an
 #: executor) when their test ended, or started by one that was. Checked when the session ends.
 HANDED_OVER = "<handed over to the session>"
+#: The owner of a process that the plugin starts itself (py-spy): not counted as started by tests.
+PLUGIN_OWNER = "<mpcheck>"
 
 #: The attribute of a process object, while it starts, that prepares its child for stack requests.
 CHILD_SETUP_ATTRIBUTE = "_pytest_mpcheck_child_setup"
@@ -351,6 +353,9 @@ class OriginRecorder:
                 owner, scope = started_by
                 if scope is None and owner != self.finishing:
                     scope = HANDED_OVER
+            if getattr(callsite.PLUGIN_PROGRAM, "running", False):
+                # py-spy, reading a stack for a report: the plugin's, counted for no test.
+                owner, scope = PLUGIN_OWNER, None
             site = callsite.user_site(frame, self._root_prefix)
             test_site = callsite.test_site(frame, self._root_prefix)
             from_thread = False
