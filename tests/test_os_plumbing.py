@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from pytest_mpcheck._os import prctl, procfs
+from pytest_mpcheck._os import prctl, procfs, stacks
 from pytest_mpcheck._os.poll import poll_until
 
 
@@ -75,3 +77,64 @@ def test_procfs_reads_parent_state_and_signals() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 def test_prctl_reads_the_subreaper_flag() -> None:
     assert prctl.get_subreaper() in (True, False)
+
+
+ANSWERS_ITS_STACK = """
+import sys, time
+from pytest_mpcheck._os.stackfile import answer_stack_signal
+answer_stack_signal(sys.argv[1])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+ASKS_A_SIBLING = """
+import sys
+from pytest_mpcheck._os import procfs, stacks
+pid = int(sys.argv[1])
+print(sorted(stacks.dump_prepared([pid], 3.0, sys.argv[2])), procfs.is_descendant(pid, 1))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs")
+def test_stacks_are_asked_of_descendants_only(tmp_path: Path) -> None:
+    path = str(tmp_path / "stacks.log")
+    open(path, "w").close()
+    answering = subprocess.Popen(
+        [sys.executable, "-c", ANSWERS_ITS_STACK, path], stdout=subprocess.PIPE, text=True
+    )
+    grandchild = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert answering.stdout is not None
+        assert answering.stdout.readline() == "ready\n"
+        assert grandchild.stdout is not None
+        grandchild_pid = int(grandchild.stdout.readline())
+        assert procfs.is_descendant(answering.pid, os.getpid())
+        assert procfs.is_descendant(grandchild_pid, os.getpid())
+        assert procfs.is_descendant(grandchild_pid, grandchild.pid)
+        assert not procfs.is_descendant(os.getpid(), answering.pid)
+        assert not procfs.is_descendant(grandchild.pid, answering.pid)
+        # A sibling of the prepared child, which did not start it, does not signal it.
+        sibling = subprocess.run(
+            [sys.executable, "-c", ASKS_A_SIBLING, str(answering.pid), path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert sibling.stdout == "[] True\n", sibling.stderr
+        assert os.path.getsize(path) == 0
+        # Its parent does, and reads its stack.
+        dumps = stacks.dump_prepared([answering.pid], 10.0, path)
+        assert list(dumps) == [answering.pid]
+        assert 'File "<string>", line 6, in <module>' in dumps[answering.pid]
+    finally:
+        for process in (answering, grandchild):
+            process.kill()
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if "grandchild_pid" in locals():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild_pid, signal.SIGKILL)

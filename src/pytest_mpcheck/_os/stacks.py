@@ -320,15 +320,21 @@ def dump_prepared(
     """
     deadline = time.monotonic() + timeout
     found: dict[int, str] = {}
+    me = os.getpid()
     for pid in pids:
-        if time.monotonic() >= deadline or not is_prepared(pid):
+        if time.monotonic() >= deadline:
+            break
+        created = procfs.create_time(pid)
+        if created is None or not is_prepared(pid):
             continue
         path = stack_file_of(pid) or stack_file
         if path is None:
             continue
         try:
             before = os.stat(path).st_size
-            if not _same(pid, procfs.create_time(pid)):
+            # The signal goes only to the process that was found prepared, and only to a
+            # descendant of this one: not to a newcomer that the pid was given to meanwhile.
+            if not _same(pid, created) or not procfs.is_descendant(pid, me):
                 continue
             os.kill(pid, STACK_SIGNAL)
         except OSError:
