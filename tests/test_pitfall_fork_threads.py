@@ -72,9 +72,9 @@ def test_os_fork_with_a_fixture_thread(poller):
 """
 
 
-def line_of(text: str) -> int:
-    """The line of the inner file that ends with the comment ``text``."""
-    lines = FORK_WITH_THREADS.strip("\n").splitlines()
+def line_of(text: str, source: str = FORK_WITH_THREADS) -> int:
+    """The line of the inner file (``source``) that ends with the comment ``text``."""
+    lines = source.strip("\n").splitlines()
     return next(n for n, line in enumerate(lines, 1) if line.endswith(f"# {text}"))
 
 
@@ -237,11 +237,45 @@ def test_fork_with_no_python_caller():
 """
 
 
-def test_a_fork_that_no_python_code_calls_still_forks(pytester: pytest.Pytester) -> None:
+POOL_THREAD_FORKS = """
+import multiprocessing
+
+
+def square(n):
+    return n * n
+
+
+def test_pool_replaces_its_workers():
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2, maxtasksperchild=1) as pool:  # the pool
+        assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+"""
+
+
+def test_forks_that_no_user_code_calls(pytester: pytest.Pytester) -> None:
     # The wrapper of os.fork looks at its caller's frame (for the place of Python's warning, for
     # the threads alive): a thread that C code started on os.fork itself has none.
-    pytester.makepyfile(test_bare=BARE_THREAD_FORK)
+    pytester.makepyfile(test_bare=BARE_THREAD_FORK, test_pool=POOL_THREAD_FORKS)
     result = pytester.runpytest_subprocess(
-        "-W", "error::pytest.PytestUnhandledThreadExceptionWarning", timeout=60
+        "-W",
+        "error::pytest.PytestUnhandledThreadExceptionWarning",
+        *WITHOUT_PYTHONS_OWN,
+        timeout=60,
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2, warnings=1)
+    # A pool's worker handler replaces each worker that ends, with the pool's other threads
+    # alive: the warning names that thread and the line that started it (the pool's).
+    pool_line = line_of("the pool", POOL_THREAD_FORKS)
+    result.stdout.fnmatch_lines(
+        [
+            "  *: MpCheckWarning: mpcheck: test_pool.py::test_pool_replaces_its_workers: forked "
+            "while other threads were running. *",
+            "    fork in thread 'Thread-* (_handle_workers)', started at "
+            f"test_pool.py:{pool_line} (multiprocessing.Process.start, * times); "
+            "threads alive:",
+            "      'MainThread' (the main thread)",
+            f"      'Thread-* (_handle_tasks)', daemon: started at test_pool.py:{pool_line} "
+            "by this test",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*an unknown place*")

@@ -55,6 +55,9 @@ class ForkSeen:
     site: str | None
     call: str
     owner: str
+    thread: str | None = None
+    """The name of the thread that forked, when no user code of it ran (a pool's worker
+    handler, which replaces the workers that end): ``site`` is then where it was started."""
     count: int = 0
     threads: dict[tuple[int | None, str], ThreadSeen] = field(default_factory=dict)
 
@@ -73,14 +76,22 @@ class ThreadedForks:
     """The forks made with other threads alive since the last :meth:`take`."""
 
     def __init__(self) -> None:
-        self._forks: dict[tuple[str | None, str, str], ForkSeen] = {}
+        self._forks: dict[tuple[str | None, str, str, str | None], ForkSeen] = {}
 
-    def note(self, site: str | None, call: str, owner: str, threads: list[ThreadSeen]) -> None:
-        """A fork at ``site`` (by ``call``, for ``owner``) while ``threads`` were alive."""
-        key = (site, call, owner)
+    def note(
+        self,
+        site: str | None,
+        call: str,
+        owner: str,
+        threads: list[ThreadSeen],
+        forking: str | None = None,
+    ) -> None:
+        """A fork at ``site`` (by ``call``, for ``owner``) while ``threads`` were alive; with
+        ``forking``, by that thread, which was started at ``site`` (see :attr:`ForkSeen.thread`)."""
+        key = (site, call, owner, forking)
         seen = self._forks.get(key)
         if seen is None:
-            seen = self._forks[key] = ForkSeen(site, call, owner)
+            seen = self._forks[key] = ForkSeen(site, call, owner, forking)
         seen.count += 1
         for thread in threads:
             seen.threads.setdefault((thread.ident, thread.name), thread)
@@ -110,9 +121,12 @@ def format_warning(nodeid: str, forks: list[ForkSeen]) -> str:
     ]
     for fork in forks:
         times = "once" if fork.count == 1 else f"{fork.count} times"
-        where = fork.site or "an unknown place"
+        if fork.thread is not None:
+            where = f"in thread {fork.thread!r}, started at {fork.site}"
+        else:
+            where = f"at {fork.site or 'an unknown place'}"
         by = "" if fork.owner == nodeid else f", by {_who(fork.owner, nodeid)}"
-        lines.append(f"  fork at {where} ({fork.call}, {times}{by}); threads alive:")
+        lines.append(f"  fork {where} ({fork.call}, {times}{by}); threads alive:")
         lines.extend(f"    {thread.describe(nodeid)}" for thread in fork.threads.values())
     lines.append(FIX)
     return "\n".join(lines)

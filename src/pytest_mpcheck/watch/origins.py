@@ -591,7 +591,12 @@ class OriginRecorder:
             frame = sys._getframe(2)
             site = callsite.user_site(frame, self._root_prefix)
             call, owner = label, self.current_owner(frame)[0]
-        self.threaded_forks.note(site, call, owner, threads)
+        forking: str | None = None
+        if site is None and self._thread_sites.get(current):
+            # No user code in this thread's calls (a pool's worker handler replacing a worker):
+            # the thread, and where it was started, say where the fork comes from.
+            site, forking = self._thread_sites[current], current.name
+        self.threaded_forks.note(site, call, owner, threads, forking)
 
     def _run_deferred(self) -> None:
         if not self.starting and self.deferred is not None and os.getpid() == self._pid:
