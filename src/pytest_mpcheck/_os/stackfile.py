@@ -99,8 +99,8 @@ def _stop_answering_at_exit() -> None:
     handlers to the default action, which for a real-time signal ends the process, and it frees
     the thread states that ``faulthandler`` walks. The stack signal arriving then (the parent
     asks whether a pool's worker is busy, just as the worker leaves) killed the child by that
-    signal, or by a segmentation fault. Registered first, this runs last of the ``atexit``
-    functions: stacks are still given while the user's own run.
+    signal, or by a segmentation fault. Registered before the child's own code runs, this runs
+    after the ``atexit`` functions that code registers: stacks are still given while they run.
     """
     global _stops_at_exit
     pid = os.getpid()
