@@ -88,10 +88,10 @@ time.sleep(60)
 """
 
 ASKS_A_SIBLING = """
-import sys
+import os, sys
 from pytest_mpcheck._os import procfs, stacks
 pid = int(sys.argv[1])
-print(sorted(stacks.dump_prepared([pid], 3.0, sys.argv[2])), procfs.is_descendant(pid, 1))
+print(sorted(stacks.dump_prepared([pid], 3.0, sys.argv[2])), procfs.parent(pid) == os.getppid())
 """
 
 
@@ -110,12 +110,12 @@ def test_stacks_are_asked_of_descendants_only(tmp_path: Path) -> None:
         assert answering.stdout.readline() == "ready\n"
         assert grandchild.stdout is not None
         grandchild_pid = int(grandchild.stdout.readline())
-        assert procfs.is_descendant(answering.pid, os.getpid())
-        assert procfs.is_descendant(grandchild_pid, os.getpid())
-        assert procfs.is_descendant(grandchild_pid, grandchild.pid)
-        assert not procfs.is_descendant(os.getpid(), answering.pid)
-        assert not procfs.is_descendant(grandchild.pid, answering.pid)
-        # A sibling of the prepared child, which did not start it, does not signal it.
+        ours = procfs.descendants(os.getpid())
+        assert ours[answering.pid] == os.getpid()
+        assert ours[grandchild_pid] == grandchild.pid
+        assert answering.pid not in procfs.descendants(grandchild.pid)
+        # A sibling of the prepared child (same parent), which did not start it, does not
+        # signal it.
         sibling = subprocess.run(
             [sys.executable, "-c", ASKS_A_SIBLING, str(answering.pid), path],
             capture_output=True,

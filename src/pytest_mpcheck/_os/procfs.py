@@ -171,23 +171,6 @@ def parent(pid: int) -> int | None:
     return _stat_number(pid, 4)
 
 
-def is_descendant(pid: int, ancestor: int) -> bool:
-    """Whether ``pid`` is a descendant of ``ancestor`` now: its chain of parents reaches it."""
-    for _ in range(_DEEPEST):
-        above = parent(pid)
-        if above == ancestor:
-            return True
-        if above is None or above <= 1:
-            return False
-        pid = above
-    return False
-
-
-#: How many parents :func:`is_descendant` climbs at most: a chain that long is a loop of reused
-#: pids read at different moments, not a tree.
-_DEEPEST = 512
-
-
 def caught_signals(pid: int) -> frozenset[int]:
     """The signals ``pid`` has a handler for (``SigCgt``); empty if it cannot be read."""
     try:

@@ -320,7 +320,7 @@ def dump_prepared(
     """
     deadline = time.monotonic() + timeout
     found: dict[int, str] = {}
-    me = os.getpid()
+    ours = procfs.descendants(os.getpid())  # read once for the round, as terminate does
     for pid in pids:
         if time.monotonic() >= deadline:
             break
@@ -334,7 +334,7 @@ def dump_prepared(
             before = os.stat(path).st_size
             # The signal goes only to the process that was found prepared, and only to a
             # descendant of this one: not to a newcomer that the pid was given to meanwhile.
-            if not _same(pid, created) or not procfs.is_descendant(pid, me):
+            if pid not in ours or not _same(pid, created):
                 continue
             os.kill(pid, STACK_SIGNAL)
         except OSError:
