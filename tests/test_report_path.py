@@ -15,11 +15,17 @@ PASSES = "def test_nothing():\n    pass\n"
 # needs a mount namespace, and the one whose summary line is checked, in a process of their own.
 
 
+def usage_error(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An in-process run of a passing test with ``args``, which stops at a usage error."""
+    pytester.makepyfile(PASSES)
+    result = pytester.runpytest_inprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    return result
+
+
 def test_report_path_is_a_directory(pytester: pytest.Pytester) -> None:
     pytester.mkdir("out")
-    pytester.makepyfile(PASSES)
-    result = pytester.runpytest_inprocess("--mp-report=out")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result = usage_error(pytester, "--mp-report=out")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --mp-report: 'out' is a directory. Give the path of a JSON file in a "
@@ -32,9 +38,7 @@ def test_report_path_is_a_directory(pytester: pytest.Pytester) -> None:
 def test_report_parent_is_a_file(pytester: pytest.Pytester) -> None:
     pytester.makefile(".txt", afile="not a directory")
     pytester.makeini("[pytest]\nmp_report = afile.txt/sub/report.json\n")
-    pytester.makepyfile(PASSES)
-    result = pytester.runpytest_inprocess()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result = usage_error(pytester)
     result.stderr.fnmatch_lines(
         [
             "ERROR: ini value mp_report: 'afile.txt/sub/report.json' cannot be created: "
@@ -47,9 +51,7 @@ def test_report_parent_is_a_file(pytester: pytest.Pytester) -> None:
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs procfs")
 def test_report_where_no_file_can_be_made(pytester: pytest.Pytester) -> None:
     # /proc lets root pass every permission check, and makes no file: the check makes one.
-    pytester.makepyfile(PASSES)
-    result = pytester.runpytest_inprocess("--mp-report=/proc/mpcheck-report.json")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result = usage_error(pytester, "--mp-report=/proc/mpcheck-report.json")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --mp-report: '/proc/mpcheck-report.json' cannot be created: *. Give the path "
