@@ -5,6 +5,9 @@ Each principle is tried on real processes in an inner pytest session, the way a 
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import sys
 
 import pytest
@@ -56,6 +59,69 @@ def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pyteste
     )
     sleeper = int((pytester.path / "sleeper").read_text())
     assert not _alive(sleeper)
+
+
+def test_nothing_started_before_the_watch_holds_the_exit(pytester: pytest.Pytester) -> None:
+    # A process that a conftest.py at the rootdir starts as it is imported (before the plugin
+    # watches) and never joins would hold pytest's exit: multiprocessing joins it at exit, with
+    # no timeout. As Python exits, after the user's own pytest_unconfigure and atexit functions,
+    # what still runs is ended and reported, in warn mode too. One that pytest_unconfigure stops
+    # keeps its exit status; a daemonic one is multiprocessing's to end at exit; a child that the
+    # pytest process inherited through exec (a shell's job) is not the plugin's: all left alone.
+    pytester.makeconftest(
+        """
+        import multiprocessing, time
+        from pathlib import Path
+
+        def _sleep():
+            time.sleep(60)
+
+        _ctx = multiprocessing.get_context("fork")
+        held = _ctx.Process(target=_sleep, name="holds-the-exit")
+        held.start()
+        Path("held").write_text(str(held.pid))
+        stopped = _ctx.Process(target=_sleep, name="stopped-at-unconfigure")
+        stopped.start()
+        daemonic = _ctx.Process(target=_sleep, name="a-daemon", daemon=True)
+        daemonic.start()
+
+        def pytest_unconfigure():
+            stopped.terminate()
+            stopped.join()
+            print("stopped-at-unconfigure exit code", stopped.exitcode)
+        """
+    )
+    pytester.makepyfile("def test_passes(): pass")
+    pytest_command = shlex.join([sys.executable, "-m", "pytest", *FAST_ARGS, "--mp-check=warn"])
+    result = pytester.run(
+        "sh", "-c", f"sleep 60 & echo $! > inherited; exec {pytest_command}", timeout=45
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+    held = int((pytester.path / "held").read_text())
+    assert not _alive(held)
+    result.stdout.fnmatch_lines(
+        [
+            "mpcheck: 0 processes started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by "
+            "mpcheck",
+            f"stopped-at-unconfigure exit code {-signal.SIGTERM}",
+        ]
+    )
+    assert result.stderr.lines == [
+        "mpcheck: 1 process started before the watch began (as a conftest.py at the rootdir was "
+        "imported, or by a plugin) was still running as Python exited, never joined: "
+        "multiprocessing would have waited for it with no timeout, and pytest would not have "
+        "ended. Ended:",
+        f"    process {held} 'holds-the-exit', started by "
+        "multiprocessing.Process.start: SIGTERM (ended by mpcheck)",
+        "How to fix: join it where the run ends (pytest_unconfigure, or a session-scoped fixture "
+        "that starts it), or make it a daemon.",
+    ]
+    inherited = int((pytester.path / "inherited").read_text())
+    try:
+        assert _alive(inherited), "the shell's job was signalled"
+    finally:
+        os.kill(inherited, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

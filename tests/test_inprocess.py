@@ -197,11 +197,19 @@ def test_in_process_runs_and_the_outer_resource_check(pytester: pytest.Pytester)
             result.stdout.fnmatch_lines(["leaked shared memory segment '/*': never unlinked"])
         """,
         test_outer="""
+        import multiprocessing, os, signal, time
         from multiprocessing import shared_memory
 
         def test_in_process_run(pytester):
+            # The caller's own process, older than the in-process run: not the run's to end.
+            p = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+            p.start()
             pytester.makepyfile(test_inner="def test_nothing(): pass")
             pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+            assert os.waitpid(p.pid, os.WNOHANG) == (0, 0)  # neither ended nor reaped
+            p.terminate()
+            p.join()
+            assert p.exitcode == -signal.SIGTERM
 
         def test_forgets_unlink():
             segment = shared_memory.SharedMemory(create=True, size=4096)
@@ -215,7 +223,7 @@ def test_in_process_runs_and_the_outer_resource_check(pytester: pytest.Pytester)
             "*ERROR at teardown of test_forgets_unlink*",
             "mpcheck: test_outer.py::test_forgets_unlink left 1 named resource behind*",
             "leaked shared memory segment '/*': never unlinked",
-            "    made at:    test_outer.py:8 by the test process",
+            "    made at:    test_outer.py:16 by the test process",
         ]
     )
     # The in-process run's leak was its own: the outer run blames its test for nothing, and

@@ -23,7 +23,13 @@ import pytest
 
 from pytest_mpcheck import settings
 from pytest_mpcheck.fixtures import startmethods
-from pytest_mpcheck.run import PLUGIN_NAME, MpCheckRun, remember_child_checks, run_key
+from pytest_mpcheck.run import (
+    PLUGIN_NAME,
+    MpCheckRun,
+    guard_the_exit,
+    remember_child_checks,
+    run_key,
+)
 
 if TYPE_CHECKING:
     import multiprocessing.context
@@ -50,6 +56,7 @@ def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> Generator[None, None, None]:
     remember_child_checks(early_config)
+    guard_the_exit(early_config)
     return (yield)
 
 

@@ -418,6 +418,29 @@ def format_session_leftovers(findings: Sequence[Finding]) -> str:
     return "\n".join(parts)
 
 
+def format_ended_at_exit(ended: Sequence[tuple[ProcessInfo, str]]) -> str:
+    """The report of the never-joined children, started before the watch began, that were still
+    running as Python exited and would have held pytest's exit (:mod:`watch.exitguard`)."""
+    count = len(ended)
+    lines = [
+        f"mpcheck: {count} process{'es' if count != 1 else ''} started before the watch began "
+        "(as a conftest.py at the rootdir was imported, or by a plugin) "
+        f"{'were' if count != 1 else 'was'} still running as Python exited, never joined: "
+        "multiprocessing would have waited for it with no timeout, and pytest would not have "
+        "ended. Ended:"
+    ]
+    lines += [
+        f"    process {process.pid} {printable(process.name)!r}, started by "
+        f"{process.started_by}: {_ENDED_WORDS.get(how, how)}"
+        for process, how in ended
+    ]
+    lines.append(
+        "How to fix: join it where the run ends (pytest_unconfigure, or a session-scoped "
+        "fixture that starts it), or make it a daemon."
+    )
+    return "\n".join(lines)
+
+
 def format_ended_before_exit(
     timeout: float, method: str, ended: Sequence[tuple[ProcessInfo, str]]
 ) -> str:

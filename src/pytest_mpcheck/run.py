@@ -39,6 +39,7 @@ from pytest_mpcheck.findings import (
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import forkthreads
+from pytest_mpcheck.watch.exitguard import ExitGuard
 from pytest_mpcheck.watch.origins import OriginRecorder, StartRecord
 from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
@@ -49,6 +50,7 @@ from pytest_mpcheck.watch.resources import ResourceWatch
 # of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
 baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
 mode_key: pytest.StashKey[str] = pytest.StashKey()
+exit_guard_key: pytest.StashKey[ExitGuard] = pytest.StashKey()
 
 #: Who the processes started between two tests belong to (a plugin's hook, a thread).
 BETWEEN_TESTS = "<between tests>"
@@ -114,6 +116,10 @@ class MpCheckRun:
         """
         config = self.config
         self._session_baseline = self.watch.baseline()
+        guard = config.stash.get(exit_guard_key, None)
+        if guard is not None:
+            guard.watch_from(self._session_baseline.pids, self.settings.kill_grace)
+            self.watch.exit_guard = guard
         config.add_cleanup(self.recorder.uninstall)
         self.recorder.install()
         if self.settings.use_subreaper:
@@ -692,6 +698,15 @@ _ORDINARY_ENDS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 def remember_child_checks(config: pytest.Config) -> None:
     """Note the checks of the fixtures' children before the run imports its conftest files."""
     config.stash[child_checks_key] = _child_checks()
+
+
+def guard_the_exit(config: pytest.Config) -> None:
+    """Before the run imports its conftest files: note the children the pytest process has, and
+    register the function that ends, as Python exits, a never-joined child that those files
+    start (see :mod:`pytest_mpcheck.watch.exitguard`)."""
+    guard = ExitGuard()
+    guard.install()
+    config.stash[exit_guard_key] = guard
 
 
 def _child_checks() -> tuple[str, ...]:

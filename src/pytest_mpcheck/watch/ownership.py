@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_mpcheck._os import callsite
+from pytest_mpcheck.watch.exitguard import families_children
 
 #: Objects that only pass a reference on: the holder is what refers to them.
 _CONTAINERS = (
@@ -64,11 +65,11 @@ class Holder:
 
 def _bookkeeping() -> list[Any]:
     """Where the standard library keeps every process, held or not: not an owner."""
-    kept: list[Any] = [getattr(subprocess, "_active", None)]
-    for family in ("multiprocessing", "multiprocess", "billiard"):
-        module = sys.modules.get(f"{family}.process")
-        kept.append(getattr(module, "_children", None))
-    return [item for item in kept if item is not None]
+    active = getattr(subprocess, "_active", None)
+    return [
+        *([active] if active is not None else []),
+        *(children for _, children in families_children()),
+    ]
 
 
 def _is_process(obj: Any) -> bool:

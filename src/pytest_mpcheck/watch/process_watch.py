@@ -26,6 +26,7 @@ from pytest_mpcheck.watch.reaper import OrphanReaper
 from pytest_mpcheck.watch.terminate import SENT_BY_MPCHECK, Leftover, end_processes
 
 if TYPE_CHECKING:
+    from pytest_mpcheck.watch.exitguard import ExitGuard
     from pytest_mpcheck.watch.ownership import Holder
 
 # helpers and ownership are imported where they are used: only once a process outlives a
@@ -115,6 +116,9 @@ class ProcessWatch:
         self._last_generation = -1
         self._helper_pids: set[int] | None = None
         """The helpers' pids, asked of their modules once per look (see :meth:`is_helper`)."""
+        self.exit_guard: ExitGuard | None = None
+        """What would hold pytest's exit, started before the watch began (ended as Python exits,
+        or with the rest at pytest-timeout's ``os._exit``)."""
         self.stack_file: str | None = None
         """The session's stack file, where the prepared children write their stacks."""
         self.gone: list[tuple[StartRecord, int | None]] = []
@@ -601,6 +605,9 @@ class ProcessWatch:
         # A start under way in another thread makes its process, which the look must see.
         poll_until(lambda: not self.recorder.starting, _EXIT_START_WAIT)
         known = helpers.running_helper_pids()
+        # Started before the watch and never joined: os._exit skips the join, and it would
+        # outlive pytest.
+        held = self.exit_guard.still_running() if self.exit_guard is not None else {}
         commands: dict[int, str] = {}
 
         def helper(pid: int) -> bool:
@@ -611,7 +618,9 @@ class ProcessWatch:
         def running(seen: Container[int]) -> list[ProcessInfo]:
             found = []
             for pid, parent in procfs.descendants(self.session_pid).items():
-                if pid in seen or pid in baseline.pids or procfs.state(pid) in (None, "Z"):
+                if pid in seen or (pid in baseline.pids and pid not in held):
+                    continue
+                if procfs.state(pid) in (None, "Z"):
                     continue
                 # As :meth:`is_helper`: a forkserver's children carry its command line.
                 if helper(pid) and (parent == self.session_pid or not helper(parent)):

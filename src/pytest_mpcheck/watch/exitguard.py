@@ -1,0 +1,166 @@
+"""The children that would hold pytest's exit: started before the watch began, never joined.
+
+A ``conftest.py`` at the rootdir is imported before the plugin begins to watch. A non-daemonic
+``multiprocessing`` child that it starts there, and that nobody joins, is waited for as Python
+exits (each multiprocessing family joins its children at exit, with no timeout): pytest then
+never ends, and neither does the CI job that runs it. No test or fixture can be blamed for such a
+child, and the user's own code may still stop it at the end (``pytest_unconfigure``, an
+``atexit`` function): it is looked at as Python exits, after those and before multiprocessing
+joins its children, and only then, if it still runs, ended and reported on standard error.
+
+The guard's ``atexit`` function is registered before the conftest files are imported, so that it
+runs after the functions they register (``atexit`` runs the last registered first), and after
+``multiprocessing.util`` registered its own (the plugin imports it), so that it runs before it.
+(A child of ``multiprocess`` or ``billiard``, whose exit function the conftest files register,
+moves it to the watch's start, so that it runs before that family's.)
+It holds pids, create times and names, nothing of the run: an in-process run's guard keeps no
+config alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from pytest_mpcheck._os import procfs
+
+
+def families_children() -> list[tuple[str, Any]]:
+    """Each imported multiprocessing family, with its set of the children this process started
+    and has not joined yet (``multiprocessing.process._children``)."""
+    found = []
+    for family in ("multiprocessing", "multiprocess", "billiard"):
+        children = getattr(sys.modules.get(f"{family}.process"), "_children", None)
+        if children is not None:
+            found.append((family, children))
+    return found
+
+
+def joined_at_exit(session_pid: int) -> dict[int, tuple[str, str]]:
+    """The non-daemonic children that a multiprocessing family started in this process and has
+    not joined, by pid, each with its family and its name: at the interpreter's exit, the
+    family joins each of them, with no timeout.
+
+    The process objects are only read: asking one whether it is alive would wait for it, and
+    take an exit status that its owner may still read.
+    """
+    found: dict[int, tuple[str, str]] = {}
+    for family, children in families_children():
+        for process in list(children):
+            pid = getattr(getattr(process, "_popen", None), "pid", None)
+            if (
+                isinstance(pid, int)
+                and getattr(process, "_parent_pid", None) == session_pid
+                and not getattr(process, "daemon", True)
+            ):
+                found[pid] = (family, str(getattr(process, "name", "")))
+    return found
+
+
+class ExitGuard:
+    """Ends, as Python exits, the never-joined children started before the watch began."""
+
+    def __init__(self) -> None:
+        self.session_pid = os.getpid()
+        self.children_before = frozenset(procfs.children(self.session_pid))
+        """The children the pytest process had before the run imported its conftest files: the
+        caller's (an in-process run's), or a shell's jobs inherited through ``exec``. Never the
+        run's to end."""
+        self.grace = 0.0
+        self.watched: dict[int, float] = {}
+        """The non-daemonic children started after the run began and before the watch did,
+        by pid, with their create time."""
+
+    def install(self) -> None:
+        """Register the exit function; do it before the conftest files are imported."""
+        atexit.register(self.at_exit)
+
+    def watch_from(self, baseline: frozenset[int], grace: float) -> None:
+        """Note the children to look at when Python exits: of the descendants alive when the
+        watch began (``baseline``), those that were not children before the run began and that
+        a multiprocessing family would join at exit. With none, the exit function goes."""
+        self.grace = grace
+        started = baseline - self.children_before
+        families = set()
+        if started:
+            unjoined = joined_at_exit(self.session_pid)
+            for pid in started.intersection(unjoined):
+                created = procfs.create_time(pid)
+                if created is not None:
+                    self.watched[pid] = created
+                    families.add(unjoined[pid][0])
+        if not self.watched or families - {"multiprocessing"}:
+            # Another family (multiprocess, billiard), imported by the conftest files, joins its
+            # children in an exit function registered after this one, which runs first: this
+            # one must then run before it, at the cost of running before the functions that
+            # those files registered too.
+            atexit.unregister(self.at_exit)
+        if self.watched and families - {"multiprocessing"}:
+            atexit.register(self.at_exit)
+
+    def still_running(self) -> dict[int, float]:
+        """Of the watched children, those still running and still unjoined: what would hold the
+        exit. Each with its create time."""
+        if not self.watched or os.getpid() != self.session_pid:
+            return {}
+        unjoined = joined_at_exit(self.session_pid)
+        return {
+            pid: created
+            for pid, created in self.watched.items()
+            if pid in unjoined
+            and procfs.is_same_process(pid, created)
+            and not procfs.is_zombie(pid)
+        }
+
+    def at_exit(self) -> None:
+        """End what would hold the exit, and say so on standard error. Never raises: this runs
+        after pytest has set its exit status, which an error here must not change."""
+        try:
+            self._end_what_holds_the_exit()
+        except Exception:
+            from pytest_mpcheck.errors import internal_error
+
+            internal_error("ending what would hold pytest's exit")
+
+    def _end_what_holds_the_exit(self) -> None:
+        running = self.still_running()
+        if not running:
+            return
+        from pytest_mpcheck import report
+        from pytest_mpcheck.watch.process_watch import describe
+        from pytest_mpcheck.watch.terminate import Leftover, end_processes
+
+        about = joined_at_exit(self.session_pid)
+        infos = []
+        for pid in sorted(running, key=running.__getitem__):
+            info = describe(pid, "")
+            if info is None:
+                continue
+            family, name = about.get(pid, ("multiprocessing", ""))
+            info.name = name or info.name
+            info.started_by = f"{family}.Process.start"
+            infos.append(info)
+        if not infos:
+            return
+        # As at pytest-timeout's os._exit: nothing is reaped, so that multiprocessing's join,
+        # which runs next, still reads each child's exit status.
+        outcome = end_processes(
+            [Leftover(info.pid, info.create_time) for info in infos],
+            self.session_pid,
+            self.grace,
+            exiting=True,
+        )
+        _write(report.format_ended_at_exit([(info, outcome.get(info.pid, "")) for info in infos]))
+
+
+def _write(text: str) -> None:
+    stream = sys.__stderr__
+    if stream is None:
+        return
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # standard error is closed: nobody would read it
