@@ -61,13 +61,17 @@ def test_warn_observes_only_and_the_session_end_ends_it(pytester: pytest.Pyteste
     assert not _alive(sleeper)
 
 
-def test_nothing_started_before_the_watch_holds_the_exit(pytester: pytest.Pytester) -> None:
-    # A process that a conftest.py at the rootdir starts as it is imported (before the plugin
-    # watches) and never joins would hold pytest's exit: multiprocessing joins it at exit, with
-    # no timeout. As Python exits, after the user's own pytest_unconfigure and atexit functions,
-    # what still runs is ended and reported, in warn mode too. One that pytest_unconfigure stops
-    # keeps its exit status; a daemonic one is multiprocessing's to end at exit; a child that the
-    # pytest process inherited through exec (a shell's job) is not the plugin's: all left alone.
+def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
+    # Two ways a suite holds pytest's exit for ever, each ended and reported on standard error
+    # as Python exits, after the user's own pytest_unconfigure and atexit functions, in warn mode
+    # too:
+    # - a process that a conftest.py at the rootdir starts as it is imported (before the plugin
+    #   watches) and never joins: multiprocessing joins it at exit, with no timeout. One that
+    #   pytest_unconfigure stops keeps its exit status; a daemonic one is multiprocessing's to
+    #   end; a child that pytest inherited through exec (a shell's job) is not the plugin's.
+    # - a queue that a test dropped with more put() than its pipe holds: multiprocessing joins
+    #   its feeder thread at exit, and the thread waits for a reader for ever. A queue that is
+    #   still referenced and idle ends its feeder by itself at exit, and is not reported.
     pytester.makeconftest(
         """
         import multiprocessing, time
@@ -91,13 +95,27 @@ def test_nothing_started_before_the_watch_holds_the_exit(pytester: pytest.Pytest
             print("stopped-at-unconfigure exit code", stopped.exitcode)
         """
     )
-    pytester.makepyfile("def test_passes(): pass")
+    pytester.makepyfile(
+        test_queues="""
+        import multiprocessing
+
+        kept = multiprocessing.Queue()
+
+        def test_puts_to_a_kept_queue():
+            kept.put(1)
+
+        def test_drops_a_full_queue():
+            dropped = multiprocessing.Queue()
+            dropped.put(b"x" * 200_000)
+            dropped.put(2)
+        """
+    )
     pytest_command = shlex.join([sys.executable, "-m", "pytest", *FAST_ARGS, "--mp-check=warn"])
     result = pytester.run(
         "sh", "-c", f"sleep 60 & echo $! > inherited; exec {pytest_command}", timeout=45
     )
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     held = int((pytester.path / "held").read_text())
     assert not _alive(held)
     result.stdout.fnmatch_lines(
@@ -112,10 +130,18 @@ def test_nothing_started_before_the_watch_holds_the_exit(pytester: pytest.Pytest
         "imported, or by a plugin) was still running as Python exited, never joined: "
         "multiprocessing would have waited for it with no timeout, and pytest would not have "
         "ended. Ended:",
-        f"    process {held} 'holds-the-exit', started by "
-        "multiprocessing.Process.start: SIGTERM (ended by mpcheck)",
+        f"    process {held} 'holds-the-exit', started by multiprocessing.Process.start: SIGTERM "
+        "(ended by mpcheck)",
         "How to fix: join it where the run ends (pytest_unconfigure, or a session-scoped fixture "
         "that starts it), or make it a daemon.",
+        "mpcheck: 1 multiprocessing queue feeder thread was still writing as Python exited, to a "
+        "pipe that nobody read: multiprocessing would have waited for it with no timeout, and "
+        "pytest would not have ended. Not waited for; what was not written is lost:",
+        "    thread 'QueueFeederThread', its queue's first put() at test_queues.py:10 by "
+        "test_queues.py::test_drops_a_full_queue: writing an item, 1 more waiting",
+        "How to fix: get() every item that was put before the queue is dropped (the "
+        "multiprocessing guidelines: joining processes that use queues), or call "
+        "cancel_join_thread() on a queue whose data may be lost.",
     ]
     inherited = int((pytester.path / "inherited").read_text())
     try:

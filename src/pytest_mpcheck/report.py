@@ -441,6 +441,39 @@ def format_ended_at_exit(ended: Sequence[tuple[ProcessInfo, str]]) -> str:
     return "\n".join(lines)
 
 
+def describe_feeder(name: str, site: str | None, owner: str | None, unsent: int | None) -> str:
+    """One line of :func:`format_feeders_at_exit`: a queue feeder thread, where its queue's
+    first ``put()`` was and by whom, and how many items it had not written yet."""
+    where = f", its queue's first put() at {printable(site)}" if site else ""
+    by = f" by {printable(owner)}" if owner and site else ""
+    if unsent is None:
+        left = ""
+    elif unsent == 0:
+        left = ": writing its last item"
+    else:
+        left = f": writing an item, {unsent} more waiting"
+    return f"    thread {printable(name)!r}{where}{by}{left}"
+
+
+def format_feeders_at_exit(lines: Sequence[str]) -> str:
+    """The report of the queue feeder threads that were still writing, to a pipe nobody read,
+    as Python exited (:mod:`watch.exitguard`): not waited for, so that pytest could end."""
+    count = len(lines)
+    return "\n".join(
+        [
+            f"mpcheck: {count} multiprocessing queue feeder thread{'s' if count != 1 else ''} "
+            f"{'were' if count != 1 else 'was'} still writing as Python exited, to a pipe that "
+            "nobody read: multiprocessing would have waited for "
+            f"{'them' if count != 1 else 'it'} with no timeout, and pytest would not have ended. "
+            "Not waited for; what was not written is lost:",
+            *lines,
+            "How to fix: get() every item that was put before the queue is dropped (the "
+            "multiprocessing guidelines: joining processes that use queues), or call "
+            "cancel_join_thread() on a queue whose data may be lost.",
+        ]
+    )
+
+
 def format_ended_before_exit(
     timeout: float, method: str, ended: Sequence[tuple[ProcessInfo, str]]
 ) -> str:

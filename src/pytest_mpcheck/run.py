@@ -38,7 +38,7 @@ from pytest_mpcheck.findings import (
 )
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
-from pytest_mpcheck.watch import forkthreads
+from pytest_mpcheck.watch import exitguard, forkthreads
 from pytest_mpcheck.watch.exitguard import ExitGuard
 from pytest_mpcheck.watch.origins import OriginRecorder, StartRecord
 from pytest_mpcheck.watch.preparation import ChildPreparation
@@ -496,6 +496,11 @@ class MpCheckRun:
             return
         for finding in self.left_at_end:
             self._record_at_end(finding)
+        try:
+            # With the children ended, a queue feeder that still writes may have no reader left.
+            exitguard.guard_feeders(self.recorder.thread_start)
+        except Exception:
+            internal_error("looking at the queue feeders still running at the end of the session")
         try:
             self.resources_left_at_end = self.resources.finish_session()
         except Exception:

@@ -1,4 +1,5 @@
-"""The children that would hold pytest's exit: started before the watch began, never joined.
+"""What would hold pytest's exit: children started before the watch began and never joined, and
+queue feeder threads that write to a pipe nobody reads.
 
 A ``conftest.py`` at the rootdir is imported before the plugin begins to watch. A non-daemonic
 ``multiprocessing`` child that it starts there, and that nobody joins, is waited for as Python
@@ -15,6 +16,15 @@ runs after the functions they register (``atexit`` runs the last registered firs
 moves it to the watch's start, so that it runs before that family's.)
 It holds pids, create times and names, nothing of the run: an in-process run's guard keeps no
 config alive.
+
+A ``multiprocessing`` queue's ``put()`` hands the item to the queue's feeder thread, which writes it
+to the queue's pipe. Once the pipe is full (64 KiB on Linux), the thread waits for a reader; with
+none left (the test dropped the queue, or its reader ended), it waits for ever, and as Python
+exits, multiprocessing joins it, with no timeout, after it has joined its children (the docs'
+programming guidelines: "joining processes that use queues"). When the session ends with feeder
+threads still running, one ``Finalize`` of the family's own runs right before those joins: a
+thread still writing after a short wait is not waited for (its data could be read by nobody), and
+is reported on standard error with where its queue's first ``put()`` was.
 """
 
 from __future__ import annotations
@@ -22,16 +32,31 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+
+#: The families that join their children and their queue feeders at exit.
+FAMILIES = ("multiprocessing", "multiprocess", "billiard")
+
+#: How long, in all, the feeder threads still running at exit may take to finish writing.
+FEEDER_WAIT = 1.0
+
+#: Where a Finalize runs at exit: after the children are joined and before the queue feeders
+#: are (multiprocessing's ``Queue`` joins its feeder thread at exit priority -5).
+_BEFORE_FEEDER_JOINS = -4
 
 
 def families_children() -> list[tuple[str, Any]]:
     """Each imported multiprocessing family, with its set of the children this process started
     and has not joined yet (``multiprocessing.process._children``)."""
     found = []
-    for family in ("multiprocessing", "multiprocess", "billiard"):
+    for family in FAMILIES:
         children = getattr(sys.modules.get(f"{family}.process"), "_children", None)
         if children is not None:
             found.append((family, children))
@@ -164,3 +189,97 @@ def _write(text: str) -> None:
         stream.flush()
     except (OSError, ValueError):
         pass  # standard error is closed: nobody would read it
+
+
+@dataclass
+class FeederNote:
+    """A queue feeder thread still running when the session ended, as the report names it."""
+
+    thread: weakref.ref[threading.Thread]
+    site: str | None
+    """Where it was started: the first ``put()`` of its queue."""
+    owner: str | None
+    """The test or fixture that ran that ``put()``."""
+
+
+def _feeder_joins(util: Any) -> Iterator[tuple[Any, threading.Thread]]:
+    """The exit joins of queue feeder threads that a family's ``util`` module will make, each
+    with its thread, while that thread runs (in this process: a fork child ignores them)."""
+    registry = getattr(util, "_finalizer_registry", None)
+    if not isinstance(registry, dict):
+        return
+    for finalizer in list(registry.values()):
+        callback = getattr(finalizer, "_callback", None)
+        if getattr(callback, "__name__", None) != "_finalize_join":
+            continue
+        if getattr(finalizer, "_pid", None) != os.getpid():
+            continue
+        args = getattr(finalizer, "_args", None) or ()
+        thread = args[0]() if args and isinstance(args[0], weakref.ref) else None
+        if isinstance(thread, threading.Thread) and thread.is_alive():
+            yield finalizer, thread
+
+
+def _waiting_items(thread: threading.Thread, queues: Any) -> int | None:
+    """How many items a feeder thread has still to write after the one it writes: those in its
+    buffer (the thread's first argument) but the sentinel that a dropped queue adds."""
+    buffer = getattr(thread, "_args", (None,))[0]
+    if not isinstance(buffer, Iterable):
+        return None
+    sentinel = getattr(queues, "_sentinel", None)
+    return sum(1 for item in list(buffer) if item is not sentinel)
+
+
+def guard_feeders(
+    thread_start: Callable[[threading.Thread], tuple[str | None, str | None]],
+) -> None:
+    """At the session's end: if queue feeder threads still run, have each family check them
+    right before it joins them at exit (see the module docstring). ``thread_start`` tells where
+    and by whom a thread was started (:meth:`OriginRecorder.thread_start`)."""
+    for family in FAMILIES:
+        util = sys.modules.get(f"{family}.util")
+        notes = {
+            id(thread): FeederNote(weakref.ref(thread), *thread_start(thread))
+            for _, thread in _feeder_joins(util)
+        }
+        if util is not None and notes:
+            util.Finalize(
+                None, _defuse_feeders, args=(family, notes), exitpriority=_BEFORE_FEEDER_JOINS
+            )
+
+
+def _defuse_feeders(family: str, notes: dict[int, FeederNote]) -> None:
+    """At exit, before ``family`` joins its queue feeder threads: let them finish writing for a
+    short while; those still writing then are not waited for, and are reported (``notes``: what
+    the session's end knew of them, by thread id). Never raises."""
+    try:
+        stuck = []
+        deadline = time.monotonic() + FEEDER_WAIT
+        for finalizer, thread in list(_feeder_joins(sys.modules.get(f"{family}.util"))):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                finalizer.cancel()
+                stuck.append(thread)
+        if not stuck:
+            return
+        from pytest_mpcheck import report
+
+        queues = sys.modules.get(f"{family}.queues")
+        lines = []
+        for thread in stuck:
+            note = notes.get(id(thread))
+            if note is not None and note.thread() is not thread:
+                note = None  # another thread had that id
+            lines.append(
+                report.describe_feeder(
+                    thread.name,
+                    note.site if note is not None else None,
+                    note.owner if note is not None else None,
+                    _waiting_items(thread, queues),
+                )
+            )
+        _write(report.format_feeders_at_exit(lines))
+    except Exception:
+        from pytest_mpcheck.errors import internal_error
+
+        internal_error("looking at the queue feeders that would hold pytest's exit")

@@ -258,6 +258,11 @@ class OriginRecorder:
 
     # -- who is running -------------------------------------------------------------------------
 
+    def thread_start(self, thread: threading.Thread) -> tuple[str | None, str | None]:
+        """Where ``thread`` was started (``file:line`` of the user's code) and by whom (a test's
+        node id, or a wider-scoped fixture), as far as the recorder saw it start."""
+        return self._thread_sites.get(thread), self._thread_owners.get(thread, (None, None))[0]
+
     def current_owner(self, frame: FrameType | None) -> tuple[str, object | None]:
         """Who is running the code of ``frame`` (and its callers): the wider-scoped fixture
         whose setup is on the stack, with its definition, else the test (see
