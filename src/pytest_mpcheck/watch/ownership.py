@@ -62,6 +62,21 @@ class Holder:
         kind = type(owner)
         return f"a live {kind.__module__}.{kind.__qualname__}"
 
+    def keeps_its_processes(self) -> bool:
+        """Whether the holder is a pool or an executor still open (not closed, shut down or
+        broken): its workers do not end by themselves. A ``Pool`` (of any family) in its
+        ``RUN`` state; a ``ProcessPoolExecutor``, the standard library's or loky's, neither
+        shut down nor broken."""
+        owner = self.owner
+        if hasattr(owner, "_pool") and hasattr(owner, "_state"):
+            return getattr(owner, "_state", None) == "RUN"
+        flags = getattr(owner, "_flags", None)  # loky
+        if flags is not None and hasattr(flags, "shutdown"):
+            return flags.shutdown is False and getattr(flags, "broken", True) is None
+        if hasattr(owner, "_shutdown_thread") and hasattr(owner, "_broken"):
+            return owner._shutdown_thread is False and owner._broken is False
+        return False
+
 
 def _bookkeeping() -> list[Any]:
     """Where the standard library keeps every process, held or not: not an owner."""

@@ -270,25 +270,27 @@ class ProcessWatch:
     def _settle(
         self,
         find: Callable[[], dict[int, int]],
-        meanwhile: Callable[[dict[int, int]], object] | None = None,
+        meanwhile: Callable[[dict[int, int]], bool] | None = None,
     ) -> dict[int, int]:
         """Give processes that are already exiting up to ``settle`` seconds to finish.
 
         ``meanwhile`` is called once with what the first look found, if anything: work on the
-        leftovers that would otherwise follow the wait is done during it.
+        leftovers that would otherwise follow the wait is done during it. When it answers
+        ``True`` (none of them will end by itself), there is nothing to wait for.
         """
         found: dict[int, int] = {}
         looks = 0
+        in_vain = False
 
         def settled() -> bool:
-            nonlocal found, looks
+            nonlocal found, looks, in_vain
             if looks:
                 self.reaper.reap_orphans()  # those that ended since the last look
             looks += 1
             found = find()
             if found and looks == 1 and meanwhile is not None:
-                meanwhile(found)
-            return not found
+                in_vain = meanwhile(found)
+            return not found or in_vain
 
         poll_until(settled, self.settings.settle)
         if found and self.recorder.starting:
@@ -474,7 +476,7 @@ class ProcessWatch:
         asked: set[int] = set()
         early: dict[int, Holder] = {}
 
-        def find_holders(found: dict[int, int]) -> None:
+        def find_holders(found: dict[int, int]) -> bool:
             # Who holds the leftovers (a walk of the heap, slow in a big process) is asked while
             # the settle window waits anyway; a holder asked about is only reported when its
             # process is still there after the window.
@@ -483,6 +485,10 @@ class ProcessWatch:
             live = [pid for pid in self._live(found) if pid in self.recorder.records]
             asked.update(live)
             early.update(self._holders(live, collect=end))
+            # The workers of a pool or executor still open do not end by themselves: when
+            # they are all that was found, the window would be waited out in vain (a suite
+            # that keeps a reusable executor paid it at every test).
+            return all(pid in early and early[pid].keeps_its_processes() for pid in found)
 
         leftovers = self._settle(lambda: self._new_processes(baseline), find_holders)
         if not leftovers and starter:
