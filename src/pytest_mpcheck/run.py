@@ -39,7 +39,6 @@ from pytest_mpcheck.findings import (
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import exitguard, forkthreads
-from pytest_mpcheck.watch.exitguard import ExitGuard
 from pytest_mpcheck.watch.origins import OriginRecorder, StartRecord
 from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
@@ -50,7 +49,7 @@ from pytest_mpcheck.watch.resources import ResourceWatch
 # of the plugin's modules alive after pytester's in-process run drops them from sys.modules.
 baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
 mode_key: pytest.StashKey[str] = pytest.StashKey()
-exit_guard_key: pytest.StashKey[ExitGuard] = pytest.StashKey()
+exit_guard_key: pytest.StashKey[exitguard.ExitGuard] = pytest.StashKey()
 
 #: Who the processes started between two tests belong to (a plugin's hook, a thread).
 BETWEEN_TESTS = "<between tests>"
@@ -709,7 +708,7 @@ def guard_the_exit(config: pytest.Config) -> None:
     """Before the run imports its conftest files: note the children the pytest process has, and
     register the function that ends, as Python exits, a never-joined child that those files
     start (see :mod:`pytest_mpcheck.watch.exitguard`)."""
-    guard = ExitGuard()
+    guard = exitguard.ExitGuard()
     guard.install()
     config.stash[exit_guard_key] = guard
 

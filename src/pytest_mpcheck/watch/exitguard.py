@@ -40,9 +40,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_mpcheck._os import procfs
+from pytest_mpcheck.watch.origins import OriginRecorder
 
-#: The families that join their children and their queue feeders at exit.
-FAMILIES = ("multiprocessing", "multiprocess", "billiard")
+#: The families that join their children and their queue feeders at exit: those whose process
+#: class the recorder wraps.
+FAMILIES = OriginRecorder.PROCESS_FAMILIES
 
 #: How long, in all, the feeder threads still running at exit may take to finish writing.
 FEEDER_WAIT = 1.0
@@ -94,9 +96,9 @@ class ExitGuard:
         caller's (an in-process run's), or a shell's jobs inherited through ``exec``. Never the
         run's to end."""
         self.grace = 0.0
-        self.watched: dict[int, float] = {}
+        self.watched: dict[int, tuple[float, str, str]] = {}
         """The non-daemonic children started after the run began and before the watch did,
-        by pid, with their create time."""
+        by pid, with their create time, family and name."""
 
     def install(self) -> None:
         """Register the exit function; do it before the conftest files are imported."""
@@ -108,34 +110,33 @@ class ExitGuard:
         a multiprocessing family would join at exit. With none, the exit function goes."""
         self.grace = grace
         started = baseline - self.children_before
-        families = set()
         if started:
             unjoined = joined_at_exit(self.session_pid)
             for pid in started.intersection(unjoined):
                 created = procfs.create_time(pid)
                 if created is not None:
-                    self.watched[pid] = created
-                    families.add(unjoined[pid][0])
-        if not self.watched or families - {"multiprocessing"}:
+                    self.watched[pid] = (created, *unjoined[pid])
+        others = {family for _, family, _ in self.watched.values()} - {"multiprocessing"}
+        if not self.watched or others:
+            atexit.unregister(self.at_exit)
+        if others:
             # Another family (multiprocess, billiard), imported by the conftest files, joins its
             # children in an exit function registered after this one, which runs first: this
             # one must then run before it, at the cost of running before the functions that
             # those files registered too.
-            atexit.unregister(self.at_exit)
-        if self.watched and families - {"multiprocessing"}:
             atexit.register(self.at_exit)
 
-    def still_running(self) -> dict[int, float]:
+    def still_running(self) -> dict[int, tuple[float, str, str]]:
         """Of the watched children, those still running and still unjoined: what would hold the
-        exit. Each with its create time."""
+        exit. Each with its create time, family and name."""
         if not self.watched or os.getpid() != self.session_pid:
             return {}
         unjoined = joined_at_exit(self.session_pid)
         return {
-            pid: created
-            for pid, created in self.watched.items()
+            pid: watched
+            for pid, watched in self.watched.items()
             if pid in unjoined
-            and procfs.is_same_process(pid, created)
+            and procfs.is_same_process(pid, watched[0])
             and not procfs.is_zombie(pid)
         }
 
@@ -157,13 +158,11 @@ class ExitGuard:
         from pytest_mpcheck.watch.process_watch import describe
         from pytest_mpcheck.watch.terminate import Leftover, end_processes
 
-        about = joined_at_exit(self.session_pid)
         infos = []
-        for pid in sorted(running, key=running.__getitem__):
+        for pid, (_, family, name) in sorted(running.items(), key=lambda item: item[1][0]):
             info = describe(pid, "")
             if info is None:
                 continue
-            family, name = about.get(pid, ("multiprocessing", ""))
             info.name = name or info.name
             info.started_by = f"{family}.Process.start"
             infos.append(info)
