@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pytest_mpcheck._os import procfs
 from pytest_mpcheck.findings import (
@@ -354,32 +354,31 @@ def format_resource_findings(nodeid: str, findings: Sequence[ResourceFinding]) -
 def format_session_resources(findings: Sequence[ResourceFinding]) -> str:
     """The named resources still left when the session ended: those no test was blamed for,
     then those that tests reported and left in place (handed to the session)."""
-    new = [finding for finding in findings if finding.reported_by is None]
-    known = [finding for finding in findings if finding.reported_by is not None]
-    parts = []
-    if new:
-        count = len(new)
-        parts.append(
+
+    def new_heading(count: int) -> str:
+        return (
             f"mpcheck: {count} named resource{'s' if count != 1 else ''} left at the end of the "
-            "session (no test is blamed):\n" + "\n".join(format_resource(f) for f in new)
+            "session (no test is blamed):"
         )
-    if known:
-        count = len(known)
-        parts.append(
+
+    def known_heading(count: int) -> str:
+        return (
             f"mpcheck: {count} named resource{'s' if count != 1 else ''} that tests left behind "
-            f"{'were' if count != 1 else 'was'} still there at the end of the session:\n"
-            + "\n".join(
-                f"    {_RESOURCE_WORDS.get(f.kind, f.kind)} {f.name!r} of "
-                f"{printable(f.reported_by or '')}: "
-                + (
-                    "freed by mpcheck (unlinked, and taken off the tracker's list)"
-                    if f.freed
-                    else "mpcheck could not unlink it"
-                )
-                for f in known
-            )
+            f"{'were' if count != 1 else 'was'} still there at the end of the session:"
         )
-    return "\n".join(parts)
+
+    def describe_known(finding: ResourceFinding) -> str:
+        what = _RESOURCE_WORDS.get(finding.kind, finding.kind)
+        outcome = (
+            "freed by mpcheck (unlinked, and taken off the tracker's list)"
+            if finding.freed
+            else "mpcheck could not unlink it"
+        )
+        return f"    {what} {finding.name!r} of {printable(finding.reported_by or '')}: {outcome}"
+
+    return _session_end_report(
+        findings, new_heading, format_resource, known_heading, describe_known
+    )
 
 
 def resource_summary_line(tally: SessionTally) -> str:
@@ -393,28 +392,54 @@ def resource_summary_line(tally: SessionTally) -> str:
 
 def format_session_leftovers(findings: Sequence[Finding]) -> str:
     """The report of processes still running after the last test and fixture had finished."""
-    new = [finding for finding in findings if finding.reported_by is None]
-    known = [finding for finding in findings if finding.reported_by is not None]
-    parts = []
-    if new:
-        count = len(new)
-        parts.append(
+
+    def new_heading(count: int) -> str:
+        return (
             f"mpcheck: {count} process{'es' if count != 1 else ''} still running at the end of "
-            "the session, that no test or fixture was blamed for:\n"
-            + "\n".join(format_finding(finding) for finding in new)
+            "the session, that no test or fixture was blamed for:"
         )
-    if known:
-        count = len(known)
-        parts.append(
+
+    def known_heading(count: int) -> str:
+        return (
             f"mpcheck: {count} process{'es' if count != 1 else ''} that tests left behind "
             f"{'were' if count != 1 else 'was'} still running at the end of the session, "
-            "and ended:\n"
-            + "\n".join(
-                f"    process {f.process.pid} {f.process.name!r} of {f.reported_by}: "
-                + _ENDED_WORDS.get(f.ended_by or "", f.ended_by or "not ended")
-                for f in known
-            )
+            "and ended:"
         )
+
+    def describe_known(finding: Finding) -> str:
+        ended = _ENDED_WORDS.get(finding.ended_by or "", finding.ended_by or "not ended")
+        process = finding.process
+        return f"    process {process.pid} {process.name!r} of {finding.reported_by}: {ended}"
+
+    return _session_end_report(findings, new_heading, format_finding, known_heading, describe_known)
+
+
+class _Reported(Protocol):
+    """A finding that a test may already have reported (see :func:`_session_end_report`)."""
+
+    @property
+    def reported_by(self) -> str | None: ...
+
+
+_Blamed = TypeVar("_Blamed", bound=_Reported)
+
+
+def _session_end_report(
+    findings: Sequence[_Blamed],
+    new_heading: Callable[[int], str],
+    describe_new: Callable[[_Blamed], str],
+    known_heading: Callable[[int], str],
+    describe_known: Callable[[_Blamed], str],
+) -> str:
+    """A session-end report, in two parts: what no test was blamed for (described in full, as
+    nobody has read of it yet), then what tests reported and left (a line each)."""
+    parts = []
+    for heading, describe, part in (
+        (new_heading, describe_new, [f for f in findings if f.reported_by is None]),
+        (known_heading, describe_known, [f for f in findings if f.reported_by is not None]),
+    ):
+        if part:
+            parts.append(heading(len(part)) + "\n" + "\n".join(describe(f) for f in part))
     return "\n".join(parts)
 
 
