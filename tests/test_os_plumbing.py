@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from pytest_mpcheck._os import prctl, procfs, stacks
 from pytest_mpcheck._os.poll import poll_until
+from pytest_mpcheck._os.stackfile import STACK_SIGNAL
+from tests.conftest import wait_until
 
 
 class Asked:
@@ -138,3 +141,85 @@ def test_stacks_are_asked_of_descendants_only(tmp_path: Path) -> None:
         if "grandchild_pid" in locals():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(grandchild_pid, signal.SIGKILL)
+
+
+ANSWERS_WHEN_TOLD = """
+import signal, sys, time
+from pytest_mpcheck._os.stackfile import STACK_SIGNAL, answer_without_descriptor
+answer_without_descriptor(sys.argv[1])
+# As a child stuck in C code that holds the GIL: the signal waits until it is let through.
+signal.pthread_sigmask(signal.SIG_BLOCK, [STACK_SIGNAL])
+print("ready", flush=True)
+sys.stdin.readline()
+
+def first_child():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [STACK_SIGNAL])
+    time.sleep(60)
+
+def second_child():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [STACK_SIGNAL])
+    time.sleep(60)
+
+globals()[sys.argv[2]]()
+"""
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits to be delivered to ``pid`` (blocked, sent)."""
+    with open(f"/proc/{pid}/status") as status:
+        masks = dict(
+            line.split(":\t", 1) for line in status if line.startswith(("SigPnd", "ShdPnd"))
+        )
+    return any(int(mask, 16) & (1 << (signum - 1)) for mask in masks.values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux procfs")
+def test_a_late_answer_is_not_taken_for_another_childs_stack(tmp_path: Path) -> None:
+    """Children share the session's stack file: a child that answers an earlier signal late is
+    not read as the stack of the child asked now."""
+    path = str(tmp_path / "stacks.log")
+    open(path, "w").close()
+    late, asked = (
+        subprocess.Popen(
+            [sys.executable, "-c", ANSWERS_WHEN_TOLD, path, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first_child", "second_child")
+    )
+    try:
+        for child in (late, asked):
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+        assert stacks.dump_prepared([late.pid], 0.3, path) == {}  # no answer in time
+        assert _pending(late.pid, STACK_SIGNAL)
+        read: dict[int, str] = {}
+        reader = threading.Thread(
+            target=lambda: read.update(stacks.dump_prepared([asked.pid], 30.0, path))
+        )
+        reader.start()
+        assert wait_until(lambda: _pending(asked.pid, STACK_SIGNAL), 20.0)
+        assert late.stdin is not None
+        assert asked.stdin is not None
+        late.stdin.write("answer now\n")
+        late.stdin.flush()
+        # The late answer lands while the reader waits for the asked child's.
+        assert wait_until(lambda: os.path.getsize(path) > 0, 20.0)
+        time.sleep(0.3)  # long enough for the reader to see the file stop growing
+        assert reader.is_alive()
+        assert not read
+        asked.stdin.write("answer now\n")
+        asked.stdin.flush()
+        reader.join(40.0)
+        assert list(read) == [asked.pid]
+        assert "in second_child" in read[asked.pid]
+        assert "first_child" not in read[asked.pid]
+        assert str(late.pid) not in read[asked.pid]
+    finally:
+        for child in (late, asked):
+            child.kill()
+            child.wait()
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    stream.close()

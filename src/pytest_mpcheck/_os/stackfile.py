@@ -145,12 +145,20 @@ def set_signal_handler(signum: int, handler: Any, only_from: Any = None) -> None
 _answer_path: str | None = None
 
 
+#: The first line of a dump that :func:`_dump_stacks` writes, followed by the writer's pid.
+#: Children share the session's file, and a child may answer late (a thread stuck in C code that
+#: holds the GIL runs no Python handler until it returns; real-time signals queue): the reader
+#: takes only the dump of the process it asked.
+DUMP_OF_PID = "Stacks of process "
+
+
 def _dump_stacks(signum: int, frame: FrameType | None) -> None:
     path = _answer_path
     if path is None:
         return
     with contextlib.suppress(Exception):  # a stack we cannot give must not disturb the child
-        scratch.append(path, _all_stacks(frame).encode("utf-8", "replace"))
+        dump = f"{DUMP_OF_PID}{os.getpid()}\n{_all_stacks(frame)}"
+        scratch.append(path, dump.encode("utf-8", "replace"))  # one write: dumps never mix
 
 
 def _all_stacks(interrupted: FrameType | None) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from pytest_mpcheck._os import callsite, procfs, scratch
-from pytest_mpcheck._os.stackfile import STACK_SIGNAL, STACKS_NAME
+from pytest_mpcheck._os.stackfile import DUMP_OF_PID, STACK_SIGNAL, STACKS_NAME
 
 
 @functools.cache
@@ -43,6 +43,8 @@ def _pattern(source: str) -> re.Pattern[str]:
 _FAULTHANDLER_FRAME = r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$'
 _FAULTHANDLER_THREAD = r"^(?P<head>(Current thread|Thread) 0x[0-9a-f]+).*:\s*$"
 _TRACEBACK_FRAME = r'^\s+File "(.+)", line \d+, in (.+)$'
+#: The heading of a dump that the Python stack handler wrote, with its writer's pid (captured).
+_DUMP_HEADING = r"(?m)^" + re.escape(DUMP_OF_PID) + r"(\d+)\n"
 _PYSPY_FRAME = r"^\s+(?P<func>\S.*) \((?P<file>.+):(?P<line>\d+)\)\s*$"
 _PYSPY_THREAD = r"^Thread (?P<tid>\S+) \((?P<state>[^)]*)\)(?::\s*\"(?P<name>.*)\")?"
 
@@ -350,10 +352,31 @@ def dump_prepared(
                 with open(path, "rb") as dump:
                     dump.seek(before)
                     text = dump.read(size - before).decode("utf-8", "replace")
-                found[pid] = _from_faulthandler(text)
-                break
+                mine = dump_of(pid, text)
+                if mine is not None:
+                    found[pid] = _from_faulthandler(mine)
+                    break
+                before = size  # only other children's late answers: wait for this one's
             last = size
     return found
+
+
+def dump_of(pid: int, grown: str) -> str | None:
+    """What ``pid`` wrote among ``grown``, what a stack file grew by after ``pid`` was asked.
+
+    A dump written by the Python handler begins with its writer's pid (see
+    :data:`~pytest_mpcheck._os.stackfile.DUMP_OF_PID`): another child that answers a signal of
+    earlier (it was stuck in C code, or its real-time signals queued) is told apart, and the last
+    of ``pid``'s own dumps is taken. ``faulthandler``'s dumps (a fixture's child, which writes to
+    a file of its own) carry no pid and are taken whole. ``None`` when no dump is ``pid``'s.
+    """
+    parts = _pattern(_DUMP_HEADING).split(grown)
+    if len(parts) == 1:
+        return grown  # no heading: faulthandler's
+    # [before the first heading, pid, its dump, pid, its dump, ...]
+    writers, dumps = parts[1::2], parts[2::2]
+    mine = [dump for writer, dump in zip(writers, dumps, strict=True) if int(writer) == pid]
+    return mine[-1] if mine else None
 
 
 def own_stacks(start: Callable[[FrameType], bool]) -> str | None:
