@@ -45,24 +45,56 @@ def test_nothing():
 """
 
 
+#: A test that stops the session with a status of its own while its child runs: it never
+#: reaches its teardown, and pytest shows no terminal summary for such a status.
+EXITS = """
+import multiprocessing
+import time
+
+import pytest
+
+def sleep():
+    time.sleep(73)
+
+def test_stops_the_session():
+    multiprocessing.get_context("fork").Process(target=sleep, name="sleeper").start()
+    pytest.exit("stopping here", returncode=7)
+"""
+
+
 def test_session_end_finding_reaches_the_hook(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(PROCESS_HOOK)
-    pytester.makepyfile(test_collected=COLLECTED.format(seconds=71))
+    pytester.makepyfile(test_collected=COLLECTED.format(seconds=71), test_exits=EXITS)
     result = pytester.runpytest_subprocess(*FAST, "--mp-report=report.json", timeout=60)
     result.assert_outcomes(passed=1)
+    assert result.ret == 7  # the test's own status
     result.stdout.fnmatch_lines(
         [
             "HOOK process None leaked 'sleep 71' ended_by=SIGTERM reported_by=None",
-            "*1 process still running at the end of the session, that no test or fixture was "
+            "HOOK process None leaked * ended_by=SIGTERM reported_by=None",
+            # Shown though pytest writes no summary for status 7.
+            "mpcheck: 1 process started by tests, 2 leaked, 0 unreaped, 0 hung, 2 ended by mpcheck",
+            "*2 processes still running at the end of the session, that no test or fixture was "
             "blamed for:",
+            "leaked process * 'sleeper': still running*",
+            "    started at: test_exits.py:10 by multiprocessing.Process.start",
+            "    owned by:   test_exits.py::test_stops_the_session",
+            "    ended by:   SIGTERM (ended by mpcheck)",
         ]
     )
+    # Started while no test ran: no owner to name.
+    sleep_report = result.stdout.str().split("'sleep 71'", 1)[1].split("leaked process", 1)[0]
+    assert "owned by" not in sleep_report
     document = json.loads((pytester.path / "report.json").read_text())
-    assert [(f["nodeid"], f["process"]["cmdline"]) for f in document["findings"]] == [
-        ("<session end>", "sleep 71")
+    found = sorted(
+        (f["nodeid"], f["process"]["name"], f["process"]["owner"]) for f in document["findings"]
+    )
+    assert found == [
+        ("<session end>", "sleep", "<session end>"),
+        ("<session end>", "sleeper", "test_exits.py::test_stops_the_session"),
     ]
-    assert document["summary"]["leaked"] == 1
-    assert document["summary"]["ended"] == 1
+    assert document["summary"]["leaked"] == 2
+    assert document["summary"]["ended"] == 2
 
 
 #: Findings of every kind that a test makes, one module each, for one inner run with the HOOKS

@@ -103,6 +103,9 @@ class MpCheckRun:
         self.resources_left_at_end: list[ResourceFinding] = []
         self.report_problem: str | None = None
         """The line that says the JSON report could not be written."""
+        self.summary_written = False
+        """Whether the terminal summary was written (pytest calls it for some exit statuses only,
+        see :class:`_SummaryOnAnyExit`)."""
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -115,6 +118,9 @@ class MpCheckRun:
         """
         config = self.config
         self._session_baseline = self.watch.baseline()
+        summary = _SummaryOnAnyExit(self)
+        config.pluginmanager.register(summary, PLUGIN_NAME + "-summary")
+        config.add_cleanup(functools.partial(config.pluginmanager.unregister, summary))
         guard = config.stash.get(exit_guard_key, None)
         if guard is not None:
             guard.watch_from(self._session_baseline.pids, self.settings.kill_grace)
@@ -528,6 +534,18 @@ class MpCheckRun:
         if self.settings.report_path:
             report.write_json(self.settings.report_path, self.log, contention)
 
+    def summary_if_not_written(self) -> None:
+        """What the session's end found, where pytest called no terminal summary (see
+        :class:`_SummaryOnAnyExit`); nothing when it found nothing. An xdist worker hands its
+        findings to the controller instead."""
+        if self.summary_written or xdist.is_worker(self.config):
+            return
+        if not (self.left_at_end or self.resources_left_at_end or self.report_problem):
+            return
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            self.pytest_terminal_summary(terminal)
+
     def summary_lines(self) -> list[str]:
         """Lines for the terminal summary."""
         tally = self.log.tally
@@ -631,6 +649,9 @@ class MpCheckRun:
             internal_error("finishing the session")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.summary_written:  # written already (see _SummaryOnAnyExit)
+            return
+        self.summary_written = True
         if self.report_problem is not None:
             terminalreporter.write_line(self.report_problem, yellow=True, bold=True)
         try:
@@ -675,6 +696,46 @@ def _one_teardown_failure(error: BaseException) -> BaseException | None:
         return None
     text = "\n\n".join(str(leaf.msg) for leaf in leaves if isinstance(leaf, pytest.fail.Exception))
     return pytest.fail.Exception(text, pytrace=False)
+
+
+#: The exit statuses after which pytest calls ``pytest_terminal_summary`` (pytest 8 and 9).
+_STATUSES_WITH_SUMMARY = frozenset(
+    status
+    for status in (
+        pytest.ExitCode.OK,
+        pytest.ExitCode.TESTS_FAILED,
+        pytest.ExitCode.INTERRUPTED,
+        pytest.ExitCode.USAGE_ERROR,
+        pytest.ExitCode.NO_TESTS_COLLECTED,
+        getattr(pytest.ExitCode, "MAX_WARNINGS_ERROR", None),  # pytest 9
+    )
+    if status is not None
+)
+
+
+class _SummaryOnAnyExit:
+    """Shows what the session's end found when pytest shows no terminal summary.
+
+    pytest calls ``pytest_terminal_summary`` only for some exit statuses: not after
+    ``pytest.exit(returncode=N)`` with a status of the user's, nor after an internal error. The
+    processes and named resources that the session's end ended or freed would then go unsaid.
+    """
+
+    def __init__(self, run: MpCheckRun) -> None:
+        self._run = run
+
+    # trylast: the innermost wrapper, whose end runs right after the session-end sweep and
+    # before the terminal reporter's, which writes pytest's last line ("1 passed in 0.12s"):
+    # the report comes before it, as in the terminal summary.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(self, exitstatus: int) -> Generator[None, None, None]:
+        result = yield
+        if exitstatus not in _STATUSES_WITH_SUMMARY:
+            try:
+                self._run.summary_if_not_written()
+            except Exception:
+                internal_error("writing what the end of the session found")
+        return result
 
 
 class _FixtureScopes:

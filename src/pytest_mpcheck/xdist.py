@@ -22,6 +22,11 @@ from pytest_mpcheck.findings import FindingLog, as_json
 WORKEROUTPUT_KEY = "mpcheck"
 
 
+def is_worker(config: pytest.Config) -> bool:
+    """Whether this run is a pytest-xdist worker's (its findings go to the controller)."""
+    return getattr(config, "workerinput", None) is not None
+
+
 def hand_over(
     config: pytest.Config, log: FindingLog, contention: list[dict[str, Any]] | None
 ) -> bool:

@@ -580,6 +580,12 @@ class ProcessWatch:
             }
 
         leftovers = self._settle(remaining)
+        # Who started each one, read before they are ended and their records forgotten.
+        started_for = {
+            pid: record.owner
+            for pid in leftovers
+            if (record := self.recorder.records.get(pid)) is not None
+        }
         findings = self._conclude(
             leftovers, "<session end>", "<session end>", lambda _: False, True
         )
@@ -587,6 +593,11 @@ class ProcessWatch:
             who, created = self.reported.get(finding.process.pid, ("", 0.0))
             if who and abs(created - finding.process.create_time) < 0.01:
                 finding.reported_by = who
+            owner = started_for.get(finding.process.pid, "")
+            if owner and not owner.startswith("<"):
+                # A test that never reached its teardown (Ctrl-C, pytest.exit), one of mode
+                # off, a fixture: the report says whose it was, though nobody was blamed.
+                finding.process.owner = owner
         return findings
 
     def end_before_exit(self, baseline: Baseline, grace: float) -> list[tuple[ProcessInfo, str]]:
