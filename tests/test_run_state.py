@@ -134,3 +134,26 @@ def test_in_process_runs_are_independent_and_undo_what_they_changed(
     result.stdout.fnmatch_lines(
         ["mpcheck: * processes started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by mpcheck"]
     )
+
+
+#: A program that runs pytest twice in one process, warnings as errors (an IDE's runner, a
+#: watch-mode tool).
+MAIN_TWICE = """
+import pytest
+
+args = ["-q", "-p", "no:cacheprovider", "-W", "error", "test_one.py"]
+first = pytest.main(args)
+second = pytest.main(args)
+print("STATUSES", int(first), int(second))
+"""
+
+
+def test_a_second_run_in_the_same_process_warns_of_nothing(pytester: pytest.Pytester) -> None:
+    # After the first run the plugin's modules have a plain loader (they no longer hold its
+    # config); pytest's warning that its package was imported without the assertion rewriter
+    # failed the second run under -W error.
+    pytester.makepyfile(test_one="def test_one(): pass")
+    script = pytester.makepyfile(main_twice=MAIN_TWICE)
+    result = pytester.runpython(script)
+    result.stdout.fnmatch_lines(["STATUSES 0 0"])
+    assert "cannot be rewritten" not in result.stdout.str() + result.stderr.str()

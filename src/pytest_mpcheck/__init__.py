@@ -6,6 +6,11 @@ pools and executors; instrumented locks check mutual exclusion across processes.
 The public names below are imported on first use: pytest loads this package in every run, and a
 suite that uses no fixture should not pay for the lock checker, the pools and the spawner (nor
 should each child that a spawn start method starts).
+
+PYTEST_DONT_REWRITE: this module has no assertion to rewrite. Said here because at the end of a
+run the plugin gives its modules a plain loader (see ``plugin._release_loaders``), and pytest
+warns of a plugin package imported without its rewriter, which a second ``pytest.main()`` in the
+same process would then find (an error under ``-W error``), unless the package says this.
 """
 
 from __future__ import annotations
