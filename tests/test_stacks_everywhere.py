@@ -14,6 +14,7 @@ LEAKS = """
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -76,6 +77,33 @@ def test_executor_worker(tmp_path):
     started(tmp_path / "started")
 
 
+#: The plugin's stack signal, which this module's code uses for its own ends.
+OWN_SIGNAL = signal.SIGRTMIN + 3
+SIGNALLED = os.path.join(os.path.dirname(__file__), "signalled")
+
+
+def note_signal(signum, frame):
+    with open(SIGNALLED, "a") as notes:
+        notes.write(f"{os.getpid()}\\n")
+
+
+def signal_myself(path):
+    os.kill(os.getpid(), OWN_SIGNAL)  # the handler it inherited must run
+    open(path, "w").close()
+    time.sleep(60)
+
+
+def test_own_handler_of_the_stack_signal(tmp_path):
+    previous = signal.signal(OWN_SIGNAL, note_signal)
+    try:
+        context = multiprocessing.get_context("fork")
+        path = str(tmp_path / "started")
+        context.Process(target=signal_myself, args=(path,), name="own-handler").start()
+        started(path)
+    finally:
+        signal.signal(OWN_SIGNAL, previous)
+
+
 def test_python_program():
     # A program of its own (exec): it cannot be asked; without py-spy, the kernel says the rest.
     KEEP.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
@@ -87,7 +115,17 @@ def test_python_program():
 def test_children_of_every_kind_give_their_stacks(inner: InnerRun) -> None:
     inner.pytester.makepyfile(test_leaks=LEAKS)
     result = inner(*FAST_ARGS, timeout=120)
-    result.assert_outcomes(passed=7, errors=7)
+    result.assert_outcomes(passed=8, errors=8)
+    # A child whose code handles the plugin's signal keeps its handler, and is not sent the
+    # signal for its stack (that would run its handler): the one signal it got is its own.
+    signalled = (inner.pytester.path / "signalled").read_text().split()
+    assert len(signalled) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_own_handler_of_the_stack_signal*",
+            f"leaked process {signalled[0]} 'own-handler': still running, *",
+        ]
+    )
     for method in ("fork", "spawn", "forkserver"):
         result.stdout.fnmatch_lines(
             [

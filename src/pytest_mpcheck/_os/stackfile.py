@@ -45,10 +45,41 @@ def stack_path(workdir: str) -> str:
     return os.path.join(workdir, STACKS_NAME)
 
 
+#: Beside a stack file: the children that found the stack signal taken by a handler of their
+#: own (``pid<TAB>start``, see :func:`_taken`); the reader never sends it to them.
+TAKEN_NAME = "stack-signal-taken.log"
+
+
+def _taken(path: str) -> bool:
+    """Whether the stack signal already has a handler or is ignored here (the user's code, a
+    library, or inherited from the parent by a fork): then it is not the plugin's to take, and
+    this child notes so beside ``path``, so that the reader never sends it. The plugin's own
+    handler, inherited from a prepared parent, is no one else's. Costs a child that finds the
+    signal free one call in C."""
+    current = _signal.getsignal(STACK_SIGNAL)
+    if current is _dump_stacks or current == _signal.SIG_DFL:
+        return False
+    from pytest_mpcheck._os.procfs import start_ticks  # only now: seldom needed
+
+    pid = os.getpid()
+    start = start_ticks(pid)
+    line = f"{pid}\t{'' if start is None else start}\n"
+    taken = os.path.join(os.path.dirname(path), TAKEN_NAME)
+    fd = os.open(taken, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line.encode())  # one write: lines of several children never mix
+    finally:
+        os.close(fd)
+    return True
+
+
 def answer_stack_signal(path: str) -> None:
     """Child side (a fixture's child): from now on, ``faulthandler`` writes the stacks of all
     threads to ``path`` on the signal, from C, even while a thread holds the GIL. The descriptor
-    stays open for the child's life: the reader finds the file among the child's descriptors."""
+    stays open for the child's life: the reader finds the file among the child's descriptors.
+    Nothing, when the signal is taken already (see :func:`_taken`)."""
+    if _taken(path):
+        return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
         faulthandler.register(STACK_SIGNAL, file=fd, all_threads=True, chain=False)
@@ -81,6 +112,8 @@ def answer_without_descriptor(path: str) -> None:
     a page the kernel copies for it.
     """
     global _answer_path
+    if _taken(path):
+        return
     _answer_path = path
     _signal.signal(STACK_SIGNAL, _dump_stacks)
     _stop_answering_at_exit()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from pytest_mpcheck._os import callsite, procfs, scratch
-from pytest_mpcheck._os.stackfile import DUMP_OF_PID, STACK_SIGNAL, STACKS_NAME
+from pytest_mpcheck._os.stackfile import DUMP_OF_PID, STACK_SIGNAL, STACKS_NAME, TAKEN_NAME
 
 
 @functools.cache
@@ -323,12 +323,15 @@ def dump_prepared(
     deadline = time.monotonic() + timeout
     found: dict[int, str] = {}
     ours = procfs.descendants(os.getpid())  # read once for the round, as terminate does
+    taken = _taken_by_others(stack_file)
     for pid in pids:
         if time.monotonic() >= deadline:
             break
         created = procfs.create_time(pid)
         if created is None or not is_prepared(pid):
             continue
+        if (pid, procfs.ticks_of(created)) in taken or (pid, None) in taken:
+            continue  # its handler is not the plugin's: the signal would run someone's code
         path = stack_file_of(pid) or stack_file
         if path is None:
             continue
@@ -359,6 +362,24 @@ def dump_prepared(
                 before = size  # only other children's late answers: wait for this one's
             last = size
     return found
+
+
+def _taken_by_others(stack_file: str | None) -> set[tuple[int, int | None]]:
+    """The children, ``(pid, start in clock ticks)``, that found the stack signal handled by
+    code of their own and left it so (see :func:`pytest_mpcheck._os.stackfile._taken`)."""
+    if stack_file is None:
+        return set()
+    try:
+        with open(os.path.join(os.path.dirname(stack_file), TAKEN_NAME)) as log:
+            lines = log.read().splitlines()
+    except OSError:
+        return set()
+    taken: set[tuple[int, int | None]] = set()
+    for line in lines:
+        pid, _, start = line.partition("\t")
+        if pid.isdigit():
+            taken.add((int(pid), int(start) if start.isdigit() else None))
+    return taken
 
 
 def dump_of(pid: int, grown: str) -> str | None:
