@@ -69,6 +69,9 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
     #   watches) and never joins: multiprocessing joins it at exit, with no timeout. One that
     #   pytest_unconfigure stops keeps its exit status; a daemonic one is multiprocessing's to
     #   end; a child that pytest inherited through exec (a shell's job) is not the plugin's.
+    #   A server that pytest_sessionstart starts and pytest_unconfigure stops through an Event
+    #   is left to it (ended at the session's end, it would have made set() wait for ever); one
+    #   that nothing stops is ended as Python exits, with its own child.
     # - a queue that a test dropped with more put() than its pipe holds: multiprocessing joins
     #   its feeder thread at exit, and the thread waits for a reader for ever. A queue that is
     #   still referenced and idle ends its feeder by itself at exit, and is not reported.
@@ -89,10 +92,34 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
         daemonic = _ctx.Process(target=_sleep, name="a-daemon", daemon=True)
         daemonic.start()
 
+        def _serve(stop):
+            stop.wait()
+
+        def _forget(path):
+            import subprocess
+            Path(path).write_text(str(subprocess.Popen(["sleep", "60"]).pid))
+            time.sleep(60)
+
+        def pytest_sessionstart(session):
+            global server, stop_serving
+            stop_serving = _ctx.Event()
+            server = _ctx.Process(target=_serve, args=(stop_serving,), name="server")
+            server.start()
+            forgotten = _ctx.Process(target=_forget, args=("its-child",), name="forgotten")
+            forgotten.start()
+            Path("forgotten").write_text(str(forgotten.pid))
+            while not Path("its-child").exists():
+                time.sleep(0.01)
+
         def pytest_unconfigure():
             stopped.terminate()
             stopped.join()
             print("stopped-at-unconfigure exit code", stopped.exitcode)
+            # Ended at the session's end, the server would never have told set() that it woke:
+            # set() would wait for it for ever.
+            stop_serving.set()
+            server.join(30)
+            print("server exit code", server.exitcode)
         """
     )
     pytester.makepyfile(
@@ -123,15 +150,25 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
             "mpcheck: 0 processes started by tests, 0 leaked, 0 unreaped, 0 hung, 0 ended by "
             "mpcheck",
             f"stopped-at-unconfigure exit code {-signal.SIGTERM}",
+            "server exit code 0",
         ]
     )
+    forgotten = int((pytester.path / "forgotten").read_text())
+    its_child = int((pytester.path / "its-child").read_text())
+    assert not _alive(forgotten)
+    assert not _alive(its_child)
     assert result.stderr.lines == [
-        "mpcheck: 1 process started before the watch began (as a conftest.py at the rootdir was "
-        "imported, or by a plugin) was still running as Python exited, never joined: "
+        "mpcheck: 3 processes started outside any test or fixture (as a conftest.py or a test "
+        "module was imported, or by a hook or a plugin) were still running as Python exited, "
+        "never joined: "
         "multiprocessing would have waited for it with no timeout, and pytest would not have "
         "ended. Ended:",
         f"    process {held} 'holds-the-exit', started by multiprocessing.Process.start: SIGTERM "
         "(ended by mpcheck)",
+        f"    process {forgotten} 'forgotten', started by multiprocessing.Process.start: SIGTERM "
+        "(ended by mpcheck)",
+        f"    process {its_child} 'sleep', started by process {forgotten}: SIGTERM (ended by "
+        "mpcheck)",
         "How to fix: join it where the run ends (pytest_unconfigure, or a session-scoped fixture "
         "that starts it), or make it a daemon.",
         "mpcheck: 1 multiprocessing queue feeder thread was still writing as Python exited, to a "

@@ -236,13 +236,15 @@ def parent_of_newcomer(wanted, said):
     time.sleep(60)
 
 
-def hand_the_crasher_s_pid_to_a_grandchild():
+def hand_the_crasher_s_pid_to_a_grandchild(daemon=False):
     context = multiprocessing.get_context("fork")
     first = context.Process(target=crash, name="crasher")
     first.start()
     first.join()
     said = context.Queue()
-    second = context.Process(target=parent_of_newcomer, args=(first.pid, said), name="second")
+    second = context.Process(
+        target=parent_of_newcomer, args=(first.pid, said), name="second", daemon=daemon
+    )
     second.start()
     open("reused", "w").write(str(first.pid) if said.get(timeout=30) else "")
 """
@@ -337,7 +339,9 @@ import pytest
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
-    hand_the_crasher_s_pid_to_a_grandchild()
+    # Daemonic: a hook's non-daemonic child is left to the hook's own code until Python exits
+    # (test_do_no_harm's server); a daemonic one is ended at the session's end.
+    hand_the_crasher_s_pid_to_a_grandchild(daemon=True)
 """
 )
 

@@ -444,12 +444,12 @@ def _session_end_report(
 
 
 def format_ended_at_exit(ended: Sequence[tuple[ProcessInfo, str]]) -> str:
-    """The report of the never-joined children, started before the watch began, that were still
-    running as Python exited and would have held pytest's exit (:mod:`watch.exitguard`)."""
+    """The report of the never-joined children, started outside any test or fixture, that were
+    still running as Python exited and would have held pytest's exit (:mod:`watch.exitguard`)."""
     count = len(ended)
     lines = [
-        f"mpcheck: {count} process{'es' if count != 1 else ''} started before the watch began "
-        "(as a conftest.py at the rootdir was imported, or by a plugin) "
+        f"mpcheck: {count} process{'es' if count != 1 else ''} started outside any test or "
+        "fixture (as a conftest.py or a test module was imported, or by a hook or a plugin) "
         f"{'were' if count != 1 else 'was'} still running as Python exited, never joined: "
         "multiprocessing would have waited for it with no timeout, and pytest would not have "
         "ended. Ended:"

@@ -39,7 +39,7 @@ from pytest_mpcheck.findings import (
 from pytest_mpcheck.fixtures import startmethods
 from pytest_mpcheck.settings import Settings, marker_join_timeout, marker_mode
 from pytest_mpcheck.watch import exitguard, forkthreads
-from pytest_mpcheck.watch.origins import OriginRecorder, StartRecord
+from pytest_mpcheck.watch.origins import BETWEEN_TESTS, OriginRecorder, StartRecord
 from pytest_mpcheck.watch.preparation import ChildPreparation
 from pytest_mpcheck.watch.process_watch import Baseline, ProcessWatch, VetoFn, exit_status
 from pytest_mpcheck.watch.queues import QueueWatch
@@ -50,10 +50,6 @@ from pytest_mpcheck.watch.resources import ResourceWatch
 baseline_key: pytest.StashKey[Baseline] = pytest.StashKey()
 mode_key: pytest.StashKey[str] = pytest.StashKey()
 exit_guard_key: pytest.StashKey[exitguard.ExitGuard] = pytest.StashKey()
-
-#: Who the processes started between two tests belong to (a plugin's hook, a thread).
-BETWEEN_TESTS = "<between tests>"
-
 
 #: The markers that change how one test is checked: their arguments are checked at its setup.
 _PER_TEST_MARKERS = frozenset({"mp_check", "mp_join_timeout"})

@@ -1,4 +1,4 @@
-"""What would hold pytest's exit: children started before the watch began and never joined, and
+"""What would hold pytest's exit: children that no test or fixture started and never joined, and
 queue feeder threads that write to a pipe nobody reads.
 
 A ``conftest.py`` at the rootdir is imported before the plugin begins to watch. A non-daemonic
@@ -8,6 +8,11 @@ never ends, and neither does the CI job that runs it. No test or fixture can be 
 child, and the user's own code may still stop it at the end (``pytest_unconfigure``, an
 ``atexit`` function): it is looked at as Python exits, after those and before multiprocessing
 joins its children, and only then, if it still runs, ended and reported on standard error.
+
+The same holds for such a child that a hook (``pytest_sessionstart``) or a module, as it was
+collected, started and that still runs when the session ends: the session's end hands it to the
+guard rather than end it before ``pytest_unconfigure`` (:meth:`ExitGuard.watch_until_exit`). As
+Python exits, a child that the guard ends goes with its own children.
 
 The guard's ``atexit`` function is registered before the conftest files are imported, so that it
 runs after the functions they register (``atexit`` runs the last registered first), and after
@@ -35,7 +40,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +91,21 @@ def joined_at_exit(session_pid: int) -> dict[int, tuple[str, str]]:
     return found
 
 
+def descendants_of(tree: Mapping[int, int], roots: Collection[int]) -> set[int]:
+    """The pids of ``tree`` (pid -> parent pid) below any of ``roots``, at any depth."""
+    found: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in tree.items():
+            if pid not in found and pid not in roots and (parent in roots or parent in found):
+                found.add(pid)
+                grew = True
+    return found
+
+
 class ExitGuard:
-    """Ends, as Python exits, the never-joined children started before the watch began."""
+    """Ends, as Python exits, the never-joined children that no test or fixture started."""
 
     def __init__(self) -> None:
         self.session_pid = os.getpid()
@@ -125,6 +143,16 @@ class ExitGuard:
             # one must then run before it, at the cost of running before the functions that
             # those files registered too.
             atexit.register(self.at_exit)
+
+    def watch_until_exit(self, pid: int, created: float, family: str, name: str) -> None:
+        """Look at ``pid`` too as Python exits: a child that no test or fixture started (a hook,
+        a module as it was collected), still running at the session's end, that the code which
+        started it may still stop (``pytest_unconfigure``, an ``atexit`` function)."""
+        self.watched[pid] = (created, family, name)
+        # Registered again, it runs first of the atexit functions (after pytest_unconfigure,
+        # before those that conftest files registered, and before the families' joins).
+        atexit.unregister(self.at_exit)
+        atexit.register(self.at_exit)
 
     def still_running(self) -> dict[int, tuple[float, str, str]]:
         """Of the watched children, those still running and still unjoined: what would hold the
@@ -165,6 +193,15 @@ class ExitGuard:
                 continue
             info.name = name or info.name
             info.started_by = f"{family}.Process.start"
+            infos.append(info)
+        # Their own children (a server's workers) go with them: nothing would end them after
+        # pytest, and they were left running with their parent at the session's end.
+        tree = procfs.descendants(self.session_pid)
+        for pid in sorted(descendants_of(tree, running)):
+            info = describe(pid, "")
+            if info is None or info.is_zombie:
+                continue
+            info.started_by = f"process {tree[pid]}"
             infos.append(info)
         if not infos:
             return

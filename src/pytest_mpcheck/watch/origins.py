@@ -36,6 +36,13 @@ from pytest_mpcheck.watch.forkthreads import ThreadedForks, ThreadSeen, is_alien
 #: The scope of processes handed to the session: still held by a live object (a pool, an
 #: executor) when their test ended, or started by one that was. Checked when the session ends.
 HANDED_OVER = "<handed over to the session>"
+#: The owner of a process started after one test and before the next (a hook, a fixture's
+#: finalizer of no wider scope, a module imported as it was collected after a test ran).
+BETWEEN_TESTS = "<between tests>"
+#: The owner of a process started before the first test (a hook, a module as it was collected).
+BEFORE_TESTS = "<collection>"
+#: The owners of a process that no test or fixture started.
+OUTSIDE_TESTS = frozenset({BEFORE_TESTS, BETWEEN_TESTS})
 #: The owner of a process that the plugin starts itself (py-spy): not counted as started by tests.
 PLUGIN_OWNER = "<mpcheck>"
 
@@ -195,7 +202,7 @@ class OriginRecorder:
         """Records whose pid the kernel gave to a newer process before the watch looked: the
         processes they name ended; the watch reads their ends (``ProcessWatch._forget_gone``)."""
         self.started = 0
-        self._owner = "<collection>"
+        self._owner = BEFORE_TESTS
         self._pid = os.getpid()
         self._undo: list[Callable[[], None]] = []
         self._unwrapped_families = list(self.PROCESS_FAMILIES)

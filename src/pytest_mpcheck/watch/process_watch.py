@@ -21,7 +21,7 @@ from pytest_mpcheck._os import procfs
 from pytest_mpcheck._os.poll import poll_until
 from pytest_mpcheck.findings import LEAKED, UNREAPED, Finding, ProcessInfo
 from pytest_mpcheck.settings import Settings
-from pytest_mpcheck.watch.origins import HANDED_OVER, OriginRecorder, StartRecord
+from pytest_mpcheck.watch.origins import HANDED_OVER, OUTSIDE_TESTS, OriginRecorder, StartRecord
 from pytest_mpcheck.watch.reaper import OrphanReaper
 from pytest_mpcheck.watch.terminate import SENT_BY_MPCHECK, Leftover, end_processes
 
@@ -117,8 +117,8 @@ class ProcessWatch:
         self._helper_pids: set[int] | None = None
         """The helpers' pids, asked of their modules once per look (see :meth:`is_helper`)."""
         self.exit_guard: ExitGuard | None = None
-        """What would hold pytest's exit, started before the watch began (ended as Python exits,
-        or with the rest at pytest-timeout's ``os._exit``)."""
+        """What would hold pytest's exit, started outside any test or fixture (ended as Python
+        exits, or with the rest at pytest-timeout's ``os._exit``)."""
         self.stack_file: str | None = None
         """The session's stack file, where the prepared children write their stacks."""
         self.gone: list[tuple[StartRecord, int | None]] = []
@@ -566,7 +566,9 @@ class ProcessWatch:
 
         Typically a process that a fixture's process started and that outlived it, or one that
         a warn-mode test left running, or a pool handed to the session. It is ended, in every
-        mode: nothing outlives pytest or holds its exit.
+        mode: nothing outlives pytest or holds its exit. But a ``multiprocessing`` child that no
+        test or fixture started is left, with its own children, to the exit guard (see
+        :meth:`_left_until_exit`): neither reported nor ended here.
         """
         if self.reaper.enabled:
             self.reaper.reap_orphans()
@@ -586,6 +588,13 @@ class ProcessWatch:
             for pid in leftovers
             if (record := self.recorder.records.get(pid)) is not None
         }
+        left = self._left_until_exit(started_for)
+        if left:
+            from pytest_mpcheck.watch.exitguard import descendants_of
+
+            # With their own children: a server's workers are the server's to stop.
+            for pid in [*left, *descendants_of(leftovers, left)]:
+                del leftovers[pid]
         findings = self._conclude(
             leftovers, "<session end>", "<session end>", lambda _: False, True
         )
@@ -599,6 +608,31 @@ class ProcessWatch:
                 # off, a fixture: the report says whose it was, though nobody was blamed.
                 finding.process.owner = owner
         return findings
+
+    def _left_until_exit(self, started_for: Mapping[int, str]) -> list[int]:
+        """Of the leftovers (by pid, with who started them), the ``multiprocessing`` children
+        that no test or fixture started (a hook such as ``pytest_sessionstart``, a module as it
+        was collected) and that their family would join at exit: handed to the exit guard.
+
+        The code that started such a child may still stop it, in ``pytest_unconfigure`` or an
+        ``atexit`` function, which run after the session's end. Ended now, it could break that
+        code's shutdown: a child killed while it waits on a ``Condition`` or an ``Event`` leaves
+        the ``notify()`` of the parent's ``set()`` waiting for it for ever. The guard ends it as
+        Python exits, if it still runs then, and says so.
+        """
+        guard = self.exit_guard
+        if guard is None:
+            return []
+        from pytest_mpcheck.watch.exitguard import joined_at_exit
+
+        unjoined = joined_at_exit(self.session_pid)
+        left = []
+        for pid, owner in started_for.items():
+            created = procfs.create_time(pid)
+            if owner in OUTSIDE_TESTS and pid in unjoined and created is not None:
+                guard.watch_until_exit(pid, created, *unjoined[pid])
+                left.append(pid)
+        return left
 
     def end_before_exit(self, baseline: Baseline, grace: float) -> list[tuple[ProcessInfo, str]]:
         """End every process of the session still running, as the pytest process is about to
