@@ -71,13 +71,14 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
     #   end; a child that pytest inherited through exec (a shell's job) is not the plugin's.
     #   A server that pytest_sessionstart starts and pytest_unconfigure stops through an Event
     #   is left to it (ended at the session's end, it would have made set() wait for ever); one
-    #   that nothing stops is ended as Python exits, with its own child.
+    #   that nothing stops is ended as Python exits, with its own child; one that an atexit
+    #   function of the conftest stops is left to it too.
     # - a queue that a test dropped with more put() than its pipe holds: multiprocessing joins
     #   its feeder thread at exit, and the thread waits for a reader for ever. A queue that is
     #   still referenced and idle ends its feeder by itself at exit, and is not reported.
     pytester.makeconftest(
         """
-        import multiprocessing, time
+        import atexit, multiprocessing, time
         from pathlib import Path
 
         def _sleep():
@@ -100,11 +101,21 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
             Path(path).write_text(str(subprocess.Popen(["sleep", "60"]).pid))
             time.sleep(60)
 
+        def _stop_the_other_server():
+            stop_the_other.set()
+            other_server.join(30)
+            print("other server exit code", other_server.exitcode)
+
+        atexit.register(_stop_the_other_server)
+
         def pytest_sessionstart(session):
-            global server, stop_serving
+            global server, stop_serving, other_server, stop_the_other
             stop_serving = _ctx.Event()
             server = _ctx.Process(target=_serve, args=(stop_serving,), name="server")
             server.start()
+            stop_the_other = _ctx.Event()
+            other_server = _ctx.Process(target=_serve, args=(stop_the_other,), name="other")
+            other_server.start()
             forgotten = _ctx.Process(target=_forget, args=("its-child",), name="forgotten")
             forgotten.start()
             Path("forgotten").write_text(str(forgotten.pid))
@@ -151,6 +162,7 @@ def test_nothing_holds_the_exit(pytester: pytest.Pytester) -> None:
             "mpcheck",
             f"stopped-at-unconfigure exit code {-signal.SIGTERM}",
             "server exit code 0",
+            "other server exit code 0",
         ]
     )
     forgotten = int((pytester.path / "forgotten").read_text())

@@ -119,6 +119,7 @@ class MpCheckRun:
         config.add_cleanup(functools.partial(config.pluginmanager.unregister, summary))
         guard = config.stash.get(exit_guard_key, None)
         if guard is not None:
+            config.add_cleanup(guard.release_if_idle)
             guard.watch_from(self._session_baseline.pids, self.settings.kill_grace)
             self.watch.exit_guard = guard
         config.add_cleanup(self.recorder.uninstall)

@@ -125,7 +125,10 @@ class ExitGuard:
     def watch_from(self, baseline: frozenset[int], grace: float) -> None:
         """Note the children to look at when Python exits: of the descendants alive when the
         watch began (``baseline``), those that were not children before the run began and that
-        a multiprocessing family would join at exit. With none, the exit function goes."""
+        a multiprocessing family would join at exit. The exit function stays registered where
+        it is until the run's end (:meth:`release_if_idle`): the session's end may hand it more
+        (:meth:`watch_until_exit`), which it must still look at after the conftest files'
+        ``atexit`` functions."""
         self.grace = grace
         started = baseline - self.children_before
         if started:
@@ -134,25 +137,30 @@ class ExitGuard:
                 created = procfs.create_time(pid)
                 if created is not None:
                     self.watched[pid] = (created, *unjoined[pid])
-        others = {family for _, family, _ in self.watched.values()} - {"multiprocessing"}
-        if not self.watched or others:
+        if {family for _, family, _ in self.watched.values()} - {"multiprocessing"}:
+            self._run_before_other_families()
+
+    def _run_before_other_families(self) -> None:
+        # Another family (multiprocess, billiard), imported by the conftest files, joins its
+        # children in an exit function registered after this one, which runs first: this one
+        # must then run before it, at the cost of running before the functions that those
+        # files registered too.
+        atexit.unregister(self.at_exit)
+        atexit.register(self.at_exit)
+
+    def release_if_idle(self) -> None:
+        """At the run's end: with nothing to look at, the exit function goes (an in-process
+        run's guard is not kept until the process exits)."""
+        if not self.watched:
             atexit.unregister(self.at_exit)
-        if others:
-            # Another family (multiprocess, billiard), imported by the conftest files, joins its
-            # children in an exit function registered after this one, which runs first: this
-            # one must then run before it, at the cost of running before the functions that
-            # those files registered too.
-            atexit.register(self.at_exit)
 
     def watch_until_exit(self, pid: int, created: float, family: str, name: str) -> None:
         """Look at ``pid`` too as Python exits: a child that no test or fixture started (a hook,
         a module as it was collected), still running at the session's end, that the code which
         started it may still stop (``pytest_unconfigure``, an ``atexit`` function)."""
         self.watched[pid] = (created, family, name)
-        # Registered again, it runs first of the atexit functions (after pytest_unconfigure,
-        # before those that conftest files registered, and before the families' joins).
-        atexit.unregister(self.at_exit)
-        atexit.register(self.at_exit)
+        if family != "multiprocessing":
+            self._run_before_other_families()
 
     def still_running(self) -> dict[int, tuple[float, str, str]]:
         """Of the watched children, those still running and still unjoined: what would hold the
