@@ -535,7 +535,7 @@ class MpCheckRun:
         """What the session's end found, where pytest called no terminal summary (see
         :class:`_SummaryOnAnyExit`); nothing when it found nothing. An xdist worker hands its
         findings to the controller instead."""
-        if self.summary_written or xdist.is_worker(self.config):
+        if xdist.is_worker(self.config):
             return
         if not (self.left_at_end or self.resources_left_at_end or self.report_problem):
             return

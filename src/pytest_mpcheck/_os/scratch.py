@@ -99,14 +99,16 @@ def spill_directory(path: str, create: bool = False) -> str | None:
     return spill
 
 
-def append(path: str, data: bytes) -> None:
+def append(path: str, data: bytes, create: bool = False) -> None:
     """Append ``data`` to the log at ``path`` in one write, opening it only for that.
 
     ``O_APPEND`` and one write: what several processes append never mixes, and a reader sees a
     line whole or not yet. No descriptor stays open: a child holds only the files its own code
-    opened (some suites count them).
+    opened (some suites count them). The log must exist (its session made it: creating a file
+    costs more than opening one), unless ``create`` says to make it.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o600)
     try:
         os.write(fd, data)
     finally:

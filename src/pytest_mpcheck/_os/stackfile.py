@@ -64,12 +64,8 @@ def _taken(path: str) -> bool:
     pid = os.getpid()
     start = start_ticks(pid)
     line = f"{pid}\t{'' if start is None else start}\n"
-    taken = os.path.join(os.path.dirname(path), TAKEN_NAME)
-    fd = os.open(taken, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, line.encode())  # one write: lines of several children never mix
-    finally:
-        os.close(fd)
+    # Seldom written: made by the first child that needs it.
+    scratch.append(os.path.join(os.path.dirname(path), TAKEN_NAME), line.encode(), create=True)
     return True
 
 

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,19 +88,6 @@ def joined_at_exit(session_pid: int) -> dict[int, tuple[str, str]]:
                 and not getattr(process, "daemon", True)
             ):
                 found[pid] = (family, str(getattr(process, "name", "")))
-    return found
-
-
-def descendants_of(tree: Mapping[int, int], roots: Collection[int]) -> set[int]:
-    """The pids of ``tree`` (pid -> parent pid) below any of ``roots``, at any depth."""
-    found: set[int] = set()
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in tree.items():
-            if pid not in found and pid not in roots and (parent in roots or parent in found):
-                found.add(pid)
-                grew = True
     return found
 
 
@@ -204,12 +191,14 @@ class ExitGuard:
             infos.append(info)
         # Their own children (a server's workers) go with them: nothing would end them after
         # pytest, and they were left running with their parent at the session's end.
-        tree = procfs.descendants(self.session_pid)
-        for pid in sorted(descendants_of(tree, running)):
+        below = {
+            pid: parent for root in running for pid, parent in procfs.descendants(root).items()
+        }
+        for pid in sorted(below):
             info = describe(pid, "")
             if info is None or info.is_zombie:
                 continue
-            info.started_by = f"process {tree[pid]}"
+            info.started_by = f"process {below[pid]}"
             infos.append(info)
         if not infos:
             return

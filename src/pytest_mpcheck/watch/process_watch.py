@@ -588,13 +588,10 @@ class ProcessWatch:
             for pid in leftovers
             if (record := self.recorder.records.get(pid)) is not None
         }
-        left = self._left_until_exit(started_for)
-        if left:
-            from pytest_mpcheck.watch.exitguard import descendants_of
-
-            # With their own children: a server's workers are the server's to stop.
-            for pid in [*left, *descendants_of(leftovers, left)]:
-                del leftovers[pid]
+        for root in self._left_until_exit(started_for):
+            # With its own children: a server's workers are the server's to stop.
+            for pid in [root, *procfs.descendants(root)]:
+                leftovers.pop(pid, None)
         findings = self._conclude(
             leftovers, "<session end>", "<session end>", lambda _: False, True
         )
@@ -628,8 +625,10 @@ class ProcessWatch:
         unjoined = joined_at_exit(self.session_pid)
         left = []
         for pid, owner in started_for.items():
+            if owner not in OUTSIDE_TESTS or pid not in unjoined:
+                continue
             created = procfs.create_time(pid)
-            if owner in OUTSIDE_TESTS and pid in unjoined and created is not None:
+            if created is not None:
                 guard.watch_until_exit(pid, created, *unjoined[pid])
                 left.append(pid)
         return left
